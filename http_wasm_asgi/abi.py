@@ -1,0 +1,91 @@
+"""Facts of the http-wasm http-handler ABI: names, signatures and constants.
+
+Nothing here talks to wasmtime or ASGI; every other module reads the ABI from
+here. Source: https://http-wasm.io/http-handler-abi/
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+from typing import Final
+
+HOST_MODULE: Final = "http_handler"
+WASI_MODULE: Final = "wasi_snapshot_preview1"
+
+EXPORT_MEMORY: Final = "memory"
+EXPORT_HANDLE_REQUEST: Final = "handle_request"
+EXPORT_HANDLE_RESPONSE: Final = "handle_response"
+EXPORT_INITIALIZE: Final = "_initialize"  # WASI reactors (Go c-shared, Zig reactor)
+EXPORT_START: Final = "_start"  # WASI commands (TinyGo)
+
+I32: Final = "i32"
+I64: Final = "i64"
+
+# (params, results) of the guest's required exports.
+GUEST_EXPORTS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    EXPORT_HANDLE_REQUEST: ((), (I64,)),
+    EXPORT_HANDLE_RESPONSE: ((I32, I32), ()),
+}
+
+# Every host function of the ABI: name -> (params, results).
+HOST_FUNCTIONS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "enable_features": ((I32,), (I32,)),
+    "get_config": ((I32, I32), (I32,)),
+    "log": ((I32, I32, I32), ()),
+    "log_enabled": ((I32,), (I32,)),
+    "get_method": ((I32, I32), (I32,)),
+    "set_method": ((I32, I32), ()),
+    "get_uri": ((I32, I32), (I32,)),
+    "set_uri": ((I32, I32), ()),
+    "get_protocol_version": ((I32, I32), (I32,)),
+    "get_header_names": ((I32, I32, I32), (I64,)),
+    "get_header_values": ((I32, I32, I32, I32, I32), (I64,)),
+    "set_header_value": ((I32, I32, I32, I32, I32), ()),
+    "add_header_value": ((I32, I32, I32, I32, I32), ()),
+    "remove_header": ((I32, I32, I32), ()),
+    "read_body": ((I32, I32, I32), (I64,)),
+    "write_body": ((I32, I32, I32), ()),
+    "get_status_code": ((), (I32,)),
+    "set_status_code": ((I32,), ()),
+    "get_source_addr": ((I32, I32), (I32,)),
+}
+
+
+class Feature(IntFlag):
+    """Bits of `enable_features`."""
+
+    NONE = 0
+    BUFFER_REQUEST = 1
+    BUFFER_RESPONSE = 2
+    TRAILERS = 4
+
+
+class HeaderKind(IntEnum):
+    REQUEST = 0
+    RESPONSE = 1
+    REQUEST_TRAILERS = 2
+    RESPONSE_TRAILERS = 3
+
+
+class BodyKind(IntEnum):
+    REQUEST = 0
+    RESPONSE = 1
+
+
+class LogLevel(IntEnum):
+    DEBUG = -1
+    INFO = 0
+    WARN = 1
+    ERROR = 2
+    NONE = 3
+
+
+def split_ctx_next(ctx_next: int) -> tuple[int, bool]:
+    """Split `handle_request`'s i64 result into (req_ctx, next)."""
+    value = ctx_next & 0xFFFF_FFFF_FFFF_FFFF
+    return value >> 32, bool(value & 1)
+
+
+def count_len(count: int, length: int) -> int:
+    """Encode a `count_len` (or `eof_len`) i64: count in the upper 32 bits."""
+    return (count << 32) | length

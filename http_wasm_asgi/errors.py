@@ -1,0 +1,47 @@
+"""Exceptions shared by every layer of the host."""
+
+from __future__ import annotations
+
+
+class GuestError(Exception):
+    """A guest cannot be loaded: bad module, missing export, bad import, failed init.
+
+    The message always names the guest and says what is wrong.
+    """
+
+    def __init__(self, guest: str, problem: str) -> None:
+        super().__init__(f"guest {guest!r}: {problem}")
+        self.guest = guest
+        self.problem = problem
+
+
+class HostTrap(Exception):
+    """Raised inside a host function to end the guest call with a wasm trap.
+
+    `status` is the HTTP status the client gets when this trap ends a request
+    (500 unless the cause is the client's, e.g. 413 for an oversized body).
+    """
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GuestTrap(Exception):
+    """A call into a guest trapped (or exited, or ran out of time).
+
+    The instance that trapped must not be used again.
+    """
+
+    def __init__(self, guest: str, export: str, message: str, *, status: int = 500,
+                 exit_code: int | None = None) -> None:
+        super().__init__(f"guest {guest!r} trapped in {export}: {message}")
+        self.guest = guest
+        self.export = export
+        self.message = message
+        self.status = status
+        self.exit_code = exit_code
+
+
+class PoolTimeout(Exception):
+    """Every instance of a guest stayed busy for longer than the pool timeout."""

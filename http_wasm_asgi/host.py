@@ -1,0 +1,457 @@
+"""The host side of the ABI: HTTP state per request and the host functions over it.
+
+Runtime-agnostic: host functions receive a `GuestHost` (one per wasm instance)
+whose `mem` reads and writes guest memory, and whose `call`/`exchange` are the
+request this instance is serving right now (None during instantiation). They
+raise `HostTrap` for whatever the spec says traps. Nothing here knows ASGI
+messages or wasmtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, Final, Protocol
+from urllib.parse import unquote_to_bytes
+
+from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len
+from .errors import HostTrap
+
+Headers = list[tuple[bytes, bytes]]
+
+_PY_LEVELS: Final = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
+                     LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
+_PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
+                     "3": b"HTTP/3.0"}
+ALWAYS_SUPPORTED: Final = Feature.BUFFER_REQUEST | Feature.BUFFER_RESPONSE
+
+
+class Memory(Protocol):
+    def read(self, ptr: int, length: int) -> bytes: ...
+    def write(self, ptr: int, data: bytes) -> None: ...
+
+
+class Phase(IntEnum):
+    INIT = 0  # instantiation: no request
+    REQUEST = 1  # inside handle_request, before next
+    RESPONSE = 2  # after next: the next handler ran (or is running)
+
+
+class Exchange:
+    """One HTTP request and its response, as every guest of a chain sees it.
+
+    Starts as a view of the ASGI scope; copies what a guest changes.
+    """
+
+    __slots__ = ("headers_changed", "max_body_size", "method", "request_body", "request_body_more",
+                 "request_body_replaced", "request_headers", "request_trailers", "response_body",
+                 "response_body_replaced", "response_headers", "response_trailers", "scope", "status",
+                 "trailers_supported", "uri")
+
+    def __init__(self, scope: dict[str, Any], *, max_body_size: int) -> None:
+        self.scope = scope
+        self.max_body_size = max_body_size
+        self.method: str = scope["method"]
+        self.uri: bytes | None = None  # set when a guest rewrites it
+        self.request_headers: Headers = scope["headers"]
+        self.headers_changed = False
+        self.request_trailers: Headers = []
+        self.request_body: bytes | None = None  # None: untouched, the app reads the stream
+        self.request_body_more = False  # the stream goes on past request_body (over the cap)
+        self.request_body_replaced = False
+        self.status = 200
+        self.response_headers: Headers = []
+        self.response_body = bytearray()
+        self.response_body_replaced = False
+        self.response_trailers: Headers = []
+        extensions = scope.get("extensions") or {}
+        self.trailers_supported = "http.response.trailers" in extensions
+
+    # -- request line --
+    def get_uri(self) -> bytes:
+        if self.uri is not None:
+            return self.uri
+        scope = self.scope
+        path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string") or b""
+        uri = path + b"?" + query if query else path
+        return uri or b"/"
+
+    def protocol(self) -> bytes:
+        return _PROTOCOLS.get(self.scope.get("http_version", "1.1"), b"HTTP/1.1")
+
+    def source_addr(self) -> bytes:
+        client = self.scope.get("client")
+        if not client:
+            raise HostTrap("the server gave no client address")
+        host, port = client[0], client[1]
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+    def request_changed(self) -> bool:
+        return self.uri is not None or self.headers_changed or self.method != self.scope["method"] \
+            or self.request_body_replaced
+
+    def app_scope(self) -> dict[str, Any]:
+        """The scope the next handler sees, with every change the guests made."""
+        scope = dict(self.scope)
+        scope["method"] = self.method
+        if self.uri is not None:
+            raw_path, _, query = self.uri.partition(b"?")
+            scope["raw_path"] = raw_path
+            scope["path"] = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+            scope["query_string"] = query
+        headers = self.request_headers
+        if self.request_body_replaced:
+            headers = [(k, v) for k, v in headers if k not in (b"content-length", b"transfer-encoding")]
+            headers.append((b"content-length", str(len(self.request_body or b"")).encode()))
+        scope["headers"] = headers
+        return scope
+
+    # -- headers --
+    def headers(self, kind: int) -> Headers:
+        if kind == HeaderKind.REQUEST:
+            return self.request_headers
+        if kind == HeaderKind.RESPONSE:
+            return self.response_headers
+        if kind == HeaderKind.REQUEST_TRAILERS:
+            return self.request_trailers
+        if kind == HeaderKind.RESPONSE_TRAILERS:
+            return self.response_trailers
+        raise HostTrap(f"unknown header kind {kind}")
+
+    def mutable_headers(self, kind: int) -> Headers:
+        if kind == HeaderKind.REQUEST and not self.headers_changed:
+            self.request_headers = list(self.request_headers)  # copy on first write: the scope is shared
+            self.headers_changed = True
+        return self.headers(kind)
+
+
+class GuestContext:
+    """What every instance of one guest shares: name, config, logger, init-time features."""
+
+    def __init__(self, name: str, config: bytes, logger: logging.Logger) -> None:
+        self.name = name
+        self.config = config
+        self.logger = logger
+        self.features = Feature.NONE
+        self.recent_output: deque[str] = deque(maxlen=20)
+        self._partial: dict[int, bytes] = {}
+
+    def output(self, fd: int, data: bytes) -> None:
+        """Guest stdout/stderr (WASI) becomes log lines: INFO for stdout, WARNING for stderr."""
+        text = self._partial.pop(fd, b"") + data
+        *lines, rest = text.split(b"\n")
+        if rest:
+            self._partial[fd] = rest
+        for line in lines:
+            self._emit(fd, line)
+
+    def flush_output(self) -> None:
+        for fd, rest in list(self._partial.items()):
+            self._emit(fd, rest)
+        self._partial.clear()
+
+    def _emit(self, fd: int, line: bytes) -> None:
+        message = line.decode("utf-8", "replace").rstrip("\r")
+        self.recent_output.append(message)
+        self.logger.log(logging.INFO if fd == 1 else logging.WARNING, "%s", message)
+
+
+class GuestCall:
+    """One guest's part in one request: its features and how far it has come."""
+
+    __slots__ = ("features", "phase", "request_read", "request_written", "response_read", "response_written")
+
+    def __init__(self, features: Feature) -> None:
+        self.features = features
+        self.phase = Phase.REQUEST
+        self.request_read = 0  # bytes of the request body this guest has read
+        self.request_written = False  # first write_body(request) overwrites
+        self.response_read = 0
+        self.response_written = False  # first write_body(response) per phase overwrites
+
+    def after_next(self) -> None:
+        self.phase = Phase.RESPONSE
+        self.response_written = False
+        self.response_read = 0
+
+
+class GuestHost:
+    """The host object of one wasm instance; host functions get it as first argument."""
+
+    __slots__ = ("call", "exchange", "guest", "mem")
+
+    def __init__(self, mem: Memory, guest: GuestContext) -> None:
+        self.mem = mem
+        self.guest = guest
+        self.call: GuestCall | None = None
+        self.exchange: Exchange | None = None
+
+    def begin(self, exchange: Exchange, call: GuestCall) -> None:
+        self.exchange = exchange
+        self.call = call
+
+    def end(self) -> None:
+        self.exchange = None
+        self.call = None
+
+    def request(self, function: str) -> tuple[Exchange, GuestCall]:
+        exchange, call = self.exchange, self.call
+        if exchange is None or call is None:
+            raise HostTrap(f"{function} needs a request; it was called outside handle_request/handle_response")
+        return exchange, call
+
+
+# --- helpers ---
+def _write_limited(h: GuestHost, buf: int, limit: int, value: bytes) -> int:
+    """The buf_limit rule: write only when the value fits; always return its length."""
+    n = len(value)
+    if 0 < n <= limit:
+        h.mem.write(buf, value)
+    return n
+
+
+def _write_list(h: GuestHost, buf: int, limit: int, items: list[bytes]) -> int:
+    if not items:
+        return 0
+    data = b"\0".join(items) + b"\0"
+    if len(data) <= limit:
+        h.mem.write(buf, data)
+    return count_len(len(items), len(data))
+
+
+def _read_name(h: GuestHost, ptr: int, length: int) -> bytes:
+    if length == 0:
+        raise HostTrap("header name cannot be empty")
+    return h.mem.read(ptr, length).lower()
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise HostTrap(f"invalid header name {name[:64]!r}")
+    if _BAD_VALUE.search(value):
+        raise HostTrap(f"invalid header value for {name.decode()!r}: control characters are not allowed")
+
+
+def _before_next(call: GuestCall, what: str) -> None:
+    if call.phase != Phase.REQUEST:
+        raise HostTrap(f"can't {what} after next")
+
+
+def _before_next_or(call: GuestCall, feature: Feature, what: str) -> None:
+    if call.phase != Phase.REQUEST and not call.features & feature:
+        raise HostTrap(f"can't {what} after next unless {feature.name.lower()} is enabled")
+
+
+def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
+    exchange, call = h.request(what)
+    if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & Feature.TRAILERS:
+        raise HostTrap(f"can't {what} trailers: the trailers feature is not enabled (or not supported)")
+    if kind in (HeaderKind.REQUEST, HeaderKind.REQUEST_TRAILERS):
+        _before_next(call, f"{what} request headers")
+    elif kind in (HeaderKind.RESPONSE, HeaderKind.RESPONSE_TRAILERS):
+        _before_next_or(call, Feature.BUFFER_RESPONSE, f"{what} response headers")
+    return exchange.mutable_headers(kind)
+
+
+# --- administrative ---
+def enable_features(h: GuestHost, features: int) -> int:
+    if h.call is None or h.exchange is None:  # at init: applies to every request of this guest
+        h.guest.features |= Feature(features & 0x7) & ALWAYS_SUPPORTED
+        return int(h.guest.features)
+    supported = ALWAYS_SUPPORTED | (Feature.TRAILERS if h.exchange.trailers_supported else Feature.NONE)
+    h.call.features |= Feature(features & 0x7) & supported
+    return int(h.call.features)
+
+
+def get_config(h: GuestHost, buf: int, limit: int) -> int:
+    return _write_limited(h, buf, limit, h.guest.config)
+
+
+def log(h: GuestHost, level: int, ptr: int, length: int) -> None:
+    py_level = _PY_LEVELS.get(_signed(level))
+    logger = h.guest.logger
+    if py_level is None or not logger.isEnabledFor(py_level):
+        return
+    try:
+        message = h.mem.read(ptr, length)
+    except HostTrap:
+        return  # the spec: a host that fails to log ignores the message
+    logger.log(py_level, "%s", message.decode("utf-8", "replace"))
+
+
+def log_enabled(h: GuestHost, level: int) -> int:
+    py_level = _PY_LEVELS.get(_signed(level))
+    return 1 if py_level is not None and h.guest.logger.isEnabledFor(py_level) else 0
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+# --- request line ---
+def get_method(h: GuestHost, buf: int, limit: int) -> int:
+    exchange, _ = h.request("get_method")
+    return _write_limited(h, buf, limit, exchange.method.encode())
+
+
+def set_method(h: GuestHost, ptr: int, length: int) -> None:
+    exchange, call = h.request("set_method")
+    _before_next(call, "set the method")
+    if length == 0:
+        raise HostTrap("method cannot be empty")
+    method = h.mem.read(ptr, length)
+    if not _TOKEN.fullmatch(method):
+        raise HostTrap(f"invalid method {method[:32]!r}")
+    exchange.method = method.decode("ascii")
+
+
+def get_uri(h: GuestHost, buf: int, limit: int) -> int:
+    exchange, _ = h.request("get_uri")
+    return _write_limited(h, buf, limit, exchange.get_uri())
+
+
+def set_uri(h: GuestHost, ptr: int, length: int) -> None:
+    exchange, call = h.request("set_uri")
+    _before_next(call, "set the uri")
+    uri = h.mem.read(ptr, length) or b"/"
+    if not uri.startswith(b"/") or _BAD_URI.search(uri):
+        raise HostTrap(f"invalid uri {uri[:64]!r}: it must start with '/' and be encoded ASCII")
+    exchange.uri = uri
+
+
+def get_protocol_version(h: GuestHost, buf: int, limit: int) -> int:
+    exchange, _ = h.request("get_protocol_version")
+    return _write_limited(h, buf, limit, exchange.protocol())
+
+
+def get_source_addr(h: GuestHost, buf: int, limit: int) -> int:
+    exchange, _ = h.request("get_source_addr")
+    return _write_limited(h, buf, limit, exchange.source_addr())
+
+
+# --- headers ---
+def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
+    exchange, call = h.request("get_header_names")
+    headers = exchange.headers(kind)
+    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & Feature.TRAILERS:
+        return 0
+    names = list(dict.fromkeys(name.lower() for name, _ in headers))
+    return _write_list(h, buf, limit, names)
+
+
+def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf: int, limit: int) -> int:
+    exchange, call = h.request("get_header_values")
+    name = _read_name(h, name_ptr, name_len)
+    headers = exchange.headers(kind)
+    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & Feature.TRAILERS:
+        return 0
+    return _write_list(h, buf, limit, [v for k, v in headers if k == name or k.lower() == name])
+
+
+def set_header_value(h: GuestHost, kind: int, name_ptr: int, name_len: int, value_ptr: int, value_len: int) -> None:
+    name = _read_name(h, name_ptr, name_len)
+    value = h.mem.read(value_ptr, value_len)
+    _check_header(name, value)
+    headers = _mutable_headers(h, kind, "set")
+    headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+    headers.append((name, value))
+
+
+def add_header_value(h: GuestHost, kind: int, name_ptr: int, name_len: int, value_ptr: int, value_len: int) -> None:
+    name = _read_name(h, name_ptr, name_len)
+    value = h.mem.read(value_ptr, value_len)
+    _check_header(name, value)
+    _mutable_headers(h, kind, "add").append((name, value))
+
+
+def remove_header(h: GuestHost, kind: int, name_ptr: int, name_len: int) -> None:
+    name = _read_name(h, name_ptr, name_len)
+    headers = _mutable_headers(h, kind, "remove")
+    headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+
+
+# --- bodies ---
+def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
+    exchange, call = h.request("read_body")
+    if limit == 0:
+        raise HostTrap("read_body with buf_limit 0")
+    if kind == BodyKind.REQUEST:
+        _before_next_or(call, Feature.BUFFER_REQUEST, "read the request body")
+        body = exchange.request_body
+        if body is None:
+            raise HostTrap("the request body was not buffered for this guest")
+        pos = call.request_read
+    elif kind == BodyKind.RESPONSE:
+        _before_next_or(call, Feature.BUFFER_RESPONSE, "read the response body")
+        body = exchange.response_body
+        pos = call.response_read
+    else:
+        raise HostTrap(f"unknown body kind {kind}")
+    chunk = body[pos:pos + limit]
+    if chunk:
+        h.mem.write(buf, bytes(chunk))
+    pos += len(chunk)
+    if kind == BodyKind.REQUEST:
+        call.request_read = pos
+        if pos >= len(body) and exchange.request_body_more:
+            raise HostTrap(f"request body is larger than max_body_size ({exchange.max_body_size} bytes)",
+                           status=413)
+    else:
+        call.response_read = pos
+    eof = 1 if pos >= len(body) else 0
+    return count_len(eof, len(chunk))
+
+
+def write_body(h: GuestHost, kind: int, ptr: int, length: int) -> None:
+    exchange, call = h.request("write_body")
+    data = h.mem.read(ptr, length)
+    if kind == BodyKind.REQUEST:
+        _before_next(call, "write the request body")
+        old = exchange.request_body if call.request_written and exchange.request_body else b""
+        if len(old) + len(data) > exchange.max_body_size:
+            raise HostTrap(f"request body written by the guest exceeds max_body_size ({exchange.max_body_size})")
+        exchange.request_body = old + data
+        exchange.request_body_more = False
+        exchange.request_body_replaced = True
+        call.request_written = True
+    elif kind == BodyKind.RESPONSE:
+        _before_next_or(call, Feature.BUFFER_RESPONSE, "write the response body")
+        if not call.response_written:
+            exchange.response_body = bytearray()
+            call.response_written = True
+        if len(exchange.response_body) + len(data) > exchange.max_body_size:
+            raise HostTrap(f"response body written by the guest exceeds max_body_size "
+                           f"({exchange.max_body_size})")
+        exchange.response_body += data
+        exchange.response_body_replaced = True
+    else:
+        raise HostTrap(f"unknown body kind {kind}")
+
+
+# --- status ---
+def get_status_code(h: GuestHost) -> int:
+    exchange, _ = h.request("get_status_code")
+    return exchange.status
+
+
+def set_status_code(h: GuestHost, status: int) -> None:
+    exchange, call = h.request("set_status_code")
+    _before_next_or(call, Feature.BUFFER_RESPONSE, "set the status code")
+    if not 100 <= status <= 599:
+        raise HostTrap(f"invalid status code {_signed(status)}")
+    exchange.status = status
+
+
+HOST_FUNCTIONS: Final[dict[str, Callable[..., int | None]]] = {
+    f.__name__: f for f in (
+        enable_features, get_config, log, log_enabled, get_method, set_method, get_uri, set_uri,
+        get_protocol_version, get_header_names, get_header_values, set_header_value, add_header_value,
+        remove_header, read_body, write_body, get_status_code, set_status_code, get_source_addr)
+}

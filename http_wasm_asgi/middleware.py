@@ -1,0 +1,330 @@
+"""The ASGI binding: run a chain of http-wasm guests in front of an ASGI app.
+
+Request flow for guests [g1, g2, g3] and the app:
+g1.handle_request -> g2.handle_request -> g3.handle_request -> app
+-> g3.handle_response -> g2.handle_response -> g1.handle_response.
+A guest that returns next=0 answers the request itself; the guests before it
+still see its response in their handle_response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from .abi import Feature, split_ctx_next
+from .errors import GuestError, GuestTrap, PoolTimeout
+from .guest import Guest
+from .host import Exchange, GuestCall, Headers
+from .runtime import WasmInstance
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+_REASONS = {413: b"Payload Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
+            503: b"Service Unavailable"}
+_NO_BODY_STATUS = frozenset({204, 304})
+_UNSAFE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+
+log = logging.getLogger("http_wasm_asgi")
+
+
+class HttpWasmMiddleware:
+    """Pure ASGI middleware running http-wasm guests, outermost first.
+
+    `guests` are `Guest` objects (compiled at construction). `max_body_size`
+    caps what is buffered for a guest (request bodies over it get 413 when a
+    guest reads them; buffered responses over it get 500).
+    """
+
+    def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *,
+                 max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
+        for guest in guests:
+            if not isinstance(guest, Guest):
+                raise TypeError(f"guests must be Guest objects, got {type(guest).__name__}")
+        self.app = app
+        self.guests: tuple[Guest, ...] = tuple(guests)
+        self.max_body_size = max_body_size
+
+    @classmethod
+    def from_config(cls, path: str, app: ASGIApp | None = None) -> HttpWasmMiddleware:
+        """Build the chain described by a config file (YAML or TOML)."""
+        from .config import middleware_from_config
+
+        return middleware_from_config(path, app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.guests:
+            await self.app(scope, receive, send)
+            return
+        await _Flow(self, scope, receive, send).run()
+
+    def close(self) -> None:
+        for guest in self.guests:
+            guest.close()
+
+
+class _Held:
+    """A guest that returned next=1 and waits for its handle_response."""
+
+    __slots__ = ("call", "guest", "instance", "req_ctx")
+
+    def __init__(self, guest: Guest, instance: WasmInstance, call: GuestCall, req_ctx: int) -> None:
+        self.guest = guest
+        self.instance = instance
+        self.call = call
+        self.req_ctx = req_ctx
+
+
+class _Flow:
+    """One request through the chain."""
+
+    __slots__ = ("app_trailers", "body_replayed", "disconnected", "error_status", "exchange", "held", "mw",
+                 "receive", "response_too_large", "scope", "send", "sent", "started")
+
+    def __init__(self, mw: HttpWasmMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        self.mw = mw
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.exchange = Exchange(scope, max_body_size=mw.max_body_size)  # type: ignore[arg-type]
+        self.held: list[_Held] = []
+        self.started = False  # the app sent http.response.start (to us or through us)
+        self.sent = False  # http.response.start went to the client
+        self.error_status: int | None = None  # a guest trapped on the way back
+        self.app_trailers = False
+        self.body_replayed = False
+        self.disconnected = False
+        self.response_too_large = False
+
+    async def run(self) -> None:
+        ex = self.exchange
+        try:
+            for guest in self.mw.guests:
+                if guest.reads_request_body and ex.request_body is None:
+                    await self._buffer_request_body()
+                instance = guest.pool.try_acquire()
+                if instance is None:
+                    instance = await guest.pool.acquire()
+                call = GuestCall(guest.context.features)
+                host = instance.host
+                host.begin(ex, call)
+                try:
+                    ctx_next = instance.handle_request()
+                except GuestTrap as trap:
+                    host.end()
+                    guest.pool.release(instance, discard=True)
+                    self._log_trap(trap)
+                    await self._fail(trap.status)
+                    return
+                req_ctx, next_ = split_ctx_next(ctx_next)
+                if not next_:
+                    host.end()
+                    guest.pool.release(instance)
+                    await self._unwind(is_error=False)
+                    await self._send_exchange(short_circuit=True)
+                    return
+                call.after_next()
+                if call.request_read and not call.features & Feature.BUFFER_REQUEST \
+                        and not ex.request_body_replaced and ex.request_body is not None:
+                    ex.request_body = ex.request_body[call.request_read:]  # read means consumed
+                self.held.append(_Held(guest, instance, call, req_ctx))
+            await self._call_app()
+        except PoolTimeout as exc:
+            log.error("request %s %s: %s", self.scope.get("method"), self.scope.get("path"), exc)
+            await self._fail(503)
+        except GuestError as exc:  # a lazily created instance failed to initialize
+            log.error("%s", exc)
+            await self._fail(500)
+        finally:
+            if self.held:  # cancelled or failed half-way: let guests clean up, free the instances
+                await self._unwind(is_error=True)
+
+    # -- the next handler --
+    async def _call_app(self) -> None:
+        ex = self.exchange
+        buffered = False
+        for held in self.held:
+            if held.call.features & Feature.BUFFER_RESPONSE:
+                buffered = True
+                break
+        scope = self.scope
+        if ex.request_changed():
+            scope = ex.app_scope()
+        extensions = scope.get("extensions")
+        if extensions and any(name in extensions for name in _UNSAFE_EXTENSIONS):
+            scope = dict(scope)
+            scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
+        receive = self.receive if ex.request_body is None else self._replay_receive
+        app_error: BaseException | None = None
+        try:
+            await self.mw.app(scope, receive, self._collect if buffered else self._stream)
+        except _ResponseTooLarge:
+            self.response_too_large = True
+        except Exception as exc:
+            app_error = exc
+        failed = app_error is not None or self.response_too_large
+        await self._unwind(is_error=failed)
+        if app_error is not None:
+            raise app_error
+        if self.response_too_large or (buffered and self.error_status is not None):
+            if self.error_status is not None:
+                await self._fail(self.error_status)
+                return
+            log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", self.scope.get("method"),
+                      self.scope.get("path"), self.mw.max_body_size)
+            await self._fail(500)
+        elif buffered and self.started:
+            await self._send_exchange(short_circuit=False)
+
+    async def _replay_receive(self) -> Message:
+        """The request body as the guests left it, then the rest of the stream (or disconnect)."""
+        ex = self.exchange
+        if not self.body_replayed:
+            self.body_replayed = True
+            more = ex.request_body_more and not ex.request_body_replaced
+            return {"type": "http.request", "body": ex.request_body or b"", "more_body": more}
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        return await self.receive()
+
+    async def _buffer_request_body(self) -> None:
+        ex = self.exchange
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                more = False
+                break
+            body = message.get("body", b"")
+            if body:
+                chunks.append(body)
+                size += len(body)
+            more = bool(message.get("more_body", False))
+            if size > ex.max_body_size:
+                break
+        ex.request_body = b"".join(chunks)
+        ex.request_body_more = more
+
+    def _merge_response_headers(self, headers: Headers) -> Headers:
+        """Response headers a guest set before next stay unless the app sets the same name."""
+        guest_headers = self.exchange.response_headers
+        if not guest_headers:
+            return headers
+        app_names = {name.lower() for name, _ in headers}
+        return [h for h in guest_headers if h[0] not in app_names] + headers
+
+    async def _stream(self, message: Message) -> None:
+        """Unbuffered: pass the app's response through, remembering what guests may read."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            ex = self.exchange
+            ex.status = message["status"]
+            headers = list(message.get("headers") or ())
+            if ex.response_headers:
+                headers = self._merge_response_headers(headers)
+                message = dict(message)
+                message["headers"] = headers
+            ex.response_headers = headers
+            self.started = self.sent = True
+        elif kind == "http.response.trailers":
+            self.exchange.response_trailers.extend(message.get("headers") or ())
+        await self.send(message)
+
+    async def _collect(self, message: Message) -> None:
+        """Buffered: keep the whole response for the guests' handle_response."""
+        ex = self.exchange
+        kind = message["type"]
+        if kind == "http.response.start":
+            ex.status = message["status"]
+            ex.response_headers = self._merge_response_headers(list(message.get("headers") or ()))
+            self.app_trailers = bool(message.get("trailers", False))
+            self.started = True
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            if len(ex.response_body) + len(body) > ex.max_body_size:
+                raise _ResponseTooLarge
+            ex.response_body += body
+        elif kind == "http.response.trailers":
+            ex.response_trailers.extend(message.get("headers") or ())
+        else:
+            await self.send(message)  # e.g. http.response.early_hint: not ours to hold
+
+    # -- the way back --
+    async def _unwind(self, *, is_error: bool) -> None:
+        """handle_response for every held guest, innermost first; frees their instances."""
+        while self.held:
+            held = self.held.pop()
+            instance, host = held.instance, held.instance.host
+            try:
+                instance.handle_response(held.req_ctx, is_error)
+            except GuestTrap as trap:
+                host.end()
+                held.guest.pool.release(instance, discard=True)
+                self._log_trap(trap)
+                self.error_status = trap.status  # a response not yet sent becomes this error
+                is_error = True
+                continue
+            host.end()
+            held.guest.pool.release(instance)
+
+    async def _send_exchange(self, *, short_circuit: bool) -> None:
+        """Send the response the guests hold (a short-circuit or a buffered one)."""
+        ex = self.exchange
+        if self.error_status is not None:
+            await self._fail(self.error_status)
+            return
+        body = bytes(ex.response_body)
+        headers = ex.response_headers
+        no_body = ex.status in _NO_BODY_STATUS or ex.status < 200 or self.scope.get("method") == "HEAD"
+        declared = [v for k, v in headers if k.lower() == b"content-length"]
+        if short_circuit or ex.response_body_replaced or not declared:
+            headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+            if not no_body:
+                headers.append((b"content-length", str(len(body)).encode()))
+        else:
+            try:  # a guest that declares a shorter length means it: never leak what it cut
+                limit = int(declared[-1])
+            except ValueError:
+                limit = len(body)
+            if limit < len(body):
+                body = body[:max(limit, 0)]
+        if no_body:
+            body = b""
+        trailers = ex.response_trailers if ex.trailers_supported else []
+        send_trailers = bool(trailers) or (self.app_trailers and ex.trailers_supported)
+        start: Message = {"type": "http.response.start", "status": ex.status, "headers": headers}
+        if send_trailers:
+            start["trailers"] = True
+        self.sent = True
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        if send_trailers:
+            await self.send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+
+    async def _fail(self, status: int) -> None:
+        """A short, generic error response; details went to the log."""
+        await self._unwind(is_error=True)
+        if self.sent:
+            return  # the response is already on its way: nothing more to say
+        self.sent = True
+        reason = _REASONS.get(status, b"Error")
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                     (b"content-length", str(len(reason)).encode())]})
+        await self.send({"type": "http.response.body", "body": reason, "more_body": False})
+
+    def _log_trap(self, trap: GuestTrap) -> None:
+        log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
+
+
+class _ResponseTooLarge(Exception):
+    """Raised into the app's send when a buffered response outgrows max_body_size."""

@@ -1,0 +1,522 @@
+"""The one module that talks to wasmtime.
+
+Everything that compiles, links, instantiates or calls into WebAssembly lives
+here, so the rest of the package never sees wasmtime or ctypes. Hot calls
+(guest exports, host functions, memory access) go through wasmtime's
+*unchecked* C API with arguments prepared once per instance: the high-level
+`wasmtime.Func.__call__` costs ~16 us a call, this path about 1 us.
+
+Threading: a guest call runs on the calling thread and releases the GIL while
+in wasm (ctypes does), so the epoch ticker can interrupt an endless loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from . import abi
+from .errors import GuestError, GuestTrap, HostTrap
+
+__all__ = [
+    "EPOCH_TICK_SECONDS",
+    "HostFunction",
+    "Limits",
+    "ModuleInfo",
+    "WasiOptions",
+    "WasmInstance",
+    "WasmModule",
+    "check_binding",
+    "wasmtime_version",
+]
+
+log = logging.getLogger("http_wasm_asgi.runtime")
+
+# A host function receives the instance's host object first, then the wasm
+# arguments as unsigned ints; it returns an int for functions with a result.
+HostFunction = Callable[..., int | None]
+
+EPOCH_TICK_SECONDS: Final = 0.005
+WASMTIME_MAJOR: Final = 50
+_EMPTY: Final = b""
+
+# --- raw C entry points, with argument types chosen for speed (plain ints) ---
+_dll = ffi.dll
+_VP = ctypes.c_void_p
+
+
+def _cfunc(name: str, restype: Any, *argtypes: Any) -> Any:
+    fn = _dll[name]  # a fresh function pointer: our argtypes, not wasmtime-py's
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+    return fn
+
+
+_func_call_unchecked = _cfunc("wasmtime_func_call_unchecked", _VP, _VP, _VP, _VP, ctypes.c_size_t, _VP)
+_memory_data = _cfunc("wasmtime_memory_data", ctypes.c_size_t, _VP, _VP)
+_memory_data_size = _cfunc("wasmtime_memory_data_size", ctypes.c_size_t, _VP, _VP)
+_set_epoch_deadline = _cfunc("wasmtime_context_set_epoch_deadline", None, _VP, ctypes.c_uint64)
+_trap_new = _cfunc("wasmtime_trap_new", _VP, ctypes.c_char_p, ctypes.c_size_t)
+_caller_export_get = _cfunc("wasmtime_caller_export_get", ctypes.c_bool, _VP, ctypes.c_char_p,
+                            ctypes.c_size_t, _VP)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_size_t, _VP, _VP, _VP, ctypes.c_size_t)
+_FINALIZER = ctypes.CFUNCTYPE(None, _VP)
+_linker_define_unchecked = _cfunc("wasmtime_linker_define_func_unchecked", _VP, _VP, ctypes.c_char_p,
+                                  ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, _VP, _CALLBACK,
+                                  _VP, _FINALIZER)
+_NO_FINALIZER = _FINALIZER()
+_RAW_SIZE: Final = ctypes.sizeof(ffi.wasmtime_val_raw_t)  # 16: one slot per argument/result
+_U64 = ctypes.c_uint64
+_ARG_STRUCTS = {n: struct.Struct("<" + f"I{_RAW_SIZE - 4}x" * n) for n in range(6)}
+_U32_PAIR = struct.Struct("<II")
+
+
+def wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+def check_binding() -> None:
+    """Fail loudly when the installed wasmtime is not the one this fast path was built for."""
+    major = int(wasmtime_version().split(".")[0])
+    if major != WASMTIME_MAJOR:
+        raise RuntimeError(f"http_wasm_asgi needs wasmtime {WASMTIME_MAJOR}.x, found {wasmtime_version()}")
+    if _RAW_SIZE != 16:
+        raise RuntimeError(f"unexpected wasmtime_val_raw size {_RAW_SIZE}")
+
+
+check_binding()
+
+# --- the current instance, per thread: host callbacks find their instance here ---
+_current = threading.local()
+
+
+def _trap(message: str) -> int:
+    data = message.encode("utf-8", "replace")
+    return int(_trap_new(data, len(data)))
+
+
+def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, on_instance: bool = False) -> Any:
+    unpack = _ARG_STRUCTS[nparams].unpack
+    at = ctypes.string_at
+
+    def callback(_env: int | None, caller: int, values: int, _n: int) -> int:
+        inst: WasmInstance = _current.instance
+        try:
+            if inst._memory_addr == 0:
+                inst._bind_memory_from_caller(caller)
+            target = inst if on_instance else inst.host
+            result = fn(target, *unpack(at(values, nparams * _RAW_SIZE))) if nparams else fn(target)
+            if nresults:
+                _U64.from_address(values).value = result & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[operator]
+            return 0
+        except HostTrap as exc:
+            inst.trap_status = exc.status
+            return _trap(f"{name}: {exc}")
+        except BaseException as exc:  # a host bug must trap the guest, never unwind through wasm
+            log.exception("host function %s failed", name)
+            return _trap(f"{name}: host error: {type(exc).__name__}")
+
+    return _CALLBACK(callback)
+
+
+# --- WASI output: our own fd_write collects every buffer (wasmtime's may write only the first) ---
+def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    if fd not in (1, 2):
+        return 8  # EBADF: a guest gets no files
+    total = 0
+    parts = []
+    raw = mem.read(iovs, iovs_len * 8)
+    for i in range(iovs_len):
+        ptr, length = _U32_PAIR.unpack_from(raw, i * 8)
+        parts.append(mem.read(ptr, length))
+        total += length
+    mem.write(nwritten, struct.pack("<I", total))
+    mem.output(fd, b"".join(parts))
+    return 0
+
+
+# --- engine, epoch ticker and compile cache ---
+_engine_lock = threading.Lock()
+_engine: wasmtime.Engine | None = None
+_module_cache: dict[str, wasmtime.Module] = {}
+ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed"
+
+
+def _get_engine() -> wasmtime.Engine:
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            config = wasmtime.Config()
+            config.epoch_interruption = True
+            config.cranelift_opt_level = "speed"
+            _engine = wasmtime.Engine(config)
+            threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
+        return _engine
+
+
+def _tick(engine: wasmtime.Engine) -> None:
+    while True:
+        time.sleep(EPOCH_TICK_SECONDS)
+        engine.increment_epoch()
+
+
+def default_cache_dir() -> Path | None:
+    """Where compiled modules are kept: $HTTP_WASM_ASGI_CACHE_DIR, else ~/.cache/http-wasm-asgi.
+
+    Set the variable to an empty string to turn the disk cache off.
+    """
+    env = os.environ.get("HTTP_WASM_ASGI_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "http-wasm-asgi"
+
+
+def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.Module, float, str]:
+    """Compile once per process, and once per machine with the disk cache. Returns (module, s, source)."""
+    engine = _get_engine()
+    key = hashlib.sha256(wasm).hexdigest()
+    cached = _module_cache.get(key)
+    if cached is not None:
+        return cached, 0.0, "memory"
+    start = time.perf_counter()
+    path = None
+    if cache_dir is not None:
+        tag = hashlib.sha256(f"{wasmtime_version()};{ENGINE_FINGERPRINT}".encode()).hexdigest()[:12]
+        path = cache_dir / f"{key}-{tag}.cwasm"
+        if path.exists():
+            with contextlib.suppress(Exception):  # a stale or corrupt entry is simply rebuilt
+                module = wasmtime.Module.deserialize_file(engine, str(path))
+                _module_cache[key] = module
+                return module, time.perf_counter() - start, "disk"
+    try:
+        module = wasmtime.Module(engine, wasm)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GuestError(name, f"not a valid WebAssembly module: {first}") from None
+    elapsed = time.perf_counter() - start
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(module.serialize())
+            os.replace(tmp, path)
+    _module_cache[key] = module
+    return module, elapsed, "compiled"
+
+
+# --- public types ---
+@dataclass(frozen=True)
+class Limits:
+    """Per-instance resource limits."""
+
+    call_timeout: float = 1.0  # seconds of CPU per guest call (epoch based)
+    memory_bytes: int = 64 * 1024 * 1024  # linear memory cap
+
+
+@dataclass(frozen=True)
+class WasiOptions:
+    """What a WASI guest may see. Nothing by default."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    dirs: Mapping[str, str] = field(default_factory=dict)  # guest path -> host path, read-only
+    dirs_writable: bool = False
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What a compiled guest declares, for `inspect`/`check` and for the host's own choices."""
+
+    size: int
+    sha256: str
+    imports: tuple[tuple[str, str, str], ...]  # (module, name, type)
+    exports: tuple[tuple[str, str], ...]  # (name, type)
+    uses_wasi: bool
+    compile_seconds: float
+    compiled_from: str  # "compiled", "disk" or "memory"
+
+    def imports_host(self, name: str) -> bool:
+        return any(m == abi.HOST_MODULE and n == name for m, n, _ in self.imports)
+
+
+def _valtypes(types: list[wasmtime.ValType]) -> tuple[str, ...]:
+    return tuple(str(t) for t in types)
+
+
+def _describe(ty: Any) -> str:
+    if isinstance(ty, wasmtime.FuncType):
+        return f"func({', '.join(_valtypes(ty.params))}) -> ({', '.join(_valtypes(ty.results))})"
+    return type(ty).__name__.replace("Type", "").lower()
+
+
+def _signature(params: tuple[str, ...], results: tuple[str, ...]) -> str:
+    return f"func({', '.join(params)}) -> ({', '.join(results)})"
+
+
+class WasmModule:
+    """A validated guest module, linked against the host functions, ready to instantiate."""
+
+    def __init__(self, name: str, wasm: bytes, host_functions: Mapping[str, HostFunction],
+                 *, cache_dir: Path | None = None, wasi: WasiOptions | None = None,
+                 limits: Limits | None = None) -> None:
+        self.name = name
+        self.limits = limits or Limits()
+        self.wasi = wasi or WasiOptions()
+        if not isinstance(wasm, bytes | bytearray | memoryview):
+            raise GuestError(name, f"expected the module's bytes, got {type(wasm).__name__}")
+        wasm = bytes(wasm)
+        if wasm[:4] != b"\0asm":
+            try:  # WebAssembly text is accepted too (tests, hand-written guests)
+                wasm = wasmtime.wat2wasm(wasm.decode("utf-8"))
+            except Exception as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise GuestError(name, "not a WebAssembly module (no \\0asm header) and not valid "
+                                       f"WebAssembly text: {detail}") from None
+        self._module, seconds, source = _compile(name, wasm, cache_dir)
+        imports = tuple((i.module, i.name or "", _describe(i.type)) for i in self._module.imports)
+        exports = tuple((e.name, _describe(e.type)) for e in self._module.exports)
+        self.info = ModuleInfo(len(wasm), hashlib.sha256(wasm).hexdigest(), imports, exports,
+                               any(m == abi.WASI_MODULE for m, _, _ in imports), seconds, source)
+        self._validate()
+        self._engine = _get_engine()
+        self._callbacks: list[Any] = []  # keep ctypes callbacks alive as long as the linker
+        self._pre = self._link(host_functions)
+        self._deadline_ticks = max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS))
+
+    def _validate(self) -> None:
+        exports = {e.name: e.type for e in self._module.exports}
+        for export, (params, results) in abi.GUEST_EXPORTS.items():
+            ty = exports.get(export)
+            if ty is None:
+                raise GuestError(self.name, f"missing export {export!r} (an http-wasm guest must export "
+                                            f"memory, handle_request and handle_response)")
+            if not isinstance(ty, wasmtime.FuncType) or (_valtypes(ty.params), _valtypes(ty.results)) != (
+                    params, results):
+                raise GuestError(self.name, f"export {export!r} has type {_describe(ty)}, "
+                                            f"the ABI needs {_signature(params, results)}")
+        if not isinstance(exports.get(abi.EXPORT_MEMORY), wasmtime.MemoryType):
+            raise GuestError(self.name, "missing export 'memory' (the host reads and writes guest "
+                                        "memory through it)")
+        for imp in self._module.imports:
+            module, name, ty = imp.module, imp.name or "", imp.type
+            if module == abi.HOST_MODULE:
+                sig = abi.HOST_FUNCTIONS.get(name)
+                if sig is None:
+                    raise GuestError(self.name, f"imports {module}.{name}, which the http-handler ABI "
+                                                "does not define")
+                if not isinstance(ty, wasmtime.FuncType) or (
+                        _valtypes(ty.params), _valtypes(ty.results)) != sig:
+                    raise GuestError(self.name, f"imports {module}.{name} as {_describe(ty)}, the ABI "
+                                                f"defines {_signature(*sig)}")
+            elif module != abi.WASI_MODULE:
+                raise GuestError(self.name, f"imports {module}.{name} ({_describe(ty)}), which this host "
+                                            f"cannot provide (only {abi.HOST_MODULE} and {abi.WASI_MODULE})")
+
+    def _define(self, linker: wasmtime.Linker, module: str, name: str, fn: HostFunction,
+                params: tuple[str, ...], results: tuple[str, ...], *, on_instance: bool = False) -> None:
+        vt = {abi.I32: wasmtime.ValType.i32(), abi.I64: wasmtime.ValType.i64()}
+        functype = wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
+        callback = _make_callback(name, fn, len(params), len(results), on_instance=on_instance)
+        self._callbacks.append((callback, functype))
+        m, n = module.encode(), name.encode()
+        err = _linker_define_unchecked(ctypes.cast(linker.ptr(), _VP), m, len(m), n, len(n),
+                                       ctypes.cast(functype.ptr(), _VP), callback, None, _NO_FINALIZER)
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
+
+    def _link(self, host_functions: Mapping[str, HostFunction]) -> wasmtime.InstancePre:
+        linker = wasmtime.Linker(self._engine)
+        if self.info.uses_wasi:
+            linker.define_wasi()
+            linker.allow_shadowing(True)
+            self._define(linker, abi.WASI_MODULE, "fd_write", _fd_write, (abi.I32,) * 4, (abi.I32,),
+                         on_instance=True)
+        for name in {n for m, n, _ in self.info.imports if m == abi.HOST_MODULE}:
+            params, results = abi.HOST_FUNCTIONS[name]
+            self._define(linker, abi.HOST_MODULE, name, host_functions[name], params, results)
+        try:
+            return linker.instantiate_pre(self._module)
+        except Exception as exc:
+            raise GuestError(self.name, f"cannot link: {exc}") from None
+
+    def instantiate(self, make_host: Callable[[WasmInstance], Any],
+                    output: Callable[[int, bytes], None] | None = None) -> WasmInstance:
+        """Create a fresh instance and run its start function / `_initialize` / `_start`."""
+        return WasmInstance(self, make_host, output)
+
+
+class WasmInstance:
+    """One guest instance in its own store. Used by one request at a time."""
+
+    __slots__ = ("_args", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref",
+                 "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn", "trap_status")
+
+    def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
+                 output: Callable[[int, bytes], None] | None) -> None:
+        self.name = module.name
+        self._module_ref = module
+        self.closed = False
+        self.trap_status = 500
+        self.output_fn = output
+        self._memory: Any = None
+        self._memory_addr = 0
+        self._deadline = module._deadline_ticks
+        store = wasmtime.Store(module._engine)
+        store.set_limits(memory_size=module.limits.memory_bytes)
+        if module.info.uses_wasi:
+            wasi = wasmtime.WasiConfig()
+            if module.wasi.env:
+                wasi.env([[k, v] for k, v in module.wasi.env.items()])
+            for guest_path, host_path in module.wasi.dirs.items():
+                wasi.preopen_dir(host_path, guest_path, fs_mutable=module.wasi.dirs_writable)
+            store.set_wasi(wasi)
+        self._store = store
+        self._ctx = ctypes.cast(store._context(), _VP).value
+        self._args = (ctypes.c_uint64 * 4)()
+        self._trap = ctypes.c_void_p()
+        self._trap_addr = ctypes.addressof(self._trap)
+        self.host = make_host(self)
+        _set_epoch_deadline(self._ctx, self._deadline)
+        prev = getattr(_current, "instance", None)
+        _current.instance = self
+        try:
+            instance = module._pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports[abi.EXPORT_MEMORY]
+            self._memory = memory._memory  # type: ignore[union-attr]
+            self._memory_addr = ctypes.addressof(self._memory)
+            self._keep = [exports[name] for name in (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE)]
+            self._funcs = {name: ctypes.addressof(f._func)  # type: ignore[union-attr]
+                           for name, f in zip((abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE),
+                                              self._keep, strict=True)}
+            for init in (abi.EXPORT_INITIALIZE, abi.EXPORT_START):
+                func = exports.get(init)
+                if isinstance(func, wasmtime.Func):
+                    self._keep.append(func)
+                    self._funcs[init] = ctypes.addressof(func._func)
+                    try:
+                        self._call(init, 0)
+                    except GuestTrap as exc:
+                        if exc.exit_code != 0:  # proc_exit(0) from `_start` is a normal end
+                            raise
+                        self.closed = False
+                    break
+        except GuestTrap as exc:
+            raise GuestError(self.name, f"failed to initialize in {exc.export}: {exc.message}") from None
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            code = getattr(exc, "code", None)
+            if code == 0:  # proc_exit(0) from a start function is a normal end
+                pass
+            else:
+                what = f"exited with code {code}" if code is not None else _first_line(exc)
+                raise GuestError(self.name, f"failed to initialize: {what}") from None
+        finally:
+            _current.instance = prev
+
+    # -- calls into the guest --
+    def _call(self, export: str, nargs: int) -> int:
+        func = self._funcs[export]
+        prev = getattr(_current, "instance", None)
+        _current.instance = self
+        self.trap_status = 500
+        _set_epoch_deadline(self._ctx, self._deadline)
+        try:
+            err = _func_call_unchecked(self._ctx, func, ctypes.addressof(self._args), 2, self._trap_addr)
+        finally:
+            _current.instance = prev
+        if err or self._trap.value:
+            self.closed = True
+            raise self._trap_error(export, err)
+        return int(self._args[0])
+
+    def _trap_error(self, export: str, err: int | None) -> GuestTrap:
+        status = self.trap_status
+        exit_code = None
+        if err:
+            exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
+            exit_code = getattr(exc, "code", None)
+            message = f"exited with code {exit_code}" if exit_code is not None else _first_line(exc)
+        else:
+            trap = wasmtime.Trap._from_ptr(ctypes.cast(self._trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
+            self._trap.value = None
+            code = trap.trap_code
+            if code == wasmtime.TrapCode.INTERRUPT:
+                message = f"exceeded the CPU time limit ({self._module_ref.limits.call_timeout:g} s)"
+                status = 503
+            else:
+                message = _first_line(trap)
+        return GuestTrap(self.name, export, message, status=status, exit_code=exit_code)
+
+    def handle_request(self) -> int:
+        """Call `handle_request`; returns the raw i64 ctx_next."""
+        return self._call(abi.EXPORT_HANDLE_REQUEST, 0)
+
+    def handle_response(self, req_ctx: int, is_error: bool) -> None:
+        args = self._args
+        args[0] = req_ctx & 0xFFFF_FFFF
+        args[2] = 1 if is_error else 0
+        self._call(abi.EXPORT_HANDLE_RESPONSE, 2)
+
+    # -- guest memory, for host functions --
+    def _bind_memory_from_caller(self, caller: int) -> None:
+        """During instantiation (start section) the memory export is found through the caller."""
+        item = ffi.wasmtime_extern_t()
+        if not _caller_export_get(caller, b"memory", 6, ctypes.addressof(item)) or \
+                item.kind != ffi.WASMTIME_EXTERN_MEMORY.value:
+            raise HostTrap("guest has no exported memory")
+        self._memory = item.of.memory
+        self._memory_addr = ctypes.addressof(self._memory)
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Guest memory [ptr, ptr+length); traps on out-of-bounds."""
+        if length == 0:
+            return _EMPTY
+        if ptr + length > _memory_data_size(self._ctx, self._memory_addr):
+            raise HostTrap(f"out of bounds memory read [{ptr}, {ptr + length})")
+        return ctypes.string_at(_memory_data(self._ctx, self._memory_addr) + ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        """Write data at guest memory ptr; traps on out-of-bounds."""
+        n = len(data)
+        if ptr + n > _memory_data_size(self._ctx, self._memory_addr):
+            raise HostTrap(f"out of bounds memory write [{ptr}, {ptr + n})")
+        if n:
+            ctypes.memmove(_memory_data(self._ctx, self._memory_addr) + ptr, data, n)
+
+    def check_range(self, ptr: int, length: int) -> None:
+        if ptr + length > _memory_data_size(self._ctx, self._memory_addr):
+            raise HostTrap(f"out of bounds memory range [{ptr}, {ptr + length})")
+
+    def memory_size(self) -> int:
+        return int(_memory_data_size(self._ctx, self._memory_addr)) if self._memory_addr else 0
+
+    def output(self, fd: int, data: bytes) -> None:
+        if self.output_fn is not None:
+            self.output_fn(fd, data)
+
+    def close(self) -> None:
+        """Drop the store (and so the instance and its memory)."""
+        self.closed = True
+        self._memory_addr = 0
+        self.host = None
+        self._store = None  # type: ignore[assignment]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
