@@ -207,8 +207,7 @@ def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.M
     try:
         module = wasmtime.Module(engine, wasm)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GuestError(name, f"not a valid WebAssembly module: {first}") from None
+        raise GuestError(name, f"not a valid WebAssembly module: {_first_line(exc)}") from None
     elapsed = time.perf_counter() - start
     if path is not None:
         with contextlib.suppress(OSError):
@@ -518,5 +517,10 @@ class WasmInstance:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The cause of a wasmtime error or trap, without its backtrace."""
     text = str(exc).strip()
+    if "Caused by:" in text:
+        cause = [line.strip() for line in text.split("Caused by:", 1)[1].splitlines() if line.strip()]
+        text = " ".join(cause)
+        return text.removeprefix("wasm trap: ")
     return text.splitlines()[0] if text else type(exc).__name__

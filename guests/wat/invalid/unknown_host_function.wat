@@ -1,0 +1,5 @@
+(module
+  (import "http_handler" "get_path" (func $get_path (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "handle_request") (result i64) (i64.const 1))
+  (func (export "handle_response") (param i32 i32)))
