@@ -342,7 +342,7 @@ class WasmModule:
         linker = wasmtime.Linker(self._engine)
         if self.info.uses_wasi:
             linker.define_wasi()
-            linker.allow_shadowing(True)
+            linker.allow_shadowing = True
             self._define(linker, abi.WASI_MODULE, "fd_write", _fd_write, (abi.I32,) * 4, (abi.I32,),
                          on_instance=True)
         for name in {n for m, n, _ in self.info.imports if m == abi.HOST_MODULE}:
