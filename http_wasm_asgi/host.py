@@ -29,7 +29,12 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
                      "3": b"HTTP/3.0"}
-ALWAYS_SUPPORTED: Final = Feature.BUFFER_REQUEST | Feature.BUFFER_RESPONSE
+# Plain ints on the hot path: IntFlag arithmetic costs a Python call per operation.
+BUFFER_REQUEST: Final = int(Feature.BUFFER_REQUEST)
+BUFFER_RESPONSE: Final = int(Feature.BUFFER_RESPONSE)
+TRAILERS: Final = int(Feature.TRAILERS)
+ALWAYS_SUPPORTED: Final = BUFFER_REQUEST | BUFFER_RESPONSE
+_FEATURE_NAMES: Final = {BUFFER_REQUEST: "buffer_request", BUFFER_RESPONSE: "buffer_response", TRAILERS: "trailers"}
 
 
 class Memory(Protocol):
@@ -139,7 +144,7 @@ class GuestContext:
         self.name = name
         self.config = config
         self.logger = logger
-        self.features = Feature.NONE
+        self.features = 0  # Feature bits enabled at init
         self.recent_output: deque[str] = deque(maxlen=20)
         self._partial: dict[int, bytes] = {}
 
@@ -168,7 +173,7 @@ class GuestCall:
 
     __slots__ = ("features", "phase", "request_read", "request_written", "response_read", "response_written")
 
-    def __init__(self, features: Feature) -> None:
+    def __init__(self, features: int) -> None:
         self.features = features
         self.phase = Phase.REQUEST
         self.request_read = 0  # bytes of the request body this guest has read
@@ -244,30 +249,30 @@ def _before_next(call: GuestCall, what: str) -> None:
         raise HostTrap(f"can't {what} after next")
 
 
-def _before_next_or(call: GuestCall, feature: Feature, what: str) -> None:
+def _before_next_or(call: GuestCall, feature: int, what: str) -> None:
     if call.phase != Phase.REQUEST and not call.features & feature:
-        raise HostTrap(f"can't {what} after next unless {feature.name.lower()} is enabled")
+        raise HostTrap(f"can't {what} after next unless {_FEATURE_NAMES[feature]} is enabled")
 
 
 def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
     exchange, call = h.request(what)
-    if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & Feature.TRAILERS:
+    if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & TRAILERS:
         raise HostTrap(f"can't {what} trailers: the trailers feature is not enabled (or not supported)")
     if kind in (HeaderKind.REQUEST, HeaderKind.REQUEST_TRAILERS):
         _before_next(call, f"{what} request headers")
     elif kind in (HeaderKind.RESPONSE, HeaderKind.RESPONSE_TRAILERS):
-        _before_next_or(call, Feature.BUFFER_RESPONSE, f"{what} response headers")
+        _before_next_or(call, BUFFER_RESPONSE, f"{what} response headers")
     return exchange.mutable_headers(kind)
 
 
 # --- administrative ---
 def enable_features(h: GuestHost, features: int) -> int:
     if h.call is None or h.exchange is None:  # at init: applies to every request of this guest
-        h.guest.features |= Feature(features & 0x7) & ALWAYS_SUPPORTED
-        return int(h.guest.features)
-    supported = ALWAYS_SUPPORTED | (Feature.TRAILERS if h.exchange.trailers_supported else Feature.NONE)
-    h.call.features |= Feature(features & 0x7) & supported
-    return int(h.call.features)
+        h.guest.features |= features & ALWAYS_SUPPORTED
+        return h.guest.features
+    supported = ALWAYS_SUPPORTED | (TRAILERS if h.exchange.trailers_supported else 0)
+    h.call.features |= features & supported
+    return h.call.features
 
 
 def get_config(h: GuestHost, buf: int, limit: int) -> int:
@@ -340,19 +345,18 @@ def get_source_addr(h: GuestHost, buf: int, limit: int) -> int:
 def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
     exchange, call = h.request("get_header_names")
     headers = exchange.headers(kind)
-    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & Feature.TRAILERS:
+    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & TRAILERS:
         return 0
-    names = list(dict.fromkeys(name.lower() for name, _ in headers))
-    return _write_list(h, buf, limit, names)
+    return _write_list(h, buf, limit, list(dict.fromkeys([name.lower() for name, _ in headers])))
 
 
 def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf: int, limit: int) -> int:
     exchange, call = h.request("get_header_values")
     name = _read_name(h, name_ptr, name_len)
     headers = exchange.headers(kind)
-    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & Feature.TRAILERS:
+    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & TRAILERS:
         return 0
-    return _write_list(h, buf, limit, [v for k, v in headers if k == name or k.lower() == name])
+    return _write_list(h, buf, limit, [v for k, v in headers if k.lower() == name])
 
 
 def set_header_value(h: GuestHost, kind: int, name_ptr: int, name_len: int, value_ptr: int, value_len: int) -> None:
@@ -360,7 +364,10 @@ def set_header_value(h: GuestHost, kind: int, name_ptr: int, name_len: int, valu
     value = h.mem.read(value_ptr, value_len)
     _check_header(name, value)
     headers = _mutable_headers(h, kind, "set")
-    headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+    for k, _ in headers:
+        if k.lower() == name:
+            headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+            break
     headers.append((name, value))
 
 
@@ -383,13 +390,13 @@ def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
     if limit == 0:
         raise HostTrap("read_body with buf_limit 0")
     if kind == BodyKind.REQUEST:
-        _before_next_or(call, Feature.BUFFER_REQUEST, "read the request body")
+        _before_next_or(call, BUFFER_REQUEST, "read the request body")
         body = exchange.request_body
         if body is None:
             raise HostTrap("the request body was not buffered for this guest")
         pos = call.request_read
     elif kind == BodyKind.RESPONSE:
-        _before_next_or(call, Feature.BUFFER_RESPONSE, "read the response body")
+        _before_next_or(call, BUFFER_RESPONSE, "read the response body")
         body = exchange.response_body
         pos = call.response_read
     else:
@@ -422,7 +429,7 @@ def write_body(h: GuestHost, kind: int, ptr: int, length: int) -> None:
         exchange.request_body_replaced = True
         call.request_written = True
     elif kind == BodyKind.RESPONSE:
-        _before_next_or(call, Feature.BUFFER_RESPONSE, "write the response body")
+        _before_next_or(call, BUFFER_RESPONSE, "write the response body")
         if not call.response_written:
             exchange.response_body = bytearray()
             call.response_written = True
@@ -443,7 +450,7 @@ def get_status_code(h: GuestHost) -> int:
 
 def set_status_code(h: GuestHost, status: int) -> None:
     exchange, call = h.request("set_status_code")
-    _before_next_or(call, Feature.BUFFER_RESPONSE, "set the status code")
+    _before_next_or(call, BUFFER_RESPONSE, "set the status code")
     if not 100 <= status <= 599:
         raise HostTrap(f"invalid status code {_signed(status)}")
     exchange.status = status

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from .abi import Feature, split_ctx_next
+from .abi import split_ctx_next
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
-from .host import Exchange, GuestCall, Headers
+from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestCall, Headers
 from .runtime import WasmInstance
 
 Scope = MutableMapping[str, Any]
@@ -130,7 +130,7 @@ class _Flow:
                     await self._send_exchange(short_circuit=True)
                     return
                 call.after_next()
-                if call.request_read and not call.features & Feature.BUFFER_REQUEST \
+                if call.request_read and not call.features & BUFFER_REQUEST \
                         and not ex.request_body_replaced and ex.request_body is not None:
                     ex.request_body = ex.request_body[call.request_read:]  # read means consumed
                 self.held.append(_Held(guest, instance, call, req_ctx))
@@ -150,7 +150,7 @@ class _Flow:
         ex = self.exchange
         buffered = False
         for held in self.held:
-            if held.call.features & Feature.BUFFER_RESPONSE:
+            if held.call.features & BUFFER_RESPONSE:
                 buffered = True
                 break
         scope = self.scope

@@ -79,8 +79,12 @@ _linker_define_unchecked = _cfunc("wasmtime_linker_define_func_unchecked", _VP, 
                                   _VP, _FINALIZER)
 _NO_FINALIZER = _FINALIZER()
 _RAW_SIZE: Final = ctypes.sizeof(ffi.wasmtime_val_raw_t)  # 16: one slot per argument/result
-_U64 = ctypes.c_uint64
+_RESULT = struct.Struct("<Q")
 _ARG_STRUCTS = {n: struct.Struct("<" + f"I{_RAW_SIZE - 4}x" * n) for n in range(6)}
+# One memoryview over the whole address space: host callbacks read their arguments and
+# guest memory with a slice or struct.unpack_from (~0.1 us) instead of a ctypes object each
+# time (~0.4 us). Only ranges checked against wasmtime's own bounds are ever touched.
+_ADDRESS_SPACE = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B")
 _U32_PAIR = struct.Struct("<II")
 
 
@@ -111,8 +115,9 @@ def _trap(message: str) -> int:
 
 
 def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, on_instance: bool = False) -> Any:
-    unpack = _ARG_STRUCTS[nparams].unpack
-    at = ctypes.string_at
+    unpack = _ARG_STRUCTS[nparams].unpack_from
+    pack = _RESULT.pack_into
+    space = _ADDRESS_SPACE
 
     def callback(_env: int | None, caller: int, values: int, _n: int) -> int:
         inst: WasmInstance = _current.instance
@@ -120,9 +125,9 @@ def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, 
             if inst._memory_addr == 0:
                 inst._bind_memory_from_caller(caller)
             target = inst if on_instance else inst.host
-            result = fn(target, *unpack(at(values, nparams * _RAW_SIZE))) if nparams else fn(target)
+            result = fn(target, *unpack(space, values)) if nparams else fn(target)
             if nresults:
-                _U64.from_address(values).value = result & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[operator]
+                pack(space, values, result & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[operator]
             return 0
         except HostTrap as exc:
             inst.trap_status = exc.status
@@ -154,7 +159,7 @@ def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: in
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
 _module_cache: dict[str, wasmtime.Module] = {}
-ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed"
+ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed;fixed-memory"
 
 
 def _get_engine() -> wasmtime.Engine:
@@ -164,6 +169,7 @@ def _get_engine() -> wasmtime.Engine:
             config = wasmtime.Config()
             config.epoch_interruption = True
             config.cranelift_opt_level = "speed"
+            config.memory_may_move = False  # lets instances cache their memory's base address
             _engine = wasmtime.Engine(config)
             threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
         return _engine
@@ -362,7 +368,7 @@ class WasmModule:
 class WasmInstance:
     """One guest instance in its own store. Used by one request at a time."""
 
-    __slots__ = ("_args", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref",
+    __slots__ = ("_args", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref", "_size",
                  "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn", "trap_status")
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
@@ -374,6 +380,8 @@ class WasmInstance:
         self.output_fn = output
         self._memory: Any = None
         self._memory_addr = 0
+        self._base = 0  # memory base address: fixed (memory_may_move=False)
+        self._size = 0  # a lower bound of the memory size: memory only grows
         self._deadline = module._deadline_ticks
         store = wasmtime.Store(module._engine)
         store.set_limits(memory_size=module.limits.memory_bytes)
@@ -396,9 +404,7 @@ class WasmInstance:
         try:
             instance = module._pre.instantiate(store)
             exports = instance.exports(store)
-            memory = exports[abi.EXPORT_MEMORY]
-            self._memory = memory._memory  # type: ignore[union-attr]
-            self._memory_addr = ctypes.addressof(self._memory)
+            self._set_memory(exports[abi.EXPORT_MEMORY]._memory)  # type: ignore[union-attr]
             self._keep = [exports[name] for name in (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE)]
             self._funcs = {name: ctypes.addressof(f._func)  # type: ignore[union-attr]
                            for name, f in zip((abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE),
@@ -478,28 +484,37 @@ class WasmInstance:
         if not _caller_export_get(caller, b"memory", 6, ctypes.addressof(item)) or \
                 item.kind != ffi.WASMTIME_EXTERN_MEMORY.value:
             raise HostTrap("guest has no exported memory")
-        self._memory = item.of.memory
-        self._memory_addr = ctypes.addressof(self._memory)
+        self._set_memory(item.of.memory)
+
+    def _set_memory(self, memory: Any) -> None:
+        self._memory = memory
+        self._memory_addr = ctypes.addressof(memory)
+        self._base = int(_memory_data(self._ctx, self._memory_addr))
+        self._size = int(_memory_data_size(self._ctx, self._memory_addr))
+
+    def _in_bounds(self, end: int) -> bool:
+        if end <= self._size:
+            return True
+        self._size = int(_memory_data_size(self._ctx, self._memory_addr))  # the guest may have grown it
+        return end <= self._size
 
     def read(self, ptr: int, length: int) -> bytes:
         """Guest memory [ptr, ptr+length); traps on out-of-bounds."""
         if length == 0:
             return _EMPTY
-        if ptr + length > _memory_data_size(self._ctx, self._memory_addr):
+        if ptr + length > self._size and not self._in_bounds(ptr + length):
             raise HostTrap(f"out of bounds memory read [{ptr}, {ptr + length})")
-        return ctypes.string_at(_memory_data(self._ctx, self._memory_addr) + ptr, length)
+        start = self._base + ptr
+        return _ADDRESS_SPACE[start:start + length].tobytes()
 
     def write(self, ptr: int, data: bytes) -> None:
         """Write data at guest memory ptr; traps on out-of-bounds."""
         n = len(data)
-        if ptr + n > _memory_data_size(self._ctx, self._memory_addr):
+        if ptr + n > self._size and not self._in_bounds(ptr + n):
             raise HostTrap(f"out of bounds memory write [{ptr}, {ptr + n})")
         if n:
-            ctypes.memmove(_memory_data(self._ctx, self._memory_addr) + ptr, data, n)
-
-    def check_range(self, ptr: int, length: int) -> None:
-        if ptr + length > _memory_data_size(self._ctx, self._memory_addr):
-            raise HostTrap(f"out of bounds memory range [{ptr}, {ptr + length})")
+            start = self._base + ptr
+            _ADDRESS_SPACE[start:start + n] = data
 
     def memory_size(self) -> int:
         return int(_memory_data_size(self._ctx, self._memory_addr)) if self._memory_addr else 0
