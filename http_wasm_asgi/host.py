@@ -22,8 +22,8 @@ from .errors import HostTrap
 
 Headers = list[tuple[bytes, bytes]]
 
-_PY_LEVELS: Final = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
-                     LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
+_PY_LEVELS: Final[dict[int, int]] = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
+                                     LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
@@ -389,11 +389,12 @@ def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
     exchange, call = h.request("read_body")
     if limit == 0:
         raise HostTrap("read_body with buf_limit 0")
+    body: bytes | bytearray
     if kind == BodyKind.REQUEST:
         _before_next_or(call, BUFFER_REQUEST, "read the request body")
-        body = exchange.request_body
-        if body is None:
+        if exchange.request_body is None:
             raise HostTrap("the request body was not buffered for this guest")
+        body = exchange.request_body
         pos = call.request_read
     elif kind == BodyKind.RESPONSE:
         _before_next_or(call, BUFFER_RESPONSE, "read the response body")

@@ -56,7 +56,8 @@ class HttpWasmMiddleware:
         """Build the chain described by a config file (YAML or TOML)."""
         from .config import middleware_from_config
 
-        return middleware_from_config(path, app)
+        middleware: HttpWasmMiddleware = middleware_from_config(path, app)
+        return middleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.guests:

@@ -287,7 +287,7 @@ class WasmModule:
         wasm = bytes(wasm)
         if wasm[:4] != b"\0asm":
             try:  # WebAssembly text is accepted too (tests, hand-written guests)
-                wasm = wasmtime.wat2wasm(wasm.decode("utf-8"))
+                wasm = bytes(wasmtime.wat2wasm(wasm.decode("utf-8")))
             except Exception as exc:
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise GuestError(name, "not a WebAssembly module (no \\0asm header) and not valid "
@@ -368,7 +368,8 @@ class WasmModule:
 class WasmInstance:
     """One guest instance in its own store. Used by one request at a time."""
 
-    __slots__ = ("_args", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref", "_size",
+    __slots__ = ("_args", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref",
+                 "_size",
                  "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn", "trap_status")
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
@@ -457,7 +458,7 @@ class WasmInstance:
             exit_code = getattr(exc, "code", None)
             message = f"exited with code {exit_code}" if exit_code is not None else _first_line(exc)
         else:
-            trap = wasmtime.Trap._from_ptr(ctypes.cast(self._trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
+            trap = wasmtime.Trap._from_ptr(ctypes.cast(self._trap, ctypes.POINTER(ffi.wasm_trap_t)))
             self._trap.value = None
             code = trap.trap_code
             if code == wasmtime.TrapCode.INTERRUPT:
@@ -482,7 +483,7 @@ class WasmInstance:
         """During instantiation (start section) the memory export is found through the caller."""
         item = ffi.wasmtime_extern_t()
         if not _caller_export_get(caller, b"memory", 6, ctypes.addressof(item)) or \
-                item.kind != ffi.WASMTIME_EXTERN_MEMORY.value:
+                int(item.kind) != ffi.WASMTIME_EXTERN_MEMORY.value:
             raise HostTrap("guest has no exported memory")
         self._set_memory(item.of.memory)
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_wasm_asgi.testing import echo_app  # noqa: E402
+from http_wasm_asgi.testing import echo_app
 
 ROOT = Path(__file__).resolve().parent.parent
 WAT = ROOT / "guests" / "wat"

@@ -293,7 +293,8 @@ async def test_header_injection_traps(client: Any, name: str, value: str) -> Non
     assert "x-injected" not in r.headers
 
 
-async def test_response_headers_after_next_need_buffer_response(client: Any, guest_logs: pytest.LogCaptureFixture) -> None:
+async def test_response_headers_after_next_need_buffer_response(
+        client: Any, guest_logs: pytest.LogCaptureFixture) -> None:
     p = Program()
     p.resp("set_header_value", RESP, *p.s("x-late"), *p.s("1"))
     r = await run(client, p)
@@ -370,7 +371,8 @@ async def test_response_body_read_and_rewrite_with_buffer_response(client: Any) 
     assert r.headers["x-body-len"].startswith('{"method"')
 
 
-async def test_response_body_read_without_buffer_response_traps(client: Any, guest_logs: pytest.LogCaptureFixture) -> None:
+async def test_response_body_read_without_buffer_response_traps(
+        client: Any, guest_logs: pytest.LogCaptureFixture) -> None:
     p = Program().resp("read_body", RESP, BUF, 64)
     r = await run(client, p)
     assert r.status_code == 200  # streamed already
