@@ -21,11 +21,13 @@ from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len
 from .errors import HostTrap
 
 Headers = list[tuple[bytes, bytes]]
+_REQUEST: Final = int(HeaderKind.REQUEST)
+_RESPONSE: Final = int(HeaderKind.RESPONSE)
 
 _PY_LEVELS: Final[dict[int, int]] = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO,
                                      LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VALUE_CHARS: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # RFC 9110 field-value bytes
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
                      "3": b"HTTP/3.0"}
@@ -225,7 +227,7 @@ def _write_limited(h: GuestHost, buf: int, limit: int, value: bytes) -> int:
 def _write_list(h: GuestHost, buf: int, limit: int, items: list[bytes]) -> int:
     if not items:
         return 0
-    data = b"\0".join(items) + b"\0"
+    data = items[0] + b"\0" if len(items) == 1 else b"\0".join(items) + b"\0"
     if len(data) <= limit:
         h.mem.write(buf, data)
     return count_len(len(items), len(data))
@@ -237,10 +239,14 @@ def _read_name(h: GuestHost, ptr: int, length: int) -> bytes:
     return h.mem.read(ptr, length).lower()
 
 
+def _is_token(data: bytes) -> bool:
+    return bool(data) and not data.translate(None, _TOKEN_CHARS)
+
+
 def _check_header(name: bytes, value: bytes) -> None:
-    if not _TOKEN.fullmatch(name):
+    if not _is_token(name):
         raise HostTrap(f"invalid header name {name[:64]!r}")
-    if _BAD_VALUE.search(value):
+    if value.translate(None, _VALUE_CHARS):
         raise HostTrap(f"invalid header value for {name.decode()!r}: control characters are not allowed")
 
 
@@ -255,7 +261,11 @@ def _before_next_or(call: GuestCall, feature: int, what: str) -> None:
 
 
 def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
-    exchange, call = h.request(what)
+    exchange, call = h.exchange, h.call
+    if exchange is None or call is None:
+        exchange, call = h.request(f"{what}_header")
+    if kind == _RESPONSE and call.phase == Phase.REQUEST:  # the common case, first
+        return exchange.response_headers
     if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & TRAILERS:
         raise HostTrap(f"can't {what} trailers: the trailers feature is not enabled (or not supported)")
     if kind in (HeaderKind.REQUEST, HeaderKind.REQUEST_TRAILERS):
@@ -312,7 +322,7 @@ def set_method(h: GuestHost, ptr: int, length: int) -> None:
     if length == 0:
         raise HostTrap("method cannot be empty")
     method = h.mem.read(ptr, length)
-    if not _TOKEN.fullmatch(method):
+    if not _is_token(method):
         raise HostTrap(f"invalid method {method[:32]!r}")
     exchange.method = method.decode("ascii")
 
@@ -351,11 +361,19 @@ def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
 
 
 def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf: int, limit: int) -> int:
-    exchange, call = h.request("get_header_values")
-    name = _read_name(h, name_ptr, name_len)
-    headers = exchange.headers(kind)
-    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & TRAILERS:
+    exchange, call = h.exchange, h.call
+    if exchange is None or call is None:
+        h.request("get_header_values")
         return 0
+    name = _read_name(h, name_ptr, name_len)
+    if kind == _REQUEST:
+        headers = exchange.request_headers
+    elif kind == _RESPONSE:
+        headers = exchange.response_headers
+    else:
+        headers = exchange.headers(kind)
+        if not call.features & TRAILERS:
+            return 0
     return _write_list(h, buf, limit, [v for k, v in headers if k.lower() == name])
 
 
@@ -445,7 +463,10 @@ def write_body(h: GuestHost, kind: int, ptr: int, length: int) -> None:
 
 # --- status ---
 def get_status_code(h: GuestHost) -> int:
-    exchange, _ = h.request("get_status_code")
+    exchange = h.exchange
+    if exchange is None:
+        h.request("get_status_code")
+        return 0
     return exchange.status
 
 

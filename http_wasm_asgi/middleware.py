@@ -13,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from .abi import split_ctx_next
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestCall, Headers
@@ -105,28 +104,27 @@ class _Flow:
 
     async def run(self) -> None:
         ex = self.exchange
+        held = self.held
         try:
             for guest in self.mw.guests:
                 if guest.reads_request_body and ex.request_body is None:
                     await self._buffer_request_body()
-                instance = guest.pool.try_acquire()
-                if instance is None:
-                    instance = await guest.pool.acquire()
+                pool = guest.pool
+                instance = pool.try_acquire() or await pool.acquire()
                 call = GuestCall(guest.context.features)
                 host = instance.host
-                host.begin(ex, call)
+                host.exchange, host.call = ex, call
                 try:
                     ctx_next = instance.handle_request()
                 except GuestTrap as trap:
-                    host.end()
-                    guest.pool.release(instance, discard=True)
+                    host.exchange = host.call = None
+                    pool.release(instance, discard=True)
                     self._log_trap(trap)
                     await self._fail(trap.status)
                     return
-                req_ctx, next_ = split_ctx_next(ctx_next)
-                if not next_:
-                    host.end()
-                    guest.pool.release(instance)
+                if not ctx_next & 1:  # next=0: this guest answered
+                    host.exchange = host.call = None
+                    pool.release(instance)
                     await self._unwind(is_error=False)
                     await self._send_exchange(short_circuit=True)
                     return
@@ -134,7 +132,7 @@ class _Flow:
                 if call.request_read and not call.features & BUFFER_REQUEST \
                         and not ex.request_body_replaced and ex.request_body is not None:
                     ex.request_body = ex.request_body[call.request_read:]  # read means consumed
-                self.held.append(_Held(guest, instance, call, req_ctx))
+                held.append(_Held(guest, instance, call, (ctx_next >> 32) & 0xFFFF_FFFF))
             await self._call_app()
         except PoolTimeout as exc:
             log.error("request %s %s: %s", self.scope.get("method"), self.scope.get("path"), exc)
@@ -143,7 +141,7 @@ class _Flow:
             log.error("%s", exc)
             await self._fail(500)
         finally:
-            if self.held:  # cancelled or failed half-way: let guests clean up, free the instances
+            if held:  # cancelled or failed half-way: let guests clean up, free the instances
                 await self._unwind(is_error=True)
 
     # -- the next handler --
@@ -229,12 +227,10 @@ class _Flow:
         if kind == "http.response.start":
             ex = self.exchange
             ex.status = message["status"]
-            headers = list(message.get("headers") or ())
             if ex.response_headers:
-                headers = self._merge_response_headers(headers)
                 message = dict(message)
-                message["headers"] = headers
-            ex.response_headers = headers
+                message["headers"] = self._merge_response_headers(list(message.get("headers") or ()))
+            ex.response_headers = message.get("headers") or []  # read-only from here: no copy
             self.started = self.sent = True
         elif kind == "http.response.trailers":
             self.exchange.response_trailers.extend(message.get("headers") or ())
@@ -264,17 +260,18 @@ class _Flow:
         """handle_response for every held guest, innermost first; frees their instances."""
         while self.held:
             held = self.held.pop()
-            instance, host = held.instance, held.instance.host
+            instance = held.instance
+            host = instance.host
             try:
                 instance.handle_response(held.req_ctx, is_error)
             except GuestTrap as trap:
-                host.end()
+                host.exchange = host.call = None
                 held.guest.pool.release(instance, discard=True)
                 self._log_trap(trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
                 continue
-            host.end()
+            host.exchange = host.call = None
             held.guest.pool.release(instance)
 
     async def _send_exchange(self, *, short_circuit: bool) -> None:

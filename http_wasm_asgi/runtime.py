@@ -49,7 +49,7 @@ log = logging.getLogger("http_wasm_asgi.runtime")
 # arguments as unsigned ints; it returns an int for functions with a result.
 HostFunction = Callable[..., int | None]
 
-EPOCH_TICK_SECONDS: Final = 0.005
+EPOCH_TICK_SECONDS: Final = 0.01
 WASMTIME_MAJOR: Final = 50
 _EMPTY: Final = b""
 
@@ -368,9 +368,9 @@ class WasmModule:
 class WasmInstance:
     """One guest instance in its own store. Used by one request at a time."""
 
-    __slots__ = ("_args", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr", "_module_ref",
-                 "_size",
-                 "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn", "trap_status")
+    __slots__ = ("_args", "_args_addr", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr",
+                 "_module_ref", "_size", "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn",
+                 "trap_status")
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
                  output: Callable[[int, bytes], None] | None) -> None:
@@ -395,7 +395,8 @@ class WasmInstance:
             store.set_wasi(wasi)
         self._store = store
         self._ctx = ctypes.cast(store._context(), _VP).value
-        self._args = (ctypes.c_uint64 * 4)()
+        self._args = (ctypes.c_uint64 * 4)()  # two 16-byte wasmtime_val_raw slots
+        self._args_addr = ctypes.addressof(self._args)
         self._trap = ctypes.c_void_p()
         self._trap_addr = ctypes.addressof(self._trap)
         self.host = make_host(self)
@@ -436,19 +437,21 @@ class WasmInstance:
 
     # -- calls into the guest --
     def _call(self, export: str, nargs: int) -> int:
-        func = self._funcs[export]
-        prev = getattr(_current, "instance", None)
-        _current.instance = self
+        """Call an export through the unchecked C API; arguments/results live in self._args."""
+        ctx = self._ctx
+        local = _current
+        prev = getattr(local, "instance", None)
+        local.instance = self
         self.trap_status = 500
-        _set_epoch_deadline(self._ctx, self._deadline)
+        _set_epoch_deadline(ctx, self._deadline)
         try:
-            err = _func_call_unchecked(self._ctx, func, ctypes.addressof(self._args), 2, self._trap_addr)
+            err = _func_call_unchecked(ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
         finally:
-            _current.instance = prev
+            local.instance = prev
         if err or self._trap.value:
             self.closed = True
             raise self._trap_error(export, err)
-        return int(self._args[0])
+        return self._args[0]
 
     def _trap_error(self, export: str, err: int | None) -> GuestTrap:
         status = self.trap_status
