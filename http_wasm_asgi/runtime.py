@@ -78,6 +78,7 @@ _linker_define_unchecked = _cfunc("wasmtime_linker_define_func_unchecked", _VP, 
                                   ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, _VP, _CALLBACK,
                                   _VP, _FINALIZER)
 _NO_FINALIZER = _FINALIZER()
+_linker_define_addr = ctypes.cast(_dll.wasmtime_linker_define_func_unchecked, _VP).value
 _RAW_SIZE: Final = ctypes.sizeof(ffi.wasmtime_val_raw_t)  # 16: one slot per argument/result
 _RESULT = struct.Struct("<Q")
 _ARG_STRUCTS = {n: struct.Struct("<" + f"I{_RAW_SIZE - 4}x" * n) for n in range(6)}
@@ -104,6 +105,21 @@ def check_binding() -> None:
 
 
 check_binding()
+
+# The optional C accelerator (http_wasm_asgi/_fastpath.c): same calls, no ctypes on the hot path.
+try:
+    from . import _fastpath  # type: ignore[attr-defined]
+except ImportError:  # not compiled (no C compiler at install): the ctypes path below does the same
+    _fastpath = None
+if _fastpath is not None:
+    _fastpath.configure(*(ctypes.cast(getattr(_dll, name), _VP).value for name in (
+        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
+        "wasmtime_engine_increment_epoch")))
+FAST_PATH: Final = _fastpath is not None
+
+
+class _HostFault(Exception):
+    """What a host function raises through the C trampoline: its text becomes the trap message."""
 
 # --- the current instance, per thread: host callbacks find their instance here ---
 _current = threading.local()
@@ -139,6 +155,25 @@ def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, 
     return _CALLBACK(callback)
 
 
+def _make_dispatch(name: str, fn: HostFunction, *, on_instance: bool = False) -> Callable[..., int | None]:
+    """The Python side of a host function entered through the C trampoline (plain int arguments)."""
+
+    def dispatch(caller: int, *args: int) -> int | None:
+        inst: WasmInstance = _current.instance
+        try:
+            if inst._memory_addr == 0:
+                inst._bind_memory_from_caller(caller)
+            return fn(inst if on_instance else inst.host, *args)
+        except HostTrap as exc:
+            inst.trap_status = exc.status
+            raise _HostFault(f"{name}: {exc}") from None
+        except BaseException as exc:  # a host bug must trap the guest, never unwind through wasm
+            log.exception("host function %s failed", name)
+            raise _HostFault(f"{name}: host error: {type(exc).__name__}") from None
+
+    return dispatch
+
+
 # --- WASI output: our own fd_write collects every buffer (wasmtime's may write only the first) ---
 def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
     if fd not in (1, 2):
@@ -171,7 +206,10 @@ def _get_engine() -> wasmtime.Engine:
             config.cranelift_opt_level = "speed"
             config.memory_may_move = False  # lets instances cache their memory's base address
             _engine = wasmtime.Engine(config)
-            threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
+            if _fastpath is not None:  # guest calls keep the GIL there: the ticker must be native
+                _fastpath.start_ticker(ctypes.cast(_engine.ptr(), _VP).value, int(EPOCH_TICK_SECONDS * 1e6))
+            else:
+                threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
         return _engine
 
 
@@ -336,11 +374,17 @@ class WasmModule:
                 params: tuple[str, ...], results: tuple[str, ...], *, on_instance: bool = False) -> None:
         vt = {abi.I32: wasmtime.ValType.i32(), abi.I64: wasmtime.ValType.i64()}
         functype = wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
-        callback = _make_callback(name, fn, len(params), len(results), on_instance=on_instance)
-        self._callbacks.append((callback, functype))
         m, n = module.encode(), name.encode()
-        err = _linker_define_unchecked(ctypes.cast(linker.ptr(), _VP), m, len(m), n, len(n),
-                                       ctypes.cast(functype.ptr(), _VP), callback, None, _NO_FINALIZER)
+        if _fastpath is not None:
+            self._callbacks.append(functype)
+            err = _fastpath.define(_linker_define_addr, ctypes.cast(linker.ptr(), _VP).value, m, n,
+                                   ctypes.cast(functype.ptr(), _VP).value,
+                                   _make_dispatch(name, fn, on_instance=on_instance), len(params), len(results))
+        else:
+            callback = _make_callback(name, fn, len(params), len(results), on_instance=on_instance)
+            self._callbacks.append((callback, functype))
+            err = _linker_define_unchecked(ctypes.cast(linker.ptr(), _VP), m, len(m), n, len(n),
+                                           ctypes.cast(functype.ptr(), _VP), callback, None, _NO_FINALIZER)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
 
@@ -368,7 +412,8 @@ class WasmModule:
 class WasmInstance:
     """One guest instance in its own store. Used by one request at a time."""
 
-    __slots__ = ("_args", "_args_addr", "_base", "_ctx", "_deadline", "_funcs", "_keep", "_memory", "_memory_addr",
+    __slots__ = ("_args", "_args_addr", "_base", "_ctx", "_deadline", "_err", "_err_addr", "_funcs", "_keep",
+                 "_memory", "_memory_addr",
                  "_module_ref", "_size", "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn",
                  "trap_status")
 
@@ -399,6 +444,8 @@ class WasmInstance:
         self._args_addr = ctypes.addressof(self._args)
         self._trap = ctypes.c_void_p()
         self._trap_addr = ctypes.addressof(self._trap)
+        self._err = ctypes.c_void_p()
+        self._err_addr = ctypes.addressof(self._err)
         self.host = make_host(self)
         _set_epoch_deadline(self._ctx, self._deadline)
         prev = getattr(_current, "instance", None)
@@ -438,24 +485,31 @@ class WasmInstance:
     # -- calls into the guest --
     def _call(self, export: str, nargs: int) -> int:
         """Call an export through the unchecked C API; arguments/results live in self._args."""
-        ctx = self._ctx
         local = _current
         prev = getattr(local, "instance", None)
         local.instance = self
         self.trap_status = 500
-        _set_epoch_deadline(ctx, self._deadline)
         try:
-            err = _func_call_unchecked(ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
+            if _fastpath is not None:
+                result = _fastpath.call(self._ctx, self._funcs[export], self._args_addr, self._trap_addr,
+                                        self._err_addr, self._deadline)
+            else:
+                _set_epoch_deadline(self._ctx, self._deadline)
+                err = _func_call_unchecked(self._ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
+                self._err.value = err
+                result = None if err or self._trap.value else self._args[0]
         finally:
             local.instance = prev
-        if err or self._trap.value:
+        if result is None:
             self.closed = True
-            raise self._trap_error(export, err)
-        return self._args[0]
+            raise self._trap_error(export)
+        return int(result)
 
-    def _trap_error(self, export: str, err: int | None) -> GuestTrap:
+    def _trap_error(self, export: str) -> GuestTrap:
         status = self.trap_status
         exit_code = None
+        err = self._err.value
+        self._err.value = None
         if err:
             exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
             exit_code = getattr(exc, "code", None)
