@@ -108,6 +108,8 @@ check_binding()
 
 # The optional C accelerator (http_wasm_asgi/_fastpath.c): same calls, no ctypes on the hot path.
 try:
+    if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
+        raise ImportError("disabled by HTTP_WASM_ASGI_NO_FASTPATH")
     from . import _fastpath  # type: ignore[attr-defined]
 except ImportError:  # not compiled (no C compiler at install): the ctypes path below does the same
     _fastpath = None
@@ -207,7 +209,9 @@ def _get_engine() -> wasmtime.Engine:
             config.memory_may_move = False  # lets instances cache their memory's base address
             _engine = wasmtime.Engine(config)
             if _fastpath is not None:  # guest calls keep the GIL there: the ticker must be native
-                _fastpath.start_ticker(ctypes.cast(_engine.ptr(), _VP).value, int(EPOCH_TICK_SECONDS * 1e6))
+                # its own reference to the engine, never freed: the thread outlives interpreter shutdown
+                ticker_engine = ffi.wasmtime_engine_clone(_engine.ptr())
+                _fastpath.start_ticker(ctypes.cast(ticker_engine, _VP).value, int(EPOCH_TICK_SECONDS * 1e6))
             else:
                 threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
         return _engine
@@ -245,7 +249,9 @@ def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.M
         path = cache_dir / f"{key}-{tag}.cwasm"
         if path.exists():
             with contextlib.suppress(Exception):  # a stale or corrupt entry is simply rebuilt
-                module = wasmtime.Module.deserialize_file(engine, str(path))
+                # read, not mmap (deserialize_file): a cache file replaced or truncated later must not
+                # pull pages out from under a live module
+                module = wasmtime.Module.deserialize(engine, path.read_bytes())
                 _module_cache[key] = module
                 return module, time.perf_counter() - start, "disk"
     try:
