@@ -49,6 +49,11 @@ class HttpWasmMiddleware:
         self.app = app
         self.guests: tuple[Guest, ...] = tuple(guests)
         self.max_body_size = max_body_size
+        # Whether a guest may look at the app's response (status, headers, trailers) in
+        # handle_response: if none can, an unbuffered response goes straight to the client.
+        self._observes_response = any(
+            guest.info.imports_host(name) for guest in self.guests
+            for name in ("get_status_code", "get_header_names", "get_header_values"))
 
     @classmethod
     def from_config(cls, path: str, app: ASGIApp | None = None) -> HttpWasmMiddleware:
@@ -152,17 +157,19 @@ class _Flow:
             if held.call.features & BUFFER_RESPONSE:
                 buffered = True
                 break
+        send = self._collect if buffered else self._stream if self.mw._observes_response or ex.response_headers \
+            else self.send
         scope = self.scope
         if ex.request_changed():
             scope = ex.app_scope()
         extensions = scope.get("extensions")
-        if extensions and any(name in extensions for name in _UNSAFE_EXTENSIONS):
+        if extensions and ("http.response.pathsend" in extensions or "http.response.zerocopysend" in extensions):
             scope = dict(scope)
             scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
         receive = self.receive if ex.request_body is None else self._replay_receive
         app_error: BaseException | None = None
         try:
-            await self.mw.app(scope, receive, self._collect if buffered else self._stream)
+            await self.mw.app(scope, receive, send)
         except _ResponseTooLarge:
             self.response_too_large = True
         except Exception as exc:
