@@ -276,6 +276,7 @@ class Limits:
 
     call_timeout: float = 1.0  # seconds of CPU per guest call (epoch based)
     memory_bytes: int = 64 * 1024 * 1024  # linear memory cap
+    table_elements: int = 1_000_000  # table size cap (a table.grow bomb is memory too)
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ class WasmInstance:
         self._size = 0  # a lower bound of the memory size: memory only grows
         self._deadline = module._deadline_ticks
         store = wasmtime.Store(module._engine)
-        store.set_limits(memory_size=module.limits.memory_bytes)
+        store.set_limits(memory_size=module.limits.memory_bytes, table_elements=module.limits.table_elements)
         if module.info.uses_wasi:
             wasi = wasmtime.WasiConfig()
             if module.wasi.env:
