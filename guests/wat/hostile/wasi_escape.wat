@@ -3,8 +3,8 @@
 ;; environment and command line, accept a socket. Answers the request itself
 ;; with one little-endian i32 per attempt (errno, or a count), in this order:
 ;;   0 fd_prestat_get(3)        errno (8 = EBADF: no preopen)
-;;   1 path_open(3, "etc/passwd") errno
-;;   2 path_open(0, "etc/passwd") errno
+;;   1 path_open(3, "../../../../../etc/passwd") errno (a way out of a preopen)
+;;   2 path_open(0, "../../../../../etc/passwd") errno
 ;;   3 fd_read(0)               errno
 ;;   4 bytes read from stdin
 ;;   5 environ_sizes_get        errno
@@ -23,7 +23,7 @@
   (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
   (import "http_handler" "write_body" (func $write_body (param i32 i32 i32)))
   (memory (export "memory") 1)
-  (data (i32.const 512) "etc/passwd")
+  (data (i32.const 512) "../../../../../etc/passwd")
   (data (i32.const 544) "secret.txt")
   (global $out i32 (i32.const 0))
   (func $put (param $i i32) (param $v i32) (i32.store (i32.shl (local.get $i) (i32.const 2)) (local.get $v)))
@@ -31,9 +31,9 @@
     (i32.store (i32.const 1024) (i32.const 0))
     (call $put (i32.const 0) (call $fd_prestat_get (i32.const 3) (i32.const 128)))
     ;; rights: read only (fd_read = bit 1), lookup flags 0, oflags 0, fdflags 0
-    (call $put (i32.const 1) (call $path_open (i32.const 3) (i32.const 0) (i32.const 512) (i32.const 10)
+    (call $put (i32.const 1) (call $path_open (i32.const 3) (i32.const 0) (i32.const 512) (i32.const 25)
                                                (i32.const 0) (i64.const 2) (i64.const 2) (i32.const 0) (i32.const 1024)))
-    (call $put (i32.const 2) (call $path_open (i32.const 0) (i32.const 0) (i32.const 512) (i32.const 10)
+    (call $put (i32.const 2) (call $path_open (i32.const 0) (i32.const 0) (i32.const 512) (i32.const 25)
                                                (i32.const 0) (i64.const 2) (i64.const 2) (i32.const 0) (i32.const 1028)))
     ;; iovec at 160: 256 bytes at 2048
     (i32.store (i32.const 160) (i32.const 2048)) (i32.store (i32.const 164) (i32.const 256))
