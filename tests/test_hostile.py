@@ -24,7 +24,7 @@ from attack import (
     routed,
 )
 from conftest import WAT
-from driver import BUF, LOOP, RETURN, TRAP, Program, results
+from driver import BUF, EMIT_RESULTS, LOOP, RETURN, TRAP, Program, results
 
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app, serve
@@ -144,7 +144,7 @@ async def test_wild_pointers_where_the_abi_says_no_trap(client: Any) -> None:
     same = p.s("x-same")
     p.req("set_header_value", RESP, *same, *same)  # name and value read from the same bytes
     p.req("get_header_values", RESP, *same, same[0], 64)  # result written over its own name argument
-    p.req(101, RESP).req(RETURN, 0)
+    p.req(EMIT_RESULTS, RESP).req(RETURN, 0)
     r = await client(HttpWasmMiddleware(echo_app, guests=[p.guest(name="lenient")])).get("/abc")
     assert r.status_code == 200
     assert results(r.content) == [0, 0, 4, 4, 4, 0, (1 << 32) | 7]
