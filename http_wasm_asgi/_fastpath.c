@@ -53,13 +53,15 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* call(ctx, func, vals, trap_out, err_out, deadline_ticks) -> int | None
- * The i64 in the first slot on success; None after a trap or error (written to the outs). */
+/* call(ctx, func, vals, trap_out, err_out, deadline_ticks, release_gil) -> int | None
+ * The i64 in the first slot on success; None after a trap or error (written to the outs).
+ * release_gil: let other Python threads run during the call (guests called from a worker thread). */
 static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "call() takes 6 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "call() takes 7 arguments");
         return NULL;
     }
+    int release = PyObject_IsTrue(args[6]);
     void *ctx = addr(args[0]);
     void *func = addr(args[1]);
     uint64_t *vals = (uint64_t *)addr(args[2]);
@@ -70,7 +72,14 @@ static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     p_set_deadline(ctx, ticks);
     void *trap = NULL;
-    void *err = p_call(ctx, func, vals, 2, &trap);
+    void *err;
+    if (release) {
+        Py_BEGIN_ALLOW_THREADS
+        err = p_call(ctx, func, vals, 2, &trap);
+        Py_END_ALLOW_THREADS
+    } else {
+        err = p_call(ctx, func, vals, 2, &trap);
+    }
     if (err || trap) {
         *trap_out = trap;
         *err_out = err;

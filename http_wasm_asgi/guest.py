@@ -58,6 +58,7 @@ class Guest:
         wasi_env: Mapping[str, str] | None = None,
         wasi_dirs: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike[str] | None = _USE_DEFAULT,
+        threaded: bool = False,
     ) -> None:
         if isinstance(source, bytes | bytearray):
             wasm = bytes(source)
@@ -80,6 +81,9 @@ class Guest:
         except TypeError as exc:
             raise GuestError(self.name, str(exc)) from None
         self.reuse_instances = reuse_instances
+        # Guest calls run on the event loop by default (fastest); threaded=True runs them on worker
+        # threads, so a slow or spinning guest does not hold up other requests.
+        self.threaded = threaded
         self.context = GuestContext(self.name, self.config, log)
         cache = runtime.default_cache_dir() if cache_dir is _USE_DEFAULT else (
             Path(cache_dir) if cache_dir else None)
@@ -102,7 +106,9 @@ class Guest:
 
     def new_instance(self) -> WasmInstance:
         try:
-            return self.module.instantiate(lambda mem: GuestHost(mem, self.context), self.context.output)
+            instance = self.module.instantiate(lambda mem: GuestHost(mem, self.context), self.context.output)
+            instance.release_gil = self.threaded
+            return instance
         except GuestError as exc:
             printed = " | ".join(self.context.recent_output)
             if printed:

@@ -28,6 +28,7 @@ _PY_LEVELS: Final[dict[int, int]] = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INF
                                      LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
 _TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE_CHARS: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # RFC 9110 field-value bytes
+_EDGE_SPACE: Final = (b" ", b"\t")  # field values neither start nor end with whitespace
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
                      "3": b"HTTP/3.0"}
@@ -248,6 +249,8 @@ def _check_header(name: bytes, value: bytes) -> None:
         raise HostTrap(f"invalid header name {name[:64]!r}")
     if value.translate(None, _VALUE_CHARS):
         raise HostTrap(f"invalid header value for {name.decode()!r}: control characters are not allowed")
+    if value[:1] in _EDGE_SPACE or value[-1:] in _EDGE_SPACE:
+        raise HostTrap(f"invalid header value for {name.decode()!r}: leading or trailing whitespace")
 
 
 def _before_next(call: GuestCall, what: str) -> None:
@@ -473,8 +476,8 @@ def get_status_code(h: GuestHost) -> int:
 def set_status_code(h: GuestHost, status: int) -> None:
     exchange, call = h.request("set_status_code")
     _before_next_or(call, BUFFER_RESPONSE, "set the status code")
-    if not 100 <= status <= 599:
-        raise HostTrap(f"invalid status code {_signed(status)}")
+    if not 200 <= status <= 599:  # 1xx are interim responses: never a final status
+        raise HostTrap(f"invalid status code {_signed(status)} (a final status is 200-599)")
     exchange.status = status
 
 

@@ -9,8 +9,10 @@ still see its response in their handle_response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import GuestError, GuestTrap, PoolTimeout
@@ -120,7 +122,8 @@ class _Flow:
                 host = instance.host
                 host.exchange, host.call = ex, call
                 try:
-                    ctx_next = instance.handle_request()
+                    ctx_next = instance.handle_request() if not guest.threaded else \
+                        await _in_thread(guest, instance, instance.handle_request)
                 except GuestTrap as trap:
                     host.exchange = host.call = None
                     pool.release(instance, discard=True)
@@ -270,7 +273,10 @@ class _Flow:
             instance = held.instance
             host = instance.host
             try:
-                instance.handle_response(held.req_ctx, is_error)
+                if held.guest.threaded:
+                    await _in_thread(held.guest, instance, instance.handle_response, held.req_ctx, is_error)
+                else:
+                    instance.handle_response(held.req_ctx, is_error)
             except GuestTrap as trap:
                 host.exchange = host.call = None
                 held.guest.pool.release(instance, discard=True)
@@ -329,6 +335,31 @@ class _Flow:
 
     def _log_trap(self, trap: GuestTrap) -> None:
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
+
+
+_WORKERS: ThreadPoolExecutor | None = None
+
+
+async def _in_thread(guest: Guest, instance: WasmInstance, call: Callable[..., Any], *args: Any) -> Any:
+    """Run a guest call on a worker thread (Guest(threaded=True)) so the event loop stays free.
+
+    If the request is cancelled meanwhile, the call still runs to its end (it cannot be
+    stopped half-way); the instance is then discarded, never handed to another request.
+    """
+    global _WORKERS
+    if _WORKERS is None:
+        _WORKERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="http-wasm-guest")
+    future = asyncio.get_running_loop().run_in_executor(_WORKERS, call, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda _: guest.pool.release(instance, discard=True))
+        raise _Abandoned from None
+
+
+class _Abandoned(asyncio.CancelledError):
+    """A cancelled request whose guest call is still running on a worker thread: its instance is
+    released by the call's completion, not by the request."""
 
 
 class _ResponseTooLarge(Exception):

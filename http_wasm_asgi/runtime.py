@@ -422,7 +422,7 @@ class WasmInstance:
     __slots__ = ("_args", "_args_addr", "_base", "_ctx", "_deadline", "_err", "_err_addr", "_funcs", "_keep",
                  "_memory", "_memory_addr",
                  "_module_ref", "_size", "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn",
-                 "trap_status")
+                 "release_gil", "trap_status")
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
                  output: Callable[[int, bytes], None] | None) -> None:
@@ -430,6 +430,7 @@ class WasmInstance:
         self._module_ref = module
         self.closed = False
         self.trap_status = 500
+        self.release_gil = False  # True when called from a worker thread (see Guest(threaded=True))
         self.output_fn = output
         self._memory: Any = None
         self._memory_addr = 0
@@ -437,11 +438,13 @@ class WasmInstance:
         self._size = 0  # a lower bound of the memory size: memory only grows
         self._deadline = module._deadline_ticks
         store = wasmtime.Store(module._engine)
-        store.set_limits(memory_size=module.limits.memory_bytes, table_elements=module.limits.table_elements)
+        # one memory (the cap is per memory) and a few tables (the element cap is per table)
+        store.set_limits(memory_size=module.limits.memory_bytes, table_elements=module.limits.table_elements,
+                         memories=1, tables=8)
         if module.info.uses_wasi:
             wasi = wasmtime.WasiConfig()
             if module.wasi.env:
-                wasi.env([[k, v] for k, v in module.wasi.env.items()])
+                wasi.env = [(k, v) for k, v in module.wasi.env.items()]
             for guest_path, host_path in module.wasi.dirs.items():
                 wasi.preopen_dir(host_path, guest_path, fs_mutable=module.wasi.dirs_writable)
             store.set_wasi(wasi)
@@ -499,7 +502,7 @@ class WasmInstance:
         try:
             if _fastpath is not None:
                 result = _fastpath.call(self._ctx, self._funcs[export], self._args_addr, self._trap_addr,
-                                        self._err_addr, self._deadline)
+                                        self._err_addr, self._deadline, self.release_gil)
             else:
                 _set_epoch_deadline(self._ctx, self._deadline)
                 err = _func_call_unchecked(self._ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)

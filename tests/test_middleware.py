@@ -255,3 +255,19 @@ def test_logger_option(guest_logs: pytest.LogCaptureFixture) -> None:
     Guest(WAT / "start_section.wat", logger="myapp.filters")
     assert [r.name for r in guest_logs.records if "start section ran" in r.getMessage()] == [
         "myapp.filters.start_section"]
+
+
+async def test_threaded_guests_keep_per_request_values_apart(client: Any) -> None:
+    guests = [Guest(WAT / "copy_header.wat", name="t1", threaded=True, max_instances=8),
+              chain_guest("t2"), Guest(WAT / "counter.wat", threaded=True)]
+    guests[1].threaded = True
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.001)
+        await echo_app(scope, receive, send)
+
+    c = client(HttpWasmMiddleware(app, guests=guests))
+    responses = await asyncio.gather(*(c.get("/", headers={"x-id": f"v{i}"}) for i in range(100)))
+    assert [r.headers["x-id"] for r in responses] == [f"v{i}" for i in range(100)]
+    assert all(r.headers["x-back"] == "t2" and app_headers(r, "x-chain") == ["t2"] for r in responses)
+    assert all(g.pool.in_use == 0 for g in guests)
