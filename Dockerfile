@@ -1,9 +1,13 @@
-# The chain as a container: `docker compose up` (see docker-compose.yml).
+# The chain as a container image (used by docker-compose.yml): `docker compose up --build`.
 FROM python:3.11-slim
 WORKDIR /srv
-COPY pyproject.toml README.md ./
+# The package: `pip install .` needs its metadata, setup.py (the optional C accelerator: built
+# when a compiler is present, skipped otherwise) and the sources.
+COPY pyproject.toml setup.py README.md ./
 COPY http_wasm_asgi ./http_wasm_asgi
 RUN pip install --no-cache-dir .
+# What the example configs use: the compiled example guests and the example apps and configs.
+COPY guests/zig/*.wasm ./guests/zig/
 COPY examples ./examples
 ENV HTTP_WASM_ASGI_CACHE_DIR=/tmp/http-wasm-asgi-cache
 EXPOSE 8080

@@ -11,7 +11,7 @@ from starlette.routing import Route
 async def anything(request: Request) -> JSONResponse:
     body = await request.body()
     return JSONResponse({"service": "upstream", "method": request.method, "path": request.url.path,
-                         "headers": dict(request.headers), "body_bytes": len(body)})
+                         "query": request.url.query, "headers": dict(request.headers), "body_bytes": len(body)})
 
 
 app = Starlette(routes=[Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])])

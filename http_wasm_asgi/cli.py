@@ -3,33 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import time
 from typing import Any
 
-from .config import ConfigError, load_config, middleware_from_config
+from .config import LOG_LEVELS, ChainConfig, ConfigError, build_middleware, load_app, load_config
 from .errors import GuestError
 
 _ENV_CONFIG = "HTTP_WASM_ASGI_CONFIG"
+_ENV_UPSTREAM = _ENV_CONFIG + "_UPSTREAM"
+log = logging.getLogger("http_wasm_asgi")
 
 
 def _setup_logging(level: str) -> None:
     """Guest `log` calls and WASI output go to the `http_wasm_asgi` loggers: show them on stderr."""
-    import logging
-
     logger = logging.getLogger("http_wasm_asgi")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(level.upper())
+    logger.setLevel(5 if level.lower() == "trace" else level.upper())
+
+
+def _load_chain(path: str, upstream: str | None) -> Any:
+    """The middleware for `serve`: the config's chain in front of its app, its upstream, or `upstream`."""
+    config = load_config(path)
+    if upstream:
+        config.app, config.upstream = None, upstream
+    middleware = build_middleware(config)
+    _log_chain(config, middleware)
+    return middleware
+
+
+def _log_chain(config: ChainConfig, middleware: Any) -> None:
+    target = f"app {config.app}" if config.app else f"upstream {config.upstream}"
+    guests = ", ".join(f"{g.name} ({g.info.compiled_from} in {g.info.compile_seconds * 1000:.1f} ms)"
+                       for g in middleware.guests) or "no guests"
+    log.info("process %d: chain loaded in front of %s: %s", os.getpid(), target, guests)
 
 
 def _app_from_env() -> Any:
-    """uvicorn factory for `serve` (each worker process loads the chain itself)."""
+    """uvicorn factory for `serve --workers N`: each worker process loads the chain itself."""
     _setup_logging(os.environ.get(_ENV_CONFIG + "_LOG_LEVEL", "info"))
-    return middleware_from_config(os.environ[_ENV_CONFIG])
+    return _load_chain(os.environ[_ENV_CONFIG], os.environ.get(_ENV_UPSTREAM) or None)
 
 
 def _describe(guest: Any, seconds: float | None = None) -> str:
@@ -54,15 +73,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     target = f"app {config.app}" if config.app else f"upstream {config.upstream}"
     print(f"{args.config}: {len(config.guests)} guest(s) in front of {target}")
-    from .guest import Guest
-
-    for index, spec in enumerate(config.guests):
+    if config.app:
+        load_app(config)  # the app must import (the upstream is not contacted)
+    for index in range(len(config.guests)):
         start = time.perf_counter()
-        try:
-            guest = Guest(spec.path, name=spec.name, **spec.options)
-        except GuestError as exc:
-            raise ConfigError(config.file, f"guests[{index}]", str(exc)) from None
+        guest = config.load_guest(index)
         print(_describe(guest, time.perf_counter() - start))
+        guest.close()
     print("ok")
     return 0
 
@@ -86,37 +103,90 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = (args.log_level or config.log_level).lower()
     os.environ[_ENV_CONFIG] = os.path.abspath(args.config)
     os.environ[_ENV_CONFIG + "_LOG_LEVEL"] = level
+    os.environ[_ENV_UPSTREAM] = args.upstream or ""
     _setup_logging(level)
+    # Load the whole chain here first: a bad guest or app fails before anything binds, and the
+    # compiled modules land in the disk cache, so N workers (and restarts) do not compile again.
+    app = _load_chain(args.config, args.upstream)
     if workers == 1:
-        app = middleware_from_config(args.config)  # fail here, before binding, on a bad guest
         uvicorn.run(app, host=host, port=port, log_level=level)
     else:
-        middleware_from_config(args.config)  # validate (and fill the compile cache) once before forking
+        app.close()
         uvicorn.run("http_wasm_asgi.cli:_app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=level)
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
+    return int(text)
+
+
+def _url(text: str) -> str:
+    if not re.match(r"https?://[^/\s]+", text):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
+_EPILOG = """exit status: 0 ok, 2 a bad config, guest or command line, 1 anything else.
+Errors print one line naming the file, the key (e.g. guests[1].path) and the fix; --debug adds the
+Python traceback. Compiled guests are cached in $HTTP_WASM_ASGI_CACHE_DIR (default
+~/.cache/http-wasm-asgi; empty turns the cache off)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="http-wasm-asgi", description="Run http-wasm guest chains on ASGI.")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a chain (config file) on uvicorn",
-                           description="Serve the app or upstream of CONFIG behind its guest chain on uvicorn.")
+    parser = argparse.ArgumentParser(
+        prog="http-wasm-asgi", description="Run chains of http-wasm guests (WebAssembly HTTP middleware) in front "
+        "of an ASGI app or, as a sidecar, in front of an HTTP service.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", parents=[debug], help="serve a chain (config file) on uvicorn",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Serve the app (or upstream) of CONFIG behind its guest chain on uvicorn.\n"
+        "Flags override the config's server: section. Each of --workers N processes loads the chain;\n"
+        "guests are compiled once, before the workers start, and reused from the disk cache.\n\n"
+        "example: http-wasm-asgi serve examples/chain.yaml --port 8080 --workers 2")
     serve.add_argument("config", help="chain config file (.yaml, .yml or .toml)")
-    serve.add_argument("--host", help="bind address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="port (overrides server.port)")
-    serve.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
-    serve.add_argument("--log-level", help="uvicorn and guest log level (debug, info, warning, error)")
+    serve.add_argument("--host", help="bind address (overrides server.host; default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port (overrides server.port; default 8080)")
+    serve.add_argument("--workers", type=_positive, help="worker processes (overrides server.workers; default 1)")
+    serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
+                       help="uvicorn and guest log level (overrides log_level; default info)")
+    serve.add_argument("--upstream", type=_url, metavar="URL",
+                       help="proxy to this HTTP service instead of the config's app or upstream (sidecar mode)")
     serve.set_defaults(func=cmd_serve)
-    check = sub.add_parser("check", help="load, compile and instantiate every guest of a config",
-                           description="Validate CONFIG and every guest in it; print what each guest is.")
-    check.add_argument("config", help="chain config file")
+    check = sub.add_parser(
+        "check", parents=[debug], help="load, compile and instantiate every guest of a config",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Validate CONFIG, import its app, and compile and instantiate every guest in it.\n"
+        "Prints per guest: size, imports, exports, features enabled at start, WASI yes/no and\n"
+        "compile time. Exits non-zero on any problem (the upstream, if any, is not contacted).")
+    check.add_argument("config", help="chain config file (.yaml, .yml or .toml)")
     check.set_defaults(func=cmd_check)
-    inspect = sub.add_parser("inspect", help="describe one guest module",
-                             description="Compile and instantiate GUEST; print its imports, exports and features.")
+    inspect = sub.add_parser(
+        "inspect", parents=[debug], help="describe one guest module",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Compile and instantiate GUEST; print its size, imports, exports, features enabled\n"
+        "at start, WASI yes/no and compile time. Exits non-zero if it is not a usable guest.")
     inspect.add_argument("guest", help=".wasm (or .wat) file")
-    inspect.add_argument("--config", dest="guest_config", help="config string given to the guest at init")
+    inspect.add_argument("--config", dest="guest_config", metavar="TEXT",
+                         help="config given to the guest (its get_config), as text")
     inspect.set_defaults(func=cmd_inspect)
     return parser
 
@@ -132,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

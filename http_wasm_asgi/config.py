@@ -3,18 +3,22 @@
 ```yaml
 app: examples.hello:app            # an ASGI app "module:attribute" ...
 # upstream: http://127.0.0.1:9000  # ... or an HTTP service to proxy to (exactly one of the two)
+# upstream_timeout: 30             # seconds, or {connect: 5, read: 30, write: 30, pool: 10}
 server: {host: 127.0.0.1, port: 8080, workers: 1}
 guests:                            # outermost first
   - name: auth
-    path: guests/auth.wasm         # relative to the config file's folder
-    config: "secret=..."           # a string, a mapping (sent as JSON), or {base64: ...}
+    path: ../guests/zig/auth.wasm  # relative to the config file's folder
+    config: "secret"               # a string, a mapping (sent as JSON), or {base64: ...}
     max_instances: 16
 ```
+
+Every error names the file, the key path (`guests[1].path`) and what to do about it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import difflib
 import importlib
 import os
@@ -32,15 +36,17 @@ from .guest import Guest
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "max_body_size", "log_level")
 SERVER_KEYS = ("host", "port", "workers")
+TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "max_instances", "reuse_instances", "pool_timeout", "call_timeout",
-              "memory_limit", "wasi")
+              "memory_limit", "threaded", "wasi")
 WASI_KEYS = ("env", "dirs")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
 
 
 class ConfigError(Exception):
-    """A config file is wrong: the message names the file, the key path and the fix."""
+    """A config file is wrong: the message names the file, the key path, the problem and the fix."""
 
     def __init__(self, file: str | os.PathLike[str], key: str, problem: str) -> None:
         where = f"{os.fspath(file)}: {key}: " if key else f"{os.fspath(file)}: "
@@ -48,6 +54,16 @@ class ConfigError(Exception):
         self.file = os.fspath(file)
         self.key = key
         self.problem = problem
+
+
+@dataclass(frozen=True)
+class UpstreamTimeout:
+    """Seconds allowed to connect to the upstream, for each read and write, and to get a pooled connection."""
+
+    connect: float = 5.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 10.0
 
 
 @dataclass
@@ -62,7 +78,7 @@ class ChainConfig:
     file: Path
     app: str | None
     upstream: str | None
-    upstream_timeout: float = 30.0
+    upstream_timeout: UpstreamTimeout = field(default_factory=UpstreamTimeout)
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -70,137 +86,215 @@ class ChainConfig:
     log_level: str = "info"
     guests: list[GuestSpec] = field(default_factory=list)
 
+    def load_guest(self, index: int) -> Guest:
+        """Compile and instantiate guest `index`; a failure is a ConfigError naming `guests[index].path`."""
+        spec = self.guests[index]
+        try:
+            return Guest(spec.path, name=spec.name, **spec.options)
+        except GuestError as exc:
+            raise ConfigError(self.file, f"guests[{index}].path",
+                              f"{exc}; fix: use an http-wasm guest built for this host (see `http-wasm-asgi "
+                              f"inspect {spec.path}`) and give it the config it expects") from None
+
     def load_guests(self) -> list[Guest]:
-        guests = []
-        for index, spec in enumerate(self.guests):
-            try:
-                guests.append(Guest(spec.path, name=spec.name, **spec.options))
-            except GuestError as exc:
-                raise ConfigError(self.file, f"guests[{index}]", str(exc)) from None
-        return guests
+        return [self.load_guest(index) for index in range(len(self.guests))]
 
 
 def _unknown(file: Path, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
     close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {', '.join(allowed)}"
     return ConfigError(file, f"{where}{key}" if where else key, f"unknown key; {hint}")
 
 
+def _type_name(value: Any) -> str:
+    return {"NoneType": "nothing", "dict": "a mapping", "list": "a list", "str": "a string", "int": "an integer",
+            "float": "a number", "bool": "a boolean"}.get(type(value).__name__, type(value).__name__)
+
+
 def _expect(file: Path, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and not (isinstance(kind, tuple) and bool in kind):
-        raise ConfigError(file, key, f"must be {what}, got a boolean")
-    if not isinstance(value, kind):
-        raise ConfigError(file, key, f"must be {what}, got {type(value).__name__} {value!r}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        shown = "" if value is None or isinstance(value, dict | list) else f" {value!r}"
+        raise ConfigError(file, key, f"must be {what}, got {_type_name(value)}{shown}")
     return value
+
+
+def _number(file: Path, key: str, value: Any, what: str = "a number of seconds greater than 0") -> float:
+    number = float(_expect(file, key, value, (int, float), what))
+    if not number > 0:
+        raise ConfigError(file, key, f"must be {what}, got {value!r}")
+    return number
+
+
+def _integer(file: Path, key: str, value: Any, low: int, high: int, what: str) -> int:
+    number = int(_expect(file, key, value, int, what))
+    if not low <= number <= high:
+        raise ConfigError(file, key, f"must be {what}, got {value!r}")
+    return number
 
 
 def _size(file: Path, key: str, value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    match = _SIZE.match(str(value)) if isinstance(value, str) else None
-    if not match:
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) == 0:
         raise ConfigError(file, key, f"must be a size in bytes like 65536 or '64MiB', got {value!r}")
     return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
 
 
-def _guest_config(file: Path, key: str, value: Any) -> bytes | str | dict[str, Any]:
-    if isinstance(value, dict) and set(value) == {"base64"}:
+def _keys(file: Path, where: str, mapping: dict[Any, Any], allowed: tuple[str, ...]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise _unknown(file, where, str(key), allowed)
+
+
+def _guest_config(file: Path, key: str, value: Any) -> bytes | str | dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict) and "base64" in value:
+        if set(value) != {"base64"} or not isinstance(value["base64"], str):
+            raise ConfigError(file, f"{key}.base64", "must be the only key, with a base64 string as its value "
+                                                     "(or drop 'base64' to send the mapping as JSON)")
         try:
-            return base64.b64decode(str(value["base64"]), validate=True)
-        except ValueError:
-            raise ConfigError(file, f"{key}.base64", "is not valid base64") from None
+            return base64.b64decode("".join(value["base64"].split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(file, f"{key}.base64", "is not valid base64; fix: encode the bytes with "
+                                                     "`base64 -w0 FILE`") from None
     if isinstance(value, str | dict):
         return value
-    raise ConfigError(file, key, f"must be a string, a mapping (sent as JSON) or {{base64: ...}}, got {value!r}")
+    raise ConfigError(file, key, f"must be a string, a mapping (sent as JSON) or {{base64: ...}}, got "
+                                 f"{_type_name(value)} {value!r}")
+
+
+def _upstream_timeout(file: Path, value: Any) -> UpstreamTimeout:
+    if isinstance(value, dict):
+        _keys(file, "upstream_timeout.", value, TIMEOUT_KEYS)
+        return UpstreamTimeout(**{k: _number(file, f"upstream_timeout.{k}", v) for k, v in value.items()})
+    seconds = _number(file, "upstream_timeout", value,
+                      "seconds greater than 0, or a mapping with connect, read, write and/or pool")
+    return UpstreamTimeout(seconds, seconds, seconds, seconds)
+
+
+def _parse(file: Path) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, "", "config file not found; fix: check the path (it is relative to the current "
+                                    "folder)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read the config file: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    toml = file.suffix.lower() == ".toml"
+    try:
+        return tomllib.loads(text) if toml else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(file, "", f"not valid {'TOML' if toml else 'YAML'}: {detail}; fix: correct the syntax "
+                                    "at the place shown") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> ChainConfig:
-    """Read and validate a chain config; raises ConfigError (never loads guests)."""
+    """Read and validate a chain config (YAML, or TOML for `.toml` files); raises ConfigError.
+
+    Guests are not loaded here: `ChainConfig.load_guests()` compiles and instantiates them.
+    """
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(file, "", f"cannot read the config file: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(file, "", f"not valid {'TOML' if file.suffix == '.toml' else 'YAML'}: {exc}") from None
+    data = _parse(file)
     if not isinstance(data, dict):
         raise ConfigError(file, "", "must be a mapping with 'guests' and one of 'app' or 'upstream'")
-    for key in data:
-        if key not in TOP_KEYS:
-            raise _unknown(file, "", str(key), TOP_KEYS)
+    _keys(file, "", data, TOP_KEYS)
     app, upstream = data.get("app"), data.get("upstream")
-    if (app is None) == (upstream is None):
-        raise ConfigError(file, "app", "set exactly one of 'app' (module:attribute) or 'upstream' (http URL)")
+    if app is None and upstream is None:
+        raise ConfigError(file, "app", "is missing; fix: set 'app' (an ASGI app as module:attribute) or "
+                                       "'upstream' (the http:// URL of a service to proxy to)")
+    if app is not None and upstream is not None:
+        raise ConfigError(file, "upstream", "cannot be set together with 'app'; fix: keep exactly one of 'app' "
+                                            "(serve an ASGI app) or 'upstream' (sidecar in front of a service)")
     if app is not None and not (isinstance(app, str) and re.fullmatch(r"[\w.]+:[\w.]+", app)):
         raise ConfigError(file, "app", f"must be 'module:attribute', e.g. 'examples.hello:app', got {app!r}")
-    if upstream is not None and not (isinstance(upstream, str) and re.match(r"https?://", upstream)):
-        raise ConfigError(file, "upstream", f"must be an http:// or https:// URL, got {upstream!r}")
+    if upstream is not None and not (isinstance(upstream, str) and re.match(r"https?://[^/\s]+", upstream)):
+        raise ConfigError(file, "upstream", f"must be an http:// or https:// URL like 'http://127.0.0.1:9000', "
+                                            f"got {upstream!r}")
     config = ChainConfig(file=file, app=app, upstream=upstream)
     if "upstream_timeout" in data:
-        config.upstream_timeout = float(_expect(file, "upstream_timeout", data["upstream_timeout"], (int, float),
-                                                "a number of seconds"))
-    server = _expect(file, "server", data.get("server") or {}, dict, "a mapping")
-    for key in server:
-        if key not in SERVER_KEYS:
-            raise _unknown(file, "server.", str(key), SERVER_KEYS)
+        config.upstream_timeout = _upstream_timeout(file, data["upstream_timeout"])
+    server = data.get("server")
+    server = {} if server is None else _expect(file, "server", server, dict, "a mapping with host, port, workers")
+    _keys(file, "server.", server, SERVER_KEYS)
     config.host = _expect(file, "server.host", server.get("host", config.host), str, "a host name or address")
-    config.port = _expect(file, "server.port", server.get("port", config.port), int, "a port number")
-    config.workers = _expect(file, "server.workers", server.get("workers", 1), int, "a number of processes")
+    config.port = _integer(file, "server.port", server.get("port", config.port), 0, 65535,
+                           "a port number (0-65535)")
+    config.workers = _integer(file, "server.workers", server.get("workers", 1), 1, 1024,
+                              "a number of worker processes (1 or more)")
     if "max_body_size" in data:
         config.max_body_size = _size(file, "max_body_size", data["max_body_size"])
-    config.log_level = str(_expect(file, "log_level", data.get("log_level", "info"), str, "a log level")).lower()
-    guests = _expect(file, "guests", data.get("guests"), list, "a list of guests (outermost first)")
-    names: set[str] = set()
+    level = _expect(file, "log_level", data.get("log_level", "info"), str, f"one of {', '.join(LOG_LEVELS)}")
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(file, "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    config.log_level = level.lower()
+    if "guests" not in data:
+        raise ConfigError(file, "guests", "is missing; fix: add 'guests:', a list of guests (outermost first), "
+                                          "each with at least 'path'")
+    guests = _expect(file, "guests", data["guests"], list, "a list of guests (outermost first)")
+    names: dict[str, int] = {}
     for index, entry in enumerate(guests):
-        where = f"guests[{index}]"
-        entry = _expect(file, where, entry, dict, "a mapping with at least 'path'")
-        for key in entry:
-            if key not in GUEST_KEYS:
-                raise _unknown(file, f"{where}.", str(key), GUEST_KEYS)
-        if "path" not in entry:
-            raise ConfigError(file, f"{where}.path", "is missing: the guest's .wasm (or .wat) file")
-        rel = _expect(file, f"{where}.path", entry["path"], str, "a file path")
-        guest_path = (file.parent / rel) if not os.path.isabs(rel) else Path(rel)
-        if not guest_path.is_file():
-            raise ConfigError(file, f"{where}.path", f"file {rel!r} not found (paths are relative to the config "
-                                                     "file's folder)")
-        name = _expect(file, f"{where}.name", entry.get("name", guest_path.stem), str, "a name")
-        if name in names:
-            raise ConfigError(file, f"{where}.name", f"duplicate guest name {name!r}: names must be unique")
-        names.add(name)
-        options: dict[str, Any] = {}
-        if "config" in entry:
-            options["config"] = _guest_config(file, f"{where}.config", entry["config"])
-        for key in ("max_instances",):
-            if key in entry:
-                options[key] = _expect(file, f"{where}.{key}", entry[key], int, "an integer")
-        if "reuse_instances" in entry:
-            options["reuse_instances"] = _expect(file, f"{where}.reuse_instances", entry["reuse_instances"], bool,
-                                                 "true or false")
-        for key in ("pool_timeout", "call_timeout"):
-            if key in entry:
-                options[key] = float(_expect(file, f"{where}.{key}", entry[key], (int, float), "seconds"))
-        if "memory_limit" in entry:
-            options["memory_limit"] = _size(file, f"{where}.memory_limit", entry["memory_limit"])
-        if "wasi" in entry:
-            wasi = _expect(file, f"{where}.wasi", entry["wasi"], dict, "a mapping with env and/or dirs")
-            for key in wasi:
-                if key not in WASI_KEYS:
-                    raise _unknown(file, f"{where}.wasi.", str(key), WASI_KEYS)
-            env = _expect(file, f"{where}.wasi.env", wasi.get("env") or {}, dict, "a mapping of strings")
-            dirs = _expect(file, f"{where}.wasi.dirs", wasi.get("dirs") or {}, dict, "guest path: host path")
-            options["wasi_env"] = {str(k): str(v) for k, v in env.items()}
-            options["wasi_dirs"] = {str(k): str(file.parent / str(v)) for k, v in dirs.items()}
-        config.guests.append(GuestSpec(name, guest_path, options))
+        config.guests.append(_guest_spec(file, index, entry, names))
     return config
 
 
+def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> GuestSpec:
+    where = f"guests[{index}]"
+    entry = _expect(file, where, entry, dict, "a mapping with at least 'path'")
+    _keys(file, f"{where}.", entry, GUEST_KEYS)
+    if "path" not in entry:
+        raise ConfigError(file, f"{where}.path", "is missing; fix: set it to the guest's .wasm (or .wat) file, "
+                                                 "relative to the config file's folder")
+    rel = _expect(file, f"{where}.path", entry["path"], str, "a file path")
+    guest_path = file.parent / rel
+    if not guest_path.is_file():
+        folder = os.fspath(file.parent) or "."
+        raise ConfigError(file, f"{where}.path", f"file {rel!r} not found (looked for {os.fspath(guest_path)!r}); "
+                                                 f"fix: paths are relative to the config file's folder ({folder!r})")
+    name = _expect(file, f"{where}.name", entry.get("name", guest_path.stem), str, "a name")
+    if name in names:
+        raise ConfigError(file, f"{where}.name", f"duplicate guest name {name!r} (also guests[{names[name]}]); fix: "
+                                                 "give each guest a unique 'name'")
+    names[name] = index
+    options: dict[str, Any] = {}
+    if "config" in entry:
+        guest_config = _guest_config(file, f"{where}.config", entry["config"])
+        if guest_config is not None:
+            options["config"] = guest_config
+    if "max_instances" in entry:
+        options["max_instances"] = _integer(file, f"{where}.max_instances", entry["max_instances"], 1, 1_000_000,
+                                            "a number of instances (1 or more)")
+    for key in ("reuse_instances", "threaded"):
+        if key in entry:
+            options[key] = _expect(file, f"{where}.{key}", entry[key], bool, "true or false")
+    for key in ("pool_timeout", "call_timeout"):
+        if key in entry:
+            options[key] = _number(file, f"{where}.{key}", entry[key])
+    if "memory_limit" in entry:
+        options["memory_limit"] = _size(file, f"{where}.memory_limit", entry["memory_limit"])
+    if "wasi" in entry:
+        wasi = _expect(file, f"{where}.wasi", entry["wasi"], dict, "a mapping with env and/or dirs")
+        _keys(file, f"{where}.wasi.", wasi, WASI_KEYS)
+        env = _expect(file, f"{where}.wasi.env", wasi.get("env") or {}, dict, "a mapping of names to strings")
+        dirs = _expect(file, f"{where}.wasi.dirs", wasi.get("dirs") or {}, dict,
+                       "a mapping of guest paths to host folders")
+        for guest_dir, host_dir in dirs.items():
+            if not (file.parent / str(host_dir)).is_dir():
+                raise ConfigError(file, f"{where}.wasi.dirs.{guest_dir}", f"folder {host_dir!r} not found; fix: "
+                                  "host folders are relative to the config file's folder")
+        options["wasi_env"] = {str(k): str(v) for k, v in env.items()}
+        options["wasi_dirs"] = {str(k): str(file.parent / str(v)) for k, v in dirs.items()}
+    return GuestSpec(name, guest_path, options)
+
+
 def import_app(spec: str, base: Path | None = None) -> Any:
-    """Import "module:attribute" (the config file's folder and the cwd are on sys.path)."""
+    """Import "module:attribute" (the current folder and the config file's folder are on sys.path)."""
     module_name, _, attr = spec.partition(":")
-    for folder in (os.getcwd(), str(base) if base else None):
+    for folder in (os.getcwd(), os.fspath(base.resolve()) if base else None):
         if folder and folder not in sys.path:
             sys.path.insert(0, folder)
     module = importlib.import_module(module_name)
@@ -210,20 +304,34 @@ def import_app(spec: str, base: Path | None = None) -> Any:
     return obj
 
 
-def middleware_from_config(path: str | os.PathLike[str], app: Any = None) -> Any:
-    """HttpWasmMiddleware for a config file; `app` overrides the file's app/upstream."""
+def load_app(config: ChainConfig) -> Any:
+    """The ASGI app behind the chain: the imported `app`, or a proxy to `upstream`."""
+    if config.app is not None:
+        try:
+            return import_app(config.app, config.file.parent)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(config.file, "app", f"cannot import {config.app!r}: {exc}; fix: run from the folder "
+                                                  "that contains the module, or put it next to the config file") \
+                from None
+        except Exception as exc:
+            raise ConfigError(config.file, "app", f"importing {config.app!r} failed: {type(exc).__name__}: {exc}"
+                                                  "; fix: the error is in the app's module (rerun with --debug "
+                                                  "for the traceback)") from exc
+    from .proxy import ProxyApp
+
+    assert config.upstream is not None
+    return ProxyApp(config.upstream, timeout=config.upstream_timeout)
+
+
+def build_middleware(config: ChainConfig, app: Any = None) -> Any:
+    """HttpWasmMiddleware for a loaded config; `app` overrides the file's app/upstream."""
     from .middleware import HttpWasmMiddleware
 
-    config = load_config(path)
     if app is None:
-        if config.app is not None:
-            try:
-                app = import_app(config.app, config.file.parent)
-            except (ImportError, AttributeError) as exc:
-                raise ConfigError(config.file, "app", f"cannot import {config.app!r}: {exc}") from None
-        else:
-            from .proxy import ProxyApp
-
-            assert config.upstream is not None
-            app = ProxyApp(config.upstream, timeout=config.upstream_timeout)
+        app = load_app(config)
     return HttpWasmMiddleware(app, config.load_guests(), max_body_size=config.max_body_size)
+
+
+def middleware_from_config(path: str | os.PathLike[str], app: Any = None) -> Any:
+    """HttpWasmMiddleware for a config file; `app` overrides the file's app/upstream."""
+    return build_middleware(load_config(path), app)
