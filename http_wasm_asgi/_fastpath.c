@@ -1,25 +1,40 @@
 /* Optional accelerator for http_wasm_asgi.runtime: the hot calls into and out of wasmtime.
  *
- * The runtime works without it (through ctypes); with it, a guest call costs a C call
- * instead of a ctypes call (no argument objects, no GIL release/re-acquire), and each
- * host function is entered through a C trampoline that calls the Python host function
- * with plain ints. The wasmtime entry points are not linked here: the runtime passes
- * their addresses (from the wasmtime package's own shared library) to configure().
+ * The runtime works without it (through ctypes, see runtime.py); with it:
  *
- * Because guest calls keep the GIL, the epoch ticker that enforces the CPU limit runs
- * as a native thread (start_ticker), not as a Python thread.
+ * - Each instance has a `Core`: its store context, export addresses, argument slots and
+ *   cached memory base/size. `core.handle_request()` / `core.handle_response(ctx, err)` are
+ *   one C call each (no ctypes, no argument objects, the GIL is kept unless the guest runs
+ *   on a worker thread). A trap calls back into Python (`owner._raise_trap(index)`), which
+ *   raises the runtime's GuestTrap.
+ * - Host functions are entered through one C trampoline. The instance being called is in a
+ *   thread-local (set by the call), so the trampoline hands the Python host function its
+ *   host object and plain ints directly, and turns a Python exception into a wasm trap
+ *   through the runtime's error handler.
+ * - The hottest host functions (header reads and writes, status, config, method) have a
+ *   native implementation over the slots of http_wasm_asgi.host's classes. It handles
+ *   only the common, valid case and otherwise *falls back* to the Python function before
+ *   changing anything, so the Python functions stay the single reference for semantics,
+ *   errors and traps. Slot offsets are read from the classes' member descriptors at start
+ *   (configure_host) and every object's exact type is checked before use.
+ * - The epoch ticker that enforces the CPU limit is a native thread (guest calls keep the GIL).
+ *
+ * The wasmtime entry points are not linked here: the runtime passes their addresses (from
+ * the wasmtime package's own shared library) to configure().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 #include <time.h>
 
 typedef void *(*call_unchecked_fn)(void *ctx, const void *func, void *vals, size_t n, void **trap);
 typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
 typedef void (*increment_epoch_fn)(void *engine);
+typedef size_t (*memory_size_fn)(const void *ctx, const void *memory);
 typedef void *(*trampoline_fn)(void *env, void *caller, void *vals, size_t n);
 typedef void (*finalizer_fn)(void *env);
 typedef void *(*define_fn)(void *linker, const char *module, size_t module_len, const char *name,
@@ -30,111 +45,674 @@ static call_unchecked_fn p_call;
 static set_deadline_fn p_set_deadline;
 static trap_new_fn p_trap_new;
 static increment_epoch_fn p_increment_epoch;
+static memory_size_fn p_memory_size;
+static PyObject *error_handler; /* (name, exception, owner) -> str: the trap message */
+static PyObject *str_raise_trap, *str_bind_memory;
 
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t) */
 #define MAX_PARAMS 8
+#define NEXPORTS 4
+
+/* ---------------------------------------------------------------- Core */
 
 typedef struct {
-    PyObject *fn;
-    int nparams;
-    int nresults;
-} host_env;
+    PyObject_HEAD
+    void *ctx;                /* wasmtime_context_t*; NULL once closed */
+    void *funcs[NEXPORTS];    /* wasmtime_func_t* of handle_request, handle_response, _initialize, _start */
+    uint64_t vals[4];         /* two wasmtime_val_raw_t slots: arguments in, result out */
+    void *trap, *err;         /* what the last failed call left (taken by take_trap) */
+    unsigned long long deadline;
+    const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */
+    uint8_t *base;            /* memory base: fixed (memory_may_move = false) */
+    size_t size;              /* a lower bound of the memory size: memory only grows */
+    int release_gil;
+    int trap_status;
+    PyObject *owner;          /* the runtime's WasmInstance */
+    PyObject *host;           /* what Python host functions get first */
+} Core;
 
-static void *addr(PyObject *o) { return PyLong_AsVoidPtr(o); }
+static _Thread_local Core *current;  /* the instance whose guest code runs on this thread */
+static _Thread_local int holds_gil;  /* the running guest call kept the GIL */
 
-static PyObject *configure(PyObject *self, PyObject *args) {
-    unsigned long long call, deadline, trap_new, increment;
-    if (!PyArg_ParseTuple(args, "KKKK", &call, &deadline, &trap_new, &increment))
+static int Core_traverse(Core *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    Py_VISIT(self->host);
+    return 0;
+}
+
+static int Core_clear(Core *self) {
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->host);
+    return 0;
+}
+
+static void Core_dealloc(Core *self) {
+    PyObject_GC_UnTrack(self);
+    Core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Core_init(Core *self, PyObject *args, PyObject *kw) {
+    PyObject *owner;
+    unsigned long long ctx, deadline;
+    if (!PyArg_ParseTuple(args, "OKK", &owner, &ctx, &deadline))
+        return -1;
+    Py_INCREF(owner);
+    Py_XSETREF(self->owner, owner);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->host, Py_None);
+    self->ctx = (void *)(uintptr_t)ctx;
+    self->deadline = deadline;
+    self->trap_status = 500;
+    return 0;
+}
+
+static PyObject *Core_set_func(Core *self, PyObject *args) {
+    int index;
+    unsigned long long func;
+    if (!PyArg_ParseTuple(args, "iK", &index, &func))
         return NULL;
-    p_call = (call_unchecked_fn)(uintptr_t)call;
-    p_set_deadline = (set_deadline_fn)(uintptr_t)deadline;
-    p_trap_new = (trap_new_fn)(uintptr_t)trap_new;
-    p_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
+    if (index < 0 || index >= NEXPORTS) {
+        PyErr_SetString(PyExc_IndexError, "export index");
+        return NULL;
+    }
+    self->funcs[index] = (void *)(uintptr_t)func;
     Py_RETURN_NONE;
 }
 
-/* call(ctx, func, vals, trap_out, err_out, deadline_ticks, release_gil) -> int | None
- * The i64 in the first slot on success; None after a trap or error (written to the outs).
- * release_gil: let other Python threads run during the call (guests called from a worker thread). */
-static PyObject *call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "call() takes 7 arguments");
+static PyObject *Core_set_memory(Core *self, PyObject *args) {
+    unsigned long long memory, base, size;
+    if (!PyArg_ParseTuple(args, "KKK", &memory, &base, &size))
         return NULL;
+    self->memory = (const void *)(uintptr_t)memory;
+    self->base = (uint8_t *)(uintptr_t)base;
+    self->size = (size_t)size;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_take_trap(Core *self, PyObject *unused) {
+    PyObject *r = Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)self->trap,
+                                (unsigned long long)(uintptr_t)self->err);
+    self->trap = self->err = NULL;
+    return r;
+}
+
+static PyObject *Core_close(Core *self, PyObject *unused) {
+    self->ctx = NULL;
+    self->memory = NULL;
+    self->base = NULL;
+    self->size = 0;
+    for (int i = 0; i < NEXPORTS; i++)
+        self->funcs[i] = NULL;
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->host, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->owner, Py_None);
+    Py_RETURN_NONE;
+}
+
+/* Call export `index`; returns 0, or -1 after the owner raised the trap as a Python exception. */
+static int do_call(Core *self, int index) {
+    void *func = self->funcs[index];
+    if (self->ctx == NULL || func == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
+        return -1;
     }
-    int release = PyObject_IsTrue(args[6]);
-    void *ctx = addr(args[0]);
-    void *func = addr(args[1]);
-    uint64_t *vals = (uint64_t *)addr(args[2]);
-    void **trap_out = (void **)addr(args[3]);
-    void **err_out = (void **)addr(args[4]);
-    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[5]);
-    if (PyErr_Occurred())
-        return NULL;
-    p_set_deadline(ctx, ticks);
+    Core *prev = current;
+    int prev_holds = holds_gil;
+    Py_INCREF(self); /* a host function may drop the last outside reference */
+    current = self;
+    self->trap_status = 500;
+    p_set_deadline(self->ctx, self->deadline);
     void *trap = NULL;
     void *err;
-    if (release) {
+    if (self->release_gil) {
+        holds_gil = 0;
         Py_BEGIN_ALLOW_THREADS
-        err = p_call(ctx, func, vals, 2, &trap);
+        err = p_call(self->ctx, func, self->vals, 2, &trap);
         Py_END_ALLOW_THREADS
     } else {
-        err = p_call(ctx, func, vals, 2, &trap);
+        holds_gil = 1;
+        err = p_call(self->ctx, func, self->vals, 2, &trap);
     }
+    current = prev;
+    holds_gil = prev_holds;
+    int rc = 0;
     if (err || trap) {
-        *trap_out = trap;
-        *err_out = err;
-        Py_RETURN_NONE;
+        self->trap = trap;
+        self->err = err;
+        PyObject *i = PyLong_FromLong(index);
+        PyObject *r = i ? PyObject_CallMethodOneArg(self->owner, str_raise_trap, i) : NULL;
+        Py_XDECREF(i);
+        Py_XDECREF(r);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "guest trapped");
+        rc = -1;
     }
-    return PyLong_FromUnsignedLongLong(vals[0]);
+    Py_DECREF(self);
+    return rc;
+}
+
+static PyObject *Core_handle_request(Core *self, PyObject *unused) {
+    if (do_call(self, 0) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(self->vals[0]);
+}
+
+/* handle_response(req_ctx, is_error) */
+static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "handle_response(req_ctx, is_error)");
+        return NULL;
+    }
+    unsigned long long req_ctx = PyLong_AsUnsignedLongLongMask(args[0]);
+    int is_error = PyObject_IsTrue(args[1]);
+    if (PyErr_Occurred() || is_error < 0)
+        return NULL;
+    self->vals[0] = req_ctx & 0xFFFFFFFFull;
+    self->vals[1] = 0;
+    self->vals[2] = is_error ? 1 : 0;
+    self->vals[3] = 0;
+    if (do_call(self, 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* call(index) -> None: an init export (_initialize/_start) */
+static PyObject *Core_call(Core *self, PyObject *arg) {
+    long index = PyLong_AsLong(arg);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (index < 0 || index >= NEXPORTS) {
+        PyErr_SetString(PyExc_IndexError, "export index");
+        return NULL;
+    }
+    if (do_call(self, (int)index) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_get_release_gil(Core *self, void *closure) { return PyBool_FromLong(self->release_gil); }
+
+static int Core_set_release_gil(Core *self, PyObject *value, void *closure) {
+    int v = value ? PyObject_IsTrue(value) : 0;
+    if (v < 0)
+        return -1;
+    self->release_gil = v;
+    return 0;
+}
+
+static PyMethodDef Core_methods[] = {
+    {"handle_request", (PyCFunction)Core_handle_request, METH_NOARGS, "Call handle_request; the i64 result."},
+    {"handle_response", (PyCFunction)(void (*)(void))Core_handle_response, METH_FASTCALL,
+     "Call handle_response(req_ctx, is_error)."},
+    {"call", (PyCFunction)Core_call, METH_O, "Call an init export by index."},
+    {"set_func", (PyCFunction)Core_set_func, METH_VARARGS, "set_func(index, wasmtime_func_t address)"},
+    {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(wasmtime_memory_t address, base, size)"},
+    {"take_trap", (PyCFunction)Core_take_trap, METH_NOARGS, "(trap, error) pointers of the last failed call"},
+    {"close", (PyCFunction)Core_close, METH_NOARGS, "Forget the store: no more calls."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Core_members[] = {
+    {"trap_status", T_INT, offsetof(Core, trap_status), 0, "status for the current call's trap"},
+    {"host", T_OBJECT_EX, offsetof(Core, host), 0, "first argument of Python host functions"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"release_gil", (getter)Core_get_release_gil, (setter)Core_set_release_gil, "release the GIL in calls", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "http_wasm_asgi._fastpath.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Core(owner, context address, deadline ticks): one instance's fast call path",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
+    .tp_methods = Core_methods,
+    .tp_members = Core_members,
+    .tp_getset = Core_getset,
+};
+
+/* set_current(core or None) -> previous: around instantiation (start functions call host functions) */
+static PyObject *set_current(PyObject *self, PyObject *arg) {
+    PyObject *prev = current ? (PyObject *)current : Py_None;
+    Py_INCREF(prev);
+    if (arg == Py_None) {
+        current = NULL;
+    } else if (Py_IS_TYPE(arg, &CoreType)) {
+        current = (Core *)arg; /* the caller keeps it alive while it is current */
+    } else {
+        Py_DECREF(prev);
+        PyErr_SetString(PyExc_TypeError, "set_current(Core | None)");
+        return NULL;
+    }
+    holds_gil = 0;
+    return prev;
+}
+
+/* ---------------------------------------------------------------- native host functions */
+
+/* Slot offsets of http_wasm_asgi.host's classes (configure_host). */
+static PyTypeObject *t_host, *t_exchange, *t_call;
+static Py_ssize_t o_host_exchange, o_host_call, o_host_config;
+static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
+static Py_ssize_t o_call_phase;
+static int native_ready;
+
+#define FIELD(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define PHASE_REQUEST 1
+
+enum { N_NONE = 0, N_GET_HEADER_VALUES, N_SET_HEADER_VALUE, N_ADD_HEADER_VALUE, N_REMOVE_HEADER,
+       N_GET_STATUS_CODE, N_GET_CONFIG, N_GET_METHOD };
+enum { DONE = 0, FALLBACK = 1, FAILED = -1 };
+
+static const char *native_names[] = {"", "get_header_values", "set_header_value", "add_header_value",
+                                     "remove_header", "get_status_code", "get_config", "get_method", NULL};
+
+static unsigned char token_char[256], value_char[256];
+
+static void init_tables(void) {
+    const char *tok = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    for (const char *p = tok; *p; p++)
+        token_char[(unsigned char)*p] = 1;
+    value_char[9] = 1;
+    for (int c = 0x20; c < 0x7f; c++)
+        value_char[c] = 1;
+    for (int c = 0x80; c < 0x100; c++)
+        value_char[c] = 1;
+}
+
+static inline unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+static inline int in_bounds(Core *c, uint64_t ptr, uint64_t len) {
+    uint64_t end = ptr + len;
+    if (end <= c->size)
+        return 1;
+    if (c->memory == NULL || c->ctx == NULL)
+        return 0;
+    c->size = p_memory_size(c->ctx, c->memory); /* the guest may have grown it */
+    return end <= c->size;
+}
+
+static inline uint32_t arg(void *vals, int i) {
+    uint32_t v;
+    memcpy(&v, (char *)vals + SLOT * i, sizeof v);
+    return v;
+}
+
+static inline void result(void *vals, uint64_t v) { memcpy(vals, &v, sizeof v); }
+
+/* The request state of the host object, when there is a request and every type is exact. */
+static int request_state(Core *c, PyObject **ex, PyObject **call) {
+    PyObject *h = c->host;
+    if (h == NULL || !Py_IS_TYPE(h, t_host))
+        return 0;
+    *ex = FIELD(h, o_host_exchange);
+    *call = FIELD(h, o_host_call);
+    return *ex && *call && PyObject_TypeCheck(*ex, t_exchange) && Py_IS_TYPE(*call, t_call);
+}
+
+/* A header entry the native code understands: an exact 2-tuple of exact bytes. */
+static inline int header_entry(PyObject *item, PyObject **k, PyObject **v) {
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+        return 0;
+    *k = PyTuple_GET_ITEM(item, 0);
+    *v = PyTuple_GET_ITEM(item, 1);
+    return PyBytes_CheckExact(*k) && PyBytes_CheckExact(*v);
+}
+
+static inline int name_equals(PyObject *k, const uint8_t *name, size_t len) {
+    if ((size_t)PyBytes_GET_SIZE(k) != len)
+        return 0;
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(k);
+    for (size_t i = 0; i < len; i++)
+        if (lower(s[i]) != lower(name[i]))
+            return 0;
+    return 1;
+}
+
+/* buf_limit rule for one value: write only when it fits; the result is its length. */
+static int write_limited(Core *c, void *vals, const char *data, Py_ssize_t n, uint32_t buf, uint32_t limit) {
+    if (n > 0 && (uint64_t)n <= limit) {
+        if (!in_bounds(c, buf, (uint64_t)n))
+            return FALLBACK;
+        memcpy(c->base + buf, data, (size_t)n);
+    }
+    result(vals, (uint64_t)n);
+    return DONE;
+}
+
+static int n_get_header_values(Core *c, void *vals) {
+    uint32_t kind = arg(vals, 0), name_ptr = arg(vals, 1), name_len = arg(vals, 2), buf = arg(vals, 3),
+             limit = arg(vals, 4);
+    PyObject *ex, *call;
+    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &call) || !in_bounds(c, name_ptr, name_len))
+        return FALLBACK;
+    PyObject *headers = FIELD(ex, kind ? o_ex_response_headers : o_ex_request_headers);
+    if (headers == NULL || !(PyList_CheckExact(headers) || PyTuple_CheckExact(headers)))
+        return FALLBACK;
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    const uint8_t *name = c->base + name_ptr;
+    uint64_t count = 0, total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k, *v;
+        if (!header_entry(items[i], &k, &v))
+            return FALLBACK;
+        if (name_equals(k, name, name_len)) {
+            count++;
+            total += (uint64_t)PyBytes_GET_SIZE(v) + 1;
+        }
+    }
+    if (count && total <= limit) {
+        if (!in_bounds(c, buf, total))
+            return FALLBACK;
+        uint8_t *out = c->base + buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *k = PyTuple_GET_ITEM(items[i], 0), *v = PyTuple_GET_ITEM(items[i], 1);
+            if (name_equals(k, name, name_len)) {
+                size_t len = (size_t)PyBytes_GET_SIZE(v);
+                memcpy(out, PyBytes_AS_STRING(v), len);
+                out[len] = 0;
+                out += len + 1;
+            }
+        }
+    }
+    result(vals, (count << 32) | total);
+    return DONE;
+}
+
+/* set/add/remove on request or response headers before next (the common case). */
+static int n_change_header(Core *c, void *vals, int which) {
+    uint32_t kind = arg(vals, 0), name_ptr = arg(vals, 1), name_len = arg(vals, 2);
+    uint32_t value_ptr = which == N_REMOVE_HEADER ? 0 : arg(vals, 3);
+    uint32_t value_len = which == N_REMOVE_HEADER ? 0 : arg(vals, 4);
+    PyObject *ex, *call;
+    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &call))
+        return FALLBACK;
+    PyObject *phase = FIELD(call, o_call_phase);
+    if (phase == NULL || !PyLong_CheckExact(phase) || PyLong_AsLong(phase) != PHASE_REQUEST)
+        return FALLBACK;
+    if (!in_bounds(c, name_ptr, name_len) || !in_bounds(c, value_ptr, value_len))
+        return FALLBACK;
+    const uint8_t *name = c->base + name_ptr, *value = c->base + value_ptr;
+    for (uint32_t i = 0; i < name_len; i++)
+        if (!token_char[name[i]])
+            return FALLBACK;
+    if (which != N_REMOVE_HEADER) {
+        for (uint32_t i = 0; i < value_len; i++)
+            if (!value_char[value[i]])
+                return FALLBACK;
+        if (value_len && (value[0] == ' ' || value[0] == '\t' || value[value_len - 1] == ' ' ||
+                          value[value_len - 1] == '\t'))
+            return FALLBACK;
+    }
+    Py_ssize_t off = kind ? o_ex_response_headers : o_ex_request_headers;
+    PyObject *headers = FIELD(ex, off);
+    if (headers == NULL)
+        return FALLBACK;
+    if (!(PyList_CheckExact(headers) || PyTuple_CheckExact(headers)))
+        return FALLBACK;
+    /* copy on first write: request headers are the scope's, an unwritten list is a shared () */
+    int copy = (kind == 0 && FIELD(ex, o_ex_headers_changed) != Py_True) || !PyList_CheckExact(headers);
+    /* everything checked: from here on the change is made here */
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    int found = 0;
+    if (which != N_ADD_HEADER_VALUE) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *k, *v;
+            if (!header_entry(items[i], &k, &v))
+                return FALLBACK;
+            found |= name_equals(k, name, name_len);
+        }
+    }
+    if (copy) {
+        PyObject *list = PySequence_List(headers);
+        if (list == NULL)
+            return FAILED;
+        Py_SETREF(FIELD(ex, off), list);
+        if (kind == 0) {
+            Py_INCREF(Py_True);
+            Py_XSETREF(FIELD(ex, o_ex_headers_changed), Py_True);
+        }
+        headers = list;
+    }
+    if (found) { /* headers[:] = [h for h in headers if h.name.lower() != name] */
+        Py_ssize_t j = 0;
+        n = PyList_GET_SIZE(headers);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(headers, i);
+            if (name_equals(PyTuple_GET_ITEM(item, 0), name, name_len))
+                continue;
+            if (i != j) {
+                PyObject *old = PyList_GET_ITEM(headers, j);
+                Py_INCREF(item);
+                PyList_SET_ITEM(headers, j, item);
+                Py_DECREF(old);
+            }
+            j++;
+        }
+        if (PyList_SetSlice(headers, j, n, NULL) < 0)
+            return FAILED;
+    }
+    if (which == N_REMOVE_HEADER)
+        return DONE;
+    PyObject *k = PyBytes_FromStringAndSize(NULL, name_len);
+    if (k == NULL)
+        return FAILED;
+    char *kp = PyBytes_AS_STRING(k);
+    for (uint32_t i = 0; i < name_len; i++)
+        kp[i] = (char)lower(name[i]);
+    PyObject *v = PyBytes_FromStringAndSize((const char *)value, value_len);
+    PyObject *entry = v ? PyTuple_Pack(2, k, v) : NULL;
+    Py_DECREF(k);
+    Py_XDECREF(v);
+    if (entry == NULL)
+        return FAILED;
+    int rc = PyList_Append(headers, entry);
+    Py_DECREF(entry);
+    return rc < 0 ? FAILED : DONE;
+}
+
+static int n_get_status_code(Core *c, void *vals) {
+    PyObject *h = c->host;
+    if (h == NULL || !Py_IS_TYPE(h, t_host))
+        return FALLBACK;
+    PyObject *ex = FIELD(h, o_host_exchange);
+    if (ex == NULL || !PyObject_TypeCheck(ex, t_exchange))
+        return FALLBACK;
+    PyObject *status = FIELD(ex, o_ex_status);
+    if (status == NULL || !PyLong_CheckExact(status))
+        return FALLBACK;
+    unsigned long long s = PyLong_AsUnsignedLongLongMask(status);
+    if (PyErr_Occurred())
+        return FAILED;
+    result(vals, s);
+    return DONE;
+}
+
+static int n_get_config(Core *c, void *vals) {
+    PyObject *h = c->host;
+    if (h == NULL || !Py_IS_TYPE(h, t_host))
+        return FALLBACK;
+    PyObject *config = FIELD(h, o_host_config);
+    if (config == NULL || !PyBytes_CheckExact(config))
+        return FALLBACK;
+    return write_limited(c, vals, PyBytes_AS_STRING(config), PyBytes_GET_SIZE(config), arg(vals, 0), arg(vals, 1));
+}
+
+static int n_get_method(Core *c, void *vals) {
+    PyObject *ex, *call;
+    if (!request_state(c, &ex, &call))
+        return FALLBACK;
+    PyObject *method = FIELD(ex, o_ex_method);
+    if (method == NULL || !PyUnicode_CheckExact(method) || !PyUnicode_IS_COMPACT_ASCII(method))
+        return FALLBACK;
+    return write_limited(c, vals, (const char *)PyUnicode_DATA(method), PyUnicode_GET_LENGTH(method), arg(vals, 0),
+                         arg(vals, 1));
+}
+
+static int run_native(int id, Core *c, void *vals) {
+    switch (id) {
+    case N_GET_HEADER_VALUES:
+        return n_get_header_values(c, vals);
+    case N_SET_HEADER_VALUE:
+    case N_ADD_HEADER_VALUE:
+    case N_REMOVE_HEADER:
+        return n_change_header(c, vals, id);
+    case N_GET_STATUS_CODE:
+        return n_get_status_code(c, vals);
+    case N_GET_CONFIG:
+        return n_get_config(c, vals);
+    case N_GET_METHOD:
+        return n_get_method(c, vals);
+    default:
+        return FALLBACK;
+    }
+}
+
+static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, name);
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY)) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a plain object slot", type->tp_name, name);
+        return -1;
+    }
+    return m->offset;
+}
+
+/* configure_host(GuestHost, Exchange, GuestCall): learn where the native host functions find their state. */
+static PyObject *configure_host(PyObject *self, PyObject *args) {
+    PyTypeObject *h, *e, *c;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyType_Type, &h, &PyType_Type, &e, &PyType_Type, &c))
+        return NULL;
+    struct { PyTypeObject *t; const char *name; Py_ssize_t *out; } fields[] = {
+        {h, "exchange", &o_host_exchange},       {h, "call", &o_host_call},
+        {h, "config", &o_host_config},           {e, "request_headers", &o_ex_request_headers},
+        {e, "response_headers", &o_ex_response_headers}, {e, "headers_changed", &o_ex_headers_changed},
+        {e, "status", &o_ex_status},             {e, "method", &o_ex_method},
+        {c, "phase", &o_call_phase},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        Py_ssize_t off = slot_offset(fields[i].t, fields[i].name);
+        if (off < 0) {
+            native_ready = 0;
+            return NULL;
+        }
+        *fields[i].out = off;
+    }
+    Py_XSETREF(t_host, (PyTypeObject *)Py_NewRef(h));
+    Py_XSETREF(t_exchange, (PyTypeObject *)Py_NewRef(e));
+    Py_XSETREF(t_call, (PyTypeObject *)Py_NewRef(c));
+    native_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- the trampoline */
+
+typedef struct {
+    PyObject *fn;   /* the Python host function: fn(target, *args) */
+    PyObject *name; /* str, for trap messages */
+    int nparams;
+    int nresults;
+    int on_instance; /* fn gets the owner (WasmInstance), not the host object */
+    int native;      /* N_*: a native implementation to try first */
+} host_env;
+
+static void *make_trap(const char *msg) { return p_trap_new(msg, strlen(msg)); }
+
+/* The pending Python exception becomes a trap, with the runtime's error handler's message. */
+static void *trap_from_exception(host_env *env, Core *core) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    PyObject *text = NULL;
+    if (error_handler && value)
+        text = PyObject_CallFunctionObjArgs(error_handler, env->name, value, core ? core->owner : Py_None, NULL);
+    void *trap;
+    Py_ssize_t len;
+    const char *utf8 = (text && PyUnicode_Check(text)) ? PyUnicode_AsUTF8AndSize(text, &len) : NULL;
+    if (utf8)
+        trap = p_trap_new(utf8, (size_t)len);
+    else
+        trap = make_trap("host function failed");
+    PyErr_Clear();
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return trap;
 }
 
 static void *trampoline(void *env_, void *caller, void *vals, size_t n) {
     host_env *env = (host_env *)env_;
-    PyGILState_STATE gil = PyGILState_Ensure();
+    int ensure = !holds_gil;
+    PyGILState_STATE gil = PyGILState_LOCKED;
+    if (ensure)
+        gil = PyGILState_Ensure();
     void *trap = NULL;
+    Core *core = current;
+    if (core == NULL) {
+        trap = make_trap("host function called outside a guest call");
+        goto out;
+    }
+    if (core->memory == NULL) { /* instantiation (start section): find the memory through the caller */
+        PyObject *r = PyObject_CallMethod(core->owner, "_bind_memory_from_caller", "K",
+                                          (unsigned long long)(uintptr_t)caller);
+        if (r == NULL) {
+            trap = trap_from_exception(env, core);
+            goto out;
+        }
+        Py_DECREF(r);
+    }
+    if (env->native) {
+        int rc = run_native(env->native, core, vals);
+        if (rc == DONE)
+            goto out;
+        if (rc == FAILED) {
+            trap = trap_from_exception(env, core);
+            goto out;
+        }
+    }
     PyObject *argv[MAX_PARAMS + 1];
     int count = 0;
-    argv[count++] = PyLong_FromVoidPtr(caller);
-    for (int i = 0; i < env->nparams; i++) {
-        uint32_t v;
-        memcpy(&v, (char *)vals + SLOT * i, sizeof v);
-        argv[count++] = PyLong_FromUnsignedLong(v);
-    }
-    PyObject *result = PyObject_Vectorcall(env->fn, argv, count, NULL);
+    argv[count++] = env->on_instance ? core->owner : core->host;
+    Py_INCREF(argv[0]);
+    for (int i = 0; i < env->nparams; i++)
+        argv[count++] = PyLong_FromUnsignedLong(arg(vals, i));
+    PyObject *res = PyObject_Vectorcall(env->fn, argv, count, NULL);
     for (int i = 0; i < count; i++)
         Py_XDECREF(argv[i]);
-    if (result == NULL) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyObject *text = value ? PyObject_Str(value) : NULL;
-        const char *msg = "host function failed";
-        Py_ssize_t len = (Py_ssize_t)strlen(msg);
-        if (text) {
-            const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
-            if (utf8)
-                msg = utf8;
-            else {
-                PyErr_Clear();
-                len = (Py_ssize_t)strlen(msg);
-            }
-        }
-        trap = p_trap_new(msg, (size_t)len);
-        Py_XDECREF(text);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
+    if (res == NULL) {
+        trap = trap_from_exception(env, core);
     } else {
         if (env->nresults) {
-            uint64_t out = PyLong_AsUnsignedLongLongMask(result);
+            uint64_t v = PyLong_AsUnsignedLongLongMask(res);
             if (PyErr_Occurred()) {
                 PyErr_Clear();
-                out = 0;
+                v = 0;
             }
-            memcpy(vals, &out, sizeof out);
+            result(vals, v);
         }
-        Py_DECREF(result);
+        Py_DECREF(res);
     }
-    PyGILState_Release(gil);
+out:
+    if (ensure)
+        PyGILState_Release(gil);
     return trap;
 }
 
@@ -144,35 +722,85 @@ static void finalize(void *env_) {
         return;
     PyGILState_STATE gil = PyGILState_Ensure();
     Py_XDECREF(env->fn);
+    Py_XDECREF(env->name);
     PyGILState_Release(gil);
     PyMem_RawFree(env);
 }
 
-/* define(define_fn, linker, module, name, functype, fn, nparams, nresults) -> error pointer (0 = ok) */
+/* define(define_fn, linker, module, name, functype, fn, nparams, nresults, on_instance, native)
+ * -> error pointer (0 = ok). native: try the native implementation of `name` first (when there is one). */
 static PyObject *define(PyObject *self, PyObject *args) {
     unsigned long long define_addr, linker, functype;
     const char *module, *name;
     Py_ssize_t module_len, name_len;
     PyObject *fn;
-    int nparams, nresults;
-    if (!PyArg_ParseTuple(args, "KKy#y#KOii", &define_addr, &linker, &module, &module_len, &name, &name_len,
-                          &functype, &fn, &nparams, &nresults))
+    int nparams, nresults, on_instance, native;
+    if (!PyArg_ParseTuple(args, "KKy#y#KOiipp", &define_addr, &linker, &module, &module_len, &name, &name_len,
+                          &functype, &fn, &nparams, &nresults, &on_instance, &native))
         return NULL;
     if (nparams < 0 || nparams > MAX_PARAMS) {
         PyErr_SetString(PyExc_ValueError, "too many parameters");
         return NULL;
     }
+    PyObject *pyname = PyUnicode_DecodeUTF8(name, name_len, "replace");
+    if (pyname == NULL)
+        return NULL;
     host_env *env = PyMem_RawMalloc(sizeof(host_env));
-    if (!env)
+    if (!env) {
+        Py_DECREF(pyname);
         return PyErr_NoMemory();
+    }
     Py_INCREF(fn);
     env->fn = fn;
+    env->name = pyname;
     env->nparams = nparams;
     env->nresults = nresults;
+    env->on_instance = on_instance;
+    env->native = 0;
+    if (native && native_ready)
+        for (int i = 1; native_names[i]; i++)
+            if ((size_t)name_len == strlen(native_names[i]) && memcmp(name, native_names[i], name_len) == 0)
+                env->native = i;
     void *err = ((define_fn)(uintptr_t)define_addr)((void *)(uintptr_t)linker, module, (size_t)module_len, name,
                                                    (size_t)name_len, (void *)(uintptr_t)functype, trampoline,
                                                    env, finalize);
     return PyLong_FromVoidPtr(err);
+}
+
+/* native_functions() -> tuple of the host function names with a native implementation (when configured) */
+static PyObject *native_functions(PyObject *self, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (int i = 1; native_ready && native_names[i]; i++) {
+        PyObject *s = PyUnicode_FromString(native_names[i]);
+        if (s == NULL || PyList_Append(out, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    PyObject *t = PyList_AsTuple(out);
+    Py_DECREF(out);
+    return t;
+}
+
+/* ---------------------------------------------------------------- configure, ticker */
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    unsigned long long call, deadline, trap_new, increment, memory_size;
+    PyObject *handler;
+    if (!PyArg_ParseTuple(args, "KKKKKO", &call, &deadline, &trap_new, &increment, &memory_size, &handler))
+        return NULL;
+    p_call = (call_unchecked_fn)(uintptr_t)call;
+    p_set_deadline = (set_deadline_fn)(uintptr_t)deadline;
+    p_trap_new = (trap_new_fn)(uintptr_t)trap_new;
+    p_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
+    p_memory_size = (memory_size_fn)(uintptr_t)memory_size;
+    Py_INCREF(handler);
+    Py_XSETREF(error_handler, handler);
+    Py_RETURN_NONE;
 }
 
 typedef struct {
@@ -180,8 +808,8 @@ typedef struct {
     long interval_us;
 } ticker_args;
 
-static void *tick(void *arg) {
-    ticker_args *t = (ticker_args *)arg;
+static void *tick(void *arg_) {
+    ticker_args *t = (ticker_args *)arg_;
     struct timespec ts = {t->interval_us / 1000000, (t->interval_us % 1000000) * 1000};
     for (;;) {
         nanosleep(&ts, NULL);
@@ -216,13 +844,31 @@ static PyObject *start_ticker(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"configure", configure, METH_VARARGS, "Set the wasmtime entry points."},
-    {"call", (PyCFunction)(void (*)(void))call, METH_FASTCALL, "Call a guest export (unchecked)."},
+    {"configure", configure, METH_VARARGS, "Set the wasmtime entry points and the host error handler."},
+    {"configure_host", configure_host, METH_VARARGS, "Learn the slots of GuestHost, Exchange and GuestCall."},
+    {"native_functions", native_functions, METH_NOARGS, "Host functions with a native implementation."},
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
+    {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"start_ticker", start_ticker, METH_VARARGS, "Start the native epoch ticker."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    init_tables();
+    str_raise_trap = PyUnicode_InternFromString("_raise_trap");
+    str_bind_memory = PyUnicode_InternFromString("_bind_memory_from_caller");
+    if (str_raise_trap == NULL || str_bind_memory == NULL || PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

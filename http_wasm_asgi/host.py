@@ -14,13 +14,16 @@ import re
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len
 from .errors import HostTrap
 
 Headers = list[tuple[bytes, bytes]]
+# The value of a header list nobody wrote yet: immutable, shared (typed as a list for readers;
+# writers go through Exchange.mutable_headers, which copies it).
+NO_HEADERS: Final = cast(Headers, ())
 _REQUEST: Final = int(HeaderKind.REQUEST)
 _RESPONSE: Final = int(HeaderKind.RESPONSE)
 
@@ -51,6 +54,11 @@ class Phase(IntEnum):
     RESPONSE = 2  # after next: the next handler ran (or is running)
 
 
+# Plain ints in GuestCall.phase (the C accelerator reads them; IntEnum comparisons cost a call).
+_PHASE_REQUEST: Final = int(Phase.REQUEST)
+_PHASE_RESPONSE: Final = int(Phase.RESPONSE)
+
+
 class Exchange:
     """One HTTP request and its response, as every guest of a chain sees it.
 
@@ -62,24 +70,24 @@ class Exchange:
                  "response_body_replaced", "response_headers", "response_trailers", "scope", "status",
                  "trailers_supported", "uri")
 
-    def __init__(self, scope: dict[str, Any], *, max_body_size: int) -> None:
+    def __init__(self, scope: dict[str, Any], max_body_size: int) -> None:
         self.scope = scope
         self.max_body_size = max_body_size
         self.method: str = scope["method"]
         self.uri: bytes | None = None  # set when a guest rewrites it
         self.request_headers: Headers = scope["headers"]
         self.headers_changed = False
-        self.request_trailers: Headers = []
+        # Header lists and the response body start as shared empty, immutable values and become
+        # lists/bytearrays on first write (mutable_headers): most requests never touch them.
+        self.request_trailers = self.response_headers = self.response_trailers = NO_HEADERS
         self.request_body: bytes | None = None  # None: untouched, the app reads the stream
         self.request_body_more = False  # the stream goes on past request_body (over the cap)
         self.request_body_replaced = False
         self.status = 200
-        self.response_headers: Headers = []
-        self.response_body = bytearray()
+        self.response_body: bytes | bytearray = b""
         self.response_body_replaced = False
-        self.response_trailers: Headers = []
-        extensions = scope.get("extensions") or {}
-        self.trailers_supported = "http.response.trailers" in extensions
+        extensions = scope.get("extensions")
+        self.trailers_supported = extensions is not None and "http.response.trailers" in extensions
 
     # -- request line --
     def get_uri(self) -> bytes:
@@ -134,10 +142,21 @@ class Exchange:
         raise HostTrap(f"unknown header kind {kind}")
 
     def mutable_headers(self, kind: int) -> Headers:
-        if kind == HeaderKind.REQUEST and not self.headers_changed:
-            self.request_headers = list(self.request_headers)  # copy on first write: the scope is shared
-            self.headers_changed = True
-        return self.headers(kind)
+        if kind == HeaderKind.REQUEST:
+            if not self.headers_changed:
+                self.request_headers = list(self.request_headers)  # copy on first write: the scope is shared
+                self.headers_changed = True
+            return self.request_headers
+        headers = self.headers(kind)
+        if type(headers) is not list:  # the shared empty value (or a sequence the app sent): copy it
+            headers = list(headers)
+            if kind == HeaderKind.RESPONSE:
+                self.response_headers = headers
+            elif kind == HeaderKind.REQUEST_TRAILERS:
+                self.request_trailers = headers
+            else:
+                self.response_trailers = headers
+        return headers
 
 
 class GuestContext:
@@ -178,14 +197,14 @@ class GuestCall:
 
     def __init__(self, features: int) -> None:
         self.features = features
-        self.phase = Phase.REQUEST
+        self.phase = _PHASE_REQUEST
         self.request_read = 0  # bytes of the request body this guest has read
         self.request_written = False  # first write_body(request) overwrites
         self.response_read = 0
         self.response_written = False  # first write_body(response) per phase overwrites
 
     def after_next(self) -> None:
-        self.phase = Phase.RESPONSE
+        self.phase = _PHASE_RESPONSE
         self.response_written = False
         self.response_read = 0
 
@@ -193,11 +212,12 @@ class GuestCall:
 class GuestHost:
     """The host object of one wasm instance; host functions get it as first argument."""
 
-    __slots__ = ("call", "exchange", "guest", "mem")
+    __slots__ = ("call", "config", "exchange", "guest", "mem")
 
     def __init__(self, mem: Memory, guest: GuestContext) -> None:
         self.mem = mem
         self.guest = guest
+        self.config = guest.config  # read by the accelerator's native get_config
         self.call: GuestCall | None = None
         self.exchange: Exchange | None = None
 
@@ -254,12 +274,12 @@ def _check_header(name: bytes, value: bytes) -> None:
 
 
 def _before_next(call: GuestCall, what: str) -> None:
-    if call.phase != Phase.REQUEST:
+    if call.phase != _PHASE_REQUEST:
         raise HostTrap(f"can't {what} after next")
 
 
 def _before_next_or(call: GuestCall, feature: int, what: str) -> None:
-    if call.phase != Phase.REQUEST and not call.features & feature:
+    if call.phase != _PHASE_REQUEST and not call.features & feature:
         raise HostTrap(f"can't {what} after next unless {_FEATURE_NAMES[feature]} is enabled")
 
 
@@ -267,8 +287,8 @@ def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
     exchange, call = h.exchange, h.call
     if exchange is None or call is None:
         exchange, call = h.request(f"{what}_header")
-    if kind == _RESPONSE and call.phase == Phase.REQUEST:  # the common case, first
-        return exchange.response_headers
+    if kind == _RESPONSE and call.phase == _PHASE_REQUEST:  # the common case, first
+        return exchange.mutable_headers(kind)
     if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & TRAILERS:
         raise HostTrap(f"can't {what} trailers: the trailers feature is not enabled (or not supported)")
     if kind in (HeaderKind.REQUEST, HeaderKind.REQUEST_TRAILERS):
@@ -289,7 +309,7 @@ def enable_features(h: GuestHost, features: int) -> int:
 
 
 def get_config(h: GuestHost, buf: int, limit: int) -> int:
-    return _write_limited(h, buf, limit, h.guest.config)
+    return _write_limited(h, buf, limit, h.config)
 
 
 def log(h: GuestHost, level: int, ptr: int, length: int) -> None:

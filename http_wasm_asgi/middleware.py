@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .abi import HeaderKind
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestCall, Headers
@@ -31,6 +32,7 @@ _REASONS = {413: b"Payload Too Large", 500: b"Internal Server Error", 502: b"Bad
             503: b"Service Unavailable"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _UNSAFE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+_RESPONSE_TRAILERS = int(HeaderKind.RESPONSE_TRAILERS)
 
 log = logging.getLogger("http_wasm_asgi")
 
@@ -53,6 +55,7 @@ class HttpWasmMiddleware:
         self.max_body_size = max_body_size
         # Whether a guest may look at the app's response (status, headers, trailers) in
         # handle_response: if none can, an unbuffered response goes straight to the client.
+        self._threaded = any(guest.threaded for guest in self.guests)
         self._observes_response = any(
             guest.info.imports_host(name) for guest in self.guests
             for name in ("get_status_code", "get_header_names", "get_header_values"))
@@ -76,31 +79,23 @@ class HttpWasmMiddleware:
             guest.close()
 
 
-class _Held:
-    """A guest that returned next=1 and waits for its handle_response."""
+class _Flow(Exchange):
+    """One request through the chain: the Exchange every guest sees, plus the ASGI plumbing.
 
-    __slots__ = ("call", "guest", "instance", "req_ctx")
+    The hot path (guests that neither trap, nor answer, nor buffer, nor run on threads) is
+    `run` alone: no per-guest objects but a tuple, no extra coroutine per step.
+    """
 
-    def __init__(self, guest: Guest, instance: WasmInstance, call: GuestCall, req_ctx: int) -> None:
-        self.guest = guest
-        self.instance = instance
-        self.call = call
-        self.req_ctx = req_ctx
-
-
-class _Flow:
-    """One request through the chain."""
-
-    __slots__ = ("app_trailers", "body_replayed", "disconnected", "error_status", "exchange", "held", "mw",
-                 "receive", "response_too_large", "scope", "send", "sent", "started")
+    __slots__ = ("app_trailers", "body_replayed", "disconnected", "error_status", "held", "mw", "receive",
+                 "response_too_large", "send", "sent", "started")
 
     def __init__(self, mw: HttpWasmMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        Exchange.__init__(self, scope, mw.max_body_size)  # type: ignore[arg-type]
         self.mw = mw
-        self.scope = scope
         self.receive = receive
         self.send = send
-        self.exchange = Exchange(scope, max_body_size=mw.max_body_size)  # type: ignore[arg-type]
-        self.held: list[_Held] = []
+        # guests that returned next=1 and wait for handle_response: (guest, instance, call, req_ctx)
+        self.held: list[tuple[Guest, WasmInstance, GuestCall, int]] = []
         self.started = False  # the app sent http.response.start (to us or through us)
         self.sent = False  # http.response.start went to the client
         self.error_status: int | None = None  # a guest trapped on the way back
@@ -110,17 +105,18 @@ class _Flow:
         self.response_too_large = False
 
     async def run(self) -> None:
-        ex = self.exchange
         held = self.held
+        mw = self.mw
         try:
-            for guest in self.mw.guests:
-                if guest.reads_request_body and ex.request_body is None:
+            for guest in mw.guests:
+                if guest.reads_request_body and self.request_body is None:
                     await self._buffer_request_body()
                 pool = guest.pool
                 instance = pool.try_acquire() or await pool.acquire()
                 call = GuestCall(guest.context.features)
                 host = instance.host
-                host.exchange, host.call = ex, call
+                host.exchange = self
+                host.call = call
                 try:
                     ctx_next = instance.handle_request() if not guest.threaded else \
                         await _in_thread(guest, instance, instance.handle_request)
@@ -138,10 +134,51 @@ class _Flow:
                     return
                 call.after_next()
                 if call.request_read and not call.features & BUFFER_REQUEST \
-                        and not ex.request_body_replaced and ex.request_body is not None:
-                    ex.request_body = ex.request_body[call.request_read:]  # read means consumed
-                held.append(_Held(guest, instance, call, (ctx_next >> 32) & 0xFFFF_FFFF))
-            await self._call_app()
+                        and not self.request_body_replaced and self.request_body is not None:
+                    self.request_body = self.request_body[call.request_read:]  # read means consumed
+                held.append((guest, instance, call, (ctx_next >> 32) & 0xFFFF_FFFF))
+
+            # -- the next handler --
+            buffered = False
+            for entry in held:
+                if entry[2].features & BUFFER_RESPONSE:
+                    buffered = True
+                    break
+            send = self._collect if buffered else self._stream if mw._observes_response or \
+                self.response_headers else self.send
+            scope = self.scope
+            if self.uri is not None or self.headers_changed or self.request_body_replaced or \
+                    self.method != scope["method"]:
+                scope = self.app_scope()
+            extensions = scope.get("extensions")
+            if extensions and ("http.response.pathsend" in extensions or
+                               "http.response.zerocopysend" in extensions):
+                scope = dict(scope)
+                scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
+            receive = self.receive if self.request_body is None else self._replay_receive
+            app_error: BaseException | None = None
+            try:
+                await mw.app(scope, receive, send)
+            except _ResponseTooLarge:
+                self.response_too_large = True
+            except Exception as exc:
+                app_error = exc
+            failed = app_error is not None or self.response_too_large
+            if mw._threaded:
+                await self._unwind(is_error=failed)
+            else:
+                self._unwind_here(failed)
+            if app_error is not None:
+                raise app_error
+            if self.response_too_large or (buffered and self.error_status is not None):
+                if self.error_status is not None:
+                    await self._fail(self.error_status)
+                    return
+                log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", scope.get("method"),
+                          scope.get("path"), mw.max_body_size)
+                await self._fail(500)
+            elif buffered and self.started:
+                await self._send_exchange(short_circuit=False)
         except PoolTimeout as exc:
             log.error("request %s %s: %s", self.scope.get("method"), self.scope.get("path"), exc)
             await self._fail(503)
@@ -152,48 +189,9 @@ class _Flow:
             if held:  # cancelled or failed half-way: let guests clean up, free the instances
                 await self._unwind(is_error=True)
 
-    # -- the next handler --
-    async def _call_app(self) -> None:
-        ex = self.exchange
-        buffered = False
-        for held in self.held:
-            if held.call.features & BUFFER_RESPONSE:
-                buffered = True
-                break
-        send = self._collect if buffered else self._stream if self.mw._observes_response or ex.response_headers \
-            else self.send
-        scope = self.scope
-        if ex.request_changed():
-            scope = ex.app_scope()
-        extensions = scope.get("extensions")
-        if extensions and ("http.response.pathsend" in extensions or "http.response.zerocopysend" in extensions):
-            scope = dict(scope)
-            scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
-        receive = self.receive if ex.request_body is None else self._replay_receive
-        app_error: BaseException | None = None
-        try:
-            await self.mw.app(scope, receive, send)
-        except _ResponseTooLarge:
-            self.response_too_large = True
-        except Exception as exc:
-            app_error = exc
-        failed = app_error is not None or self.response_too_large
-        await self._unwind(is_error=failed)
-        if app_error is not None:
-            raise app_error
-        if self.response_too_large or (buffered and self.error_status is not None):
-            if self.error_status is not None:
-                await self._fail(self.error_status)
-                return
-            log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", self.scope.get("method"),
-                      self.scope.get("path"), self.mw.max_body_size)
-            await self._fail(500)
-        elif buffered and self.started:
-            await self._send_exchange(short_circuit=False)
-
     async def _replay_receive(self) -> Message:
         """The request body as the guests left it, then the rest of the stream (or disconnect)."""
-        ex = self.exchange
+        ex = self
         if not self.body_replayed:
             self.body_replayed = True
             more = ex.request_body_more and not ex.request_body_replaced
@@ -203,7 +201,7 @@ class _Flow:
         return await self.receive()
 
     async def _buffer_request_body(self) -> None:
-        ex = self.exchange
+        ex = self
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -223,81 +221,122 @@ class _Flow:
         ex.request_body = b"".join(chunks)
         ex.request_body_more = more
 
-    def _merge_response_headers(self, headers: Headers) -> Headers:
+    def _merge_response_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
         """Response headers a guest set before next stay unless the app sets the same name."""
-        guest_headers = self.exchange.response_headers
+        guest_headers = self.response_headers
         if not guest_headers:
-            return headers
-        app_names = {name.lower() for name, _ in headers}
-        return [h for h in guest_headers if h[0] not in app_names] + headers
+            return list(headers)
+        merged: Headers = []
+        if len(guest_headers) * len(headers) <= 64:  # a few of each (the usual case): no set
+            for entry in guest_headers:
+                name = entry[0]
+                for app_name, _ in headers:
+                    if app_name == name or app_name.lower() == name:
+                        break
+                else:
+                    merged.append(entry)
+        else:
+            app_names = {app_name.lower() for app_name, _ in headers}
+            merged = [entry for entry in guest_headers if entry[0] not in app_names]
+        merged += headers
+        return merged
 
     async def _stream(self, message: Message) -> None:
         """Unbuffered: pass the app's response through, remembering what guests may read."""
         kind = message["type"]
         if kind == "http.response.start":
-            ex = self.exchange
-            ex.status = message["status"]
-            if ex.response_headers:
+            self.status = message["status"]
+            headers = message.get("headers") or []
+            if self.response_headers:
                 message = dict(message)
-                message["headers"] = self._merge_response_headers(list(message.get("headers") or ()))
-            ex.response_headers = message.get("headers") or []  # read-only from here: no copy
+                message["headers"] = headers = self._merge_response_headers(headers)
+            self.response_headers = headers  # read-only from here: no copy
             self.started = self.sent = True
         elif kind == "http.response.trailers":
-            self.exchange.response_trailers.extend(message.get("headers") or ())
+            self.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
         await self.send(message)
 
     async def _collect(self, message: Message) -> None:
         """Buffered: keep the whole response for the guests' handle_response."""
-        ex = self.exchange
+        ex = self
         kind = message["type"]
         if kind == "http.response.start":
             ex.status = message["status"]
-            ex.response_headers = self._merge_response_headers(list(message.get("headers") or ()))
+            ex.response_headers = self._merge_response_headers(message.get("headers") or ())
             self.app_trailers = bool(message.get("trailers", False))
             self.started = True
         elif kind == "http.response.body":
             body = message.get("body", b"")
-            if len(ex.response_body) + len(body) > ex.max_body_size:
+            held = ex.response_body
+            if len(held) + len(body) > ex.max_body_size:
                 raise _ResponseTooLarge
-            ex.response_body += body
+            if type(held) is not bytearray:
+                held = ex.response_body = bytearray(held)
+            held += body
         elif kind == "http.response.trailers":
-            ex.response_trailers.extend(message.get("headers") or ())
+            ex.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
         else:
             await self.send(message)  # e.g. http.response.early_hint: not ours to hold
 
     # -- the way back --
     async def _unwind(self, *, is_error: bool) -> None:
         """handle_response for every held guest, innermost first; frees their instances."""
-        while self.held:
-            held = self.held.pop()
-            instance = held.instance
+        held = self.held
+        while held:
+            guest, instance, _, req_ctx = held[-1]
+            if not guest.threaded:
+                is_error = self._unwind_here(is_error, 1)
+                continue
+            held.pop()
             host = instance.host
             try:
-                if held.guest.threaded:
-                    await _in_thread(held.guest, instance, instance.handle_response, held.req_ctx, is_error)
-                else:
-                    instance.handle_response(held.req_ctx, is_error)
+                await _in_thread(guest, instance, instance.handle_response, req_ctx, is_error)
             except GuestTrap as trap:
                 host.exchange = host.call = None
-                held.guest.pool.release(instance, discard=True)
+                guest.pool.release(instance, discard=True)
                 self._log_trap(trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
                 continue
             host.exchange = host.call = None
-            held.guest.pool.release(instance)
+            guest.pool.release(instance)
+
+    def _unwind_here(self, is_error: bool, count: int = -1) -> bool:
+        """handle_response on this thread for `count` (default: all) held guests, innermost first.
+
+        Returns is_error for the guests after them (a trap makes it True).
+        """
+        held = self.held
+        while held and count:
+            count -= 1
+            guest, instance, _, req_ctx = held.pop()
+            host = instance.host
+            try:
+                instance.handle_response(req_ctx, is_error)
+            except GuestTrap as trap:
+                host.exchange = host.call = None
+                guest.pool.release(instance, discard=True)
+                self._log_trap(trap)
+                self.error_status = trap.status  # a response not yet sent becomes this error
+                is_error = True
+            else:
+                host.exchange = host.call = None
+                guest.pool.release(instance)
+        return is_error
 
     async def _send_exchange(self, *, short_circuit: bool) -> None:
         """Send the response the guests hold (a short-circuit or a buffered one)."""
-        ex = self.exchange
+        ex = self
         if self.error_status is not None:
             await self._fail(self.error_status)
             return
         body = bytes(ex.response_body)
         headers = ex.response_headers
-        no_body = ex.status in _NO_BODY_STATUS or ex.status < 200 or self.scope.get("method") == "HEAD"
+        bodiless_status = ex.status in _NO_BODY_STATUS or ex.status < 200
+        no_body = bodiless_status or self.scope.get("method") == "HEAD"
         declared = [v for k, v in headers if k.lower() == b"content-length"]
-        if short_circuit or ex.response_body_replaced or not declared:
+        if short_circuit or ex.response_body_replaced or not declared or bodiless_status:
+            # a 204/304 has no body, so no framing headers either (the app's would announce one)
             headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
             if not no_body:
                 headers.append((b"content-length", str(len(body)).encode()))

@@ -113,15 +113,10 @@ try:
     from . import _fastpath  # type: ignore[attr-defined]
 except ImportError:  # not compiled (no C compiler at install): the ctypes path below does the same
     _fastpath = None
-if _fastpath is not None:
-    _fastpath.configure(*(ctypes.cast(getattr(_dll, name), _VP).value for name in (
-        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
-        "wasmtime_engine_increment_epoch")))
 FAST_PATH: Final = _fastpath is not None
-
-
-class _HostFault(Exception):
-    """What a host function raises through the C trampoline: its text becomes the trap message."""
+# Host functions the accelerator implements natively (the common, valid case; anything else
+# falls back to the Python function in host.py, which stays the reference).
+NATIVE_HOST_FUNCTIONS: frozenset[str] = frozenset()
 
 # --- the current instance, per thread: host callbacks find their instance here ---
 _current = threading.local()
@@ -157,23 +152,29 @@ def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, 
     return _CALLBACK(callback)
 
 
-def _make_dispatch(name: str, fn: HostFunction, *, on_instance: bool = False) -> Callable[..., int | None]:
-    """The Python side of a host function entered through the C trampoline (plain int arguments)."""
+def _host_error(name: str, exc: BaseException, inst: WasmInstance | None) -> str:
+    """A host function failed under the C trampoline: the trap message (and status) for it."""
+    if isinstance(exc, HostTrap):
+        if inst is not None and inst._core is not None:
+            inst._core.trap_status = exc.status
+        return f"{name}: {exc}"
+    # a host bug must trap the guest, never unwind through wasm
+    log.error("host function %s failed", name, exc_info=exc)
+    return f"{name}: host error: {type(exc).__name__}"
 
-    def dispatch(caller: int, *args: int) -> int | None:
-        inst: WasmInstance = _current.instance
-        try:
-            if inst._memory_addr == 0:
-                inst._bind_memory_from_caller(caller)
-            return fn(inst if on_instance else inst.host, *args)
-        except HostTrap as exc:
-            inst.trap_status = exc.status
-            raise _HostFault(f"{name}: {exc}") from None
-        except BaseException as exc:  # a host bug must trap the guest, never unwind through wasm
-            log.exception("host function %s failed", name)
-            raise _HostFault(f"{name}: host error: {type(exc).__name__}") from None
 
-    return dispatch
+if _fastpath is not None:
+    _fastpath.configure(*(ctypes.cast(getattr(_dll, name), _VP).value for name in (
+        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
+        "wasmtime_engine_increment_epoch", "wasmtime_memory_data_size")), _host_error)
+    from . import host as _host
+
+    try:
+        _fastpath.configure_host(_host.GuestHost, _host.Exchange, _host.GuestCall)
+        NATIVE_HOST_FUNCTIONS = frozenset(_fastpath.native_functions())
+    except TypeError as _exc:  # the classes changed shape: the Python host functions do it all
+        log.warning("native host functions disabled: %s", _exc)
+    _NATIVE_REFERENCE = _host.HOST_FUNCTIONS
 
 
 # --- WASI output: our own fd_write collects every buffer (wasmtime's may write only the first) ---
@@ -384,9 +385,11 @@ class WasmModule:
         m, n = module.encode(), name.encode()
         if _fastpath is not None:
             self._callbacks.append(functype)
+            native = module == abi.HOST_MODULE and name in NATIVE_HOST_FUNCTIONS and \
+                _NATIVE_REFERENCE.get(name) is fn
             err = _fastpath.define(_linker_define_addr, ctypes.cast(linker.ptr(), _VP).value, m, n,
-                                   ctypes.cast(functype.ptr(), _VP).value,
-                                   _make_dispatch(name, fn, on_instance=on_instance), len(params), len(results))
+                                   ctypes.cast(functype.ptr(), _VP).value, fn, len(params), len(results),
+                                   on_instance, native)
         else:
             callback = _make_callback(name, fn, len(params), len(results), on_instance=on_instance)
             self._callbacks.append((callback, functype))
@@ -416,13 +419,24 @@ class WasmModule:
         return WasmInstance(self, make_host, output)
 
 
-class WasmInstance:
-    """One guest instance in its own store. Used by one request at a time."""
+_EXPORTS: Final = (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE, abi.EXPORT_INITIALIZE,
+                   abi.EXPORT_START)  # export index -> name (the accelerator's Core numbers them)
 
-    __slots__ = ("_args", "_args_addr", "_base", "_ctx", "_deadline", "_err", "_err_addr", "_funcs", "_keep",
-                 "_memory", "_memory_addr",
-                 "_module_ref", "_size", "_store", "_trap", "_trap_addr", "closed", "host", "name", "output_fn",
-                 "release_gil", "trap_status")
+
+class WasmInstance:
+    """One guest instance in its own store. Used by one request at a time.
+
+    `handle_request()` and `handle_response(req_ctx, is_error)` are the guest's exports: with
+    the accelerator they are the C `Core`'s methods (one C call each), else the ctypes path.
+    """
+
+    __slots__ = ("_args", "_args_addr", "_base", "_core", "_ctx", "_deadline", "_err", "_err_addr", "_funcs",
+                 "_keep", "_memory", "_memory_addr", "_module_ref", "_release_gil", "_size", "_store", "_trap",
+                 "_trap_addr", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
+                 "trap_status")
+
+    handle_request: Callable[[], int]
+    handle_response: Callable[[int, bool], None]
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
                  output: Callable[[int, bytes], None] | None) -> None:
@@ -430,7 +444,7 @@ class WasmInstance:
         self._module_ref = module
         self.closed = False
         self.trap_status = 500
-        self.release_gil = False  # True when called from a worker thread (see Guest(threaded=True))
+        self._release_gil = False
         self.output_fn = output
         self._memory: Any = None
         self._memory_addr = 0
@@ -457,9 +471,20 @@ class WasmInstance:
         self._err = ctypes.c_void_p()
         self._err_addr = ctypes.addressof(self._err)
         self.host = make_host(self)
+        self._core: Any = None
+        if _fastpath is not None:
+            core = _fastpath.Core(self, self._ctx, self._deadline)
+            core.host = self.host
+            self._core = core
+            self.handle_request = core.handle_request
+            self.handle_response = core.handle_response
+        else:
+            self.handle_request = self._ct_handle_request
+            self.handle_response = self._ct_handle_response
         _set_epoch_deadline(self._ctx, self._deadline)
         prev = getattr(_current, "instance", None)
         _current.instance = self
+        prev_core = _fastpath.set_current(self._core) if _fastpath is not None else None
         try:
             instance = module._pre.instantiate(store)
             exports = instance.exports(store)
@@ -473,8 +498,15 @@ class WasmInstance:
                 if isinstance(func, wasmtime.Func):
                     self._keep.append(func)
                     self._funcs[init] = ctypes.addressof(func._func)
+                    break
+            if self._core is not None:
+                for index, name in enumerate(_EXPORTS):
+                    if name in self._funcs:
+                        self._core.set_func(index, self._funcs[name])
+            for init in (abi.EXPORT_INITIALIZE, abi.EXPORT_START):
+                if init in self._funcs:
                     try:
-                        self._call(init, 0)
+                        self._call(init)
                     except GuestTrap as exc:
                         if exc.exit_code != 0:  # proc_exit(0) from `_start` is a normal end
                             raise
@@ -491,42 +523,60 @@ class WasmInstance:
                 raise GuestError(self.name, f"failed to initialize: {what}") from None
         finally:
             _current.instance = prev
+            if _fastpath is not None:
+                _fastpath.set_current(prev_core)
+
+    @property
+    def release_gil(self) -> bool:
+        """True when called from a worker thread (see Guest(threaded=True)): wasm runs without the GIL."""
+        return self._release_gil
+
+    @release_gil.setter
+    def release_gil(self, value: bool) -> None:
+        self._release_gil = bool(value)
+        if self._core is not None:
+            self._core.release_gil = self._release_gil
 
     # -- calls into the guest --
-    def _call(self, export: str, nargs: int) -> int:
-        """Call an export through the unchecked C API; arguments/results live in self._args."""
+    def _call(self, export: str) -> None:
+        """Call an init export (`_initialize`/`_start`)."""
+        if self._core is not None:
+            self._core.call(_EXPORTS.index(export))
+        else:
+            self._ct_call(export, 0)
+
+    def _raise_trap(self, index: int) -> None:
+        """The accelerator's call trapped: raise it as GuestTrap (called from C)."""
+        trap, err = self._core.take_trap()
+        self.closed = True
+        raise self._trap_error(_EXPORTS[index], trap, err, self._core.trap_status)
+
+    def _ct_call(self, export: str, nargs: int) -> int:
+        """ctypes path: call an export through the unchecked C API; arguments/results in self._args."""
         local = _current
         prev = getattr(local, "instance", None)
         local.instance = self
         self.trap_status = 500
         try:
-            if _fastpath is not None:
-                result = _fastpath.call(self._ctx, self._funcs[export], self._args_addr, self._trap_addr,
-                                        self._err_addr, self._deadline, self.release_gil)
-            else:
-                _set_epoch_deadline(self._ctx, self._deadline)
-                err = _func_call_unchecked(self._ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
-                self._err.value = err
-                result = None if err or self._trap.value else self._args[0]
+            _set_epoch_deadline(self._ctx, self._deadline)
+            err = _func_call_unchecked(self._ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
+            result = None if err or self._trap.value else self._args[0]
         finally:
             local.instance = prev
         if result is None:
             self.closed = True
-            raise self._trap_error(export)
+            trap, self._trap.value = self._trap.value, None
+            raise self._trap_error(export, trap or 0, err or 0, self.trap_status)
         return int(result)
 
-    def _trap_error(self, export: str) -> GuestTrap:
-        status = self.trap_status
+    def _trap_error(self, export: str, trap_ptr: int, err_ptr: int, status: int) -> GuestTrap:
         exit_code = None
-        err = self._err.value
-        self._err.value = None
-        if err:
-            exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
+        if err_ptr:
+            exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err_ptr, ctypes.POINTER(ffi.wasmtime_error_t)))
             exit_code = getattr(exc, "code", None)
             message = f"exited with code {exit_code}" if exit_code is not None else _first_line(exc)
         else:
-            trap = wasmtime.Trap._from_ptr(ctypes.cast(self._trap, ctypes.POINTER(ffi.wasm_trap_t)))
-            self._trap.value = None
+            trap = wasmtime.Trap._from_ptr(ctypes.cast(trap_ptr, ctypes.POINTER(ffi.wasm_trap_t)))
             code = trap.trap_code
             if code == wasmtime.TrapCode.INTERRUPT:
                 message = f"exceeded the CPU time limit ({self._module_ref.limits.call_timeout:g} s)"
@@ -535,15 +585,15 @@ class WasmInstance:
                 message = _first_line(trap)
         return GuestTrap(self.name, export, message, status=status, exit_code=exit_code)
 
-    def handle_request(self) -> int:
+    def _ct_handle_request(self) -> int:
         """Call `handle_request`; returns the raw i64 ctx_next."""
-        return self._call(abi.EXPORT_HANDLE_REQUEST, 0)
+        return self._ct_call(abi.EXPORT_HANDLE_REQUEST, 0)
 
-    def handle_response(self, req_ctx: int, is_error: bool) -> None:
+    def _ct_handle_response(self, req_ctx: int, is_error: bool) -> None:
         args = self._args
         args[0] = req_ctx & 0xFFFF_FFFF
         args[2] = 1 if is_error else 0
-        self._call(abi.EXPORT_HANDLE_RESPONSE, 2)
+        self._ct_call(abi.EXPORT_HANDLE_RESPONSE, 2)
 
     # -- guest memory, for host functions --
     def _bind_memory_from_caller(self, caller: int) -> None:
@@ -559,6 +609,8 @@ class WasmInstance:
         self._memory_addr = ctypes.addressof(memory)
         self._base = int(_memory_data(self._ctx, self._memory_addr))
         self._size = int(_memory_data_size(self._ctx, self._memory_addr))
+        if self._core is not None:
+            self._core.set_memory(self._memory_addr, self._base, self._size)
 
     def _in_bounds(self, end: int) -> bool:
         if end <= self._size:
@@ -596,7 +648,15 @@ class WasmInstance:
         self.closed = True
         self._memory_addr = 0
         self.host = None
+        if self._core is not None:
+            self._core.close()  # no call can reach the dropped store; breaks the core <-> instance cycle
+            self._core = None
+        self.handle_request = self.handle_response = _closed
         self._store = None  # type: ignore[assignment]
+
+
+def _closed(*_: Any) -> Any:
+    raise RuntimeError("guest instance is closed")
 
 
 def _first_line(exc: BaseException) -> str:
