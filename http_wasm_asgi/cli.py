@@ -117,6 +117,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from . import conformance
+
+    try:
+        cases = conformance.select(args.case)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    width = max(len(case.id) for case in cases)
+
+    def show(result: conformance.CaseResult) -> None:
+        verdict = "pass" if result.passed else "FAIL"
+        problems = "" if result.passed else "  " + "; ".join(result.problems)
+        print(f"{verdict}  {result.case_id.ljust(width)}{problems}".rstrip(), flush=True)
+
+    results = conformance.run(args.guest, [case.id for case in cases], on_result=show)
+    failed = sum(not result.passed for result in results)
+    print(f"{len(results) - failed} of {len(results)} cases passed" + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -188,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--config", dest="guest_config", metavar="TEXT",
                          help="config given to the guest (its get_config), as text")
     inspect.set_defaults(func=cmd_inspect)
+    conform = sub.add_parser(
+        "conformance", parents=[debug], help="run the http-wasm conformance cases against a conformance guest",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Serve GUEST (a conformance guest, e.g. guests/go/conformance/conformance.wasm) in front of\n"
+        "an echo app on uvicorn (127.0.0.1, a free port), send every conformance case and check the\n"
+        "guest's verdict and the response. Prints one line per case; exits 1 if any case fails.")
+    conform.add_argument("guest", help="conformance guest .wasm file")
+    conform.add_argument("--case", action="append", metavar="ID",
+                         help="run only this case (repeatable), e.g. --case get_uri/encoded")
+    conform.set_defaults(func=cmd_conformance)
     return parser
 
 

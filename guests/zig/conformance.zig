@@ -1,7 +1,7 @@
-//! The Zig conformance guest: runs the checks of guests/conformance/cases.json
-//! from the guest side. The case comes from the request header
-//! `x-httpwasm-test-id`; the verdict goes out as the response header
-//! `x-conformance-result: pass` or `fail: <reason>`.
+//! The Zig conformance guest: runs the checks of the conformance cases
+//! (http_wasm_asgi/conformance_cases.json) from the guest side. The case
+//! comes from the request header `x-httpwasm-test-id`; the verdict goes out
+//! as the response header `x-conformance-result: pass` or `fail: <reason>`.
 //!
 //! Byte-level checks (buf_limit, count_len, NUL layout) call `hw.abi` directly;
 //! everything else goes through the typed library.
@@ -16,12 +16,12 @@ comptime {
     hw.exportHandlers(onRequest, onResponse);
 }
 
-/// The config every conformance guest is given (cases.json "config").
+/// The config every conformance guest is given (the cases' "config").
 const expected_config = "{\"name\":\"conformance\",\"answer\":42}";
 
 const result_header = "x-conformance-result";
 
-/// The case ids of cases.json, spelled exactly.
+/// The case ids of the conformance cases, spelled exactly.
 const Case = enum {
     @"get_config/bytes",
     @"log/levels",
@@ -76,7 +76,7 @@ fn expectInt(got: u64, want: u64, comptime what: []const u8) void {
 }
 
 fn expectStr(got: []const u8, want: []const u8, comptime what: []const u8) void {
-    if (!std.mem.eql(u8, got, want)) fail(what ++ " = '{s}', want '{s}'", .{ printable(got), want });
+    if (!std.mem.eql(u8, got, want)) fail(what ++ " = '{s}', want '{s}'", .{ printable(got), printable(want) });
 }
 
 /// Header values must stay printable: show anything else as '?', and keep it short.

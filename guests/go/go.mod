@@ -1,0 +1,3 @@
+module http-wasm-asgi/guests
+
+go 1.24

@@ -1,0 +1,210 @@
+"""Run the http-wasm conformance cases against a conformance guest.
+
+A conformance guest (guests/zig/conformance.zig, guests/go/conformance/ in
+the source tree) implements the contract of `conformance_cases.json`: for a
+request with header `x-httpwasm-test-id: <case id>` it runs that case's checks
+against this host from inside the guest and answers with the response header
+`x-conformance-result: pass` (or `fail: <reason>`). This module serves the
+guest in front of `testing.echo_app` on a real uvicorn server (127.0.0.1, an
+ephemeral port), sends every case with httpx, and checks the verdict plus what
+the client and the app saw (`expect`).
+
+    from http_wasm_asgi.conformance import run
+    for result in run("guests/go/conformance/conformance.wasm"):
+        print(result.case_id, "pass" if result.passed else result.problems)
+
+The command line: `http-wasm-asgi conformance GUEST.wasm [--case ID ...]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, cast
+
+import httpx
+
+from .guest import Guest, GuestSource
+from .middleware import ASGIApp, HttpWasmMiddleware
+from .testing import echo_app, serve
+
+CASE_HEADER = "x-httpwasm-test-id"
+RESULT_HEADER = "x-conformance-result"
+_EXPECTATIONS = frozenset({"status", "headers", "no_headers", "body", "app", "app_headers", "log", "no_log"})
+_LOGGER = "http_wasm_asgi.conformance.guest"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case: what to send, what the guest checks, what the client expects."""
+
+    id: str
+    request: Mapping[str, Any]
+    check: str
+    expect: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Suite:
+    about: str
+    config: bytes  # what every conformance guest is given as its config
+    cases: tuple[Case, ...]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: Case
+    problems: tuple[str, ...]  # empty when the case passed
+
+    @property
+    def case_id(self) -> str:
+        return self.case.id
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@cache
+def load_suite() -> Suite:
+    """The cases shipped with the package (`http_wasm_asgi/conformance_cases.json`)."""
+    text = resources.files(__package__).joinpath("conformance_cases.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    cases = tuple(Case(c["id"], c.get("request", {}), c["check"], c["expect"]) for c in data["cases"])
+    for case in cases:
+        unknown = set(case.expect) - _EXPECTATIONS
+        if unknown:
+            raise ValueError(f"conformance case {case.id!r} has unknown expectations {sorted(unknown)}")
+    return Suite(data["about"], data["config"].encode("utf-8"), cases)
+
+
+def select(case_ids: Sequence[str] | None = None) -> tuple[Case, ...]:
+    """The cases with these ids (in the given order), or all of them; ValueError names unknown ids."""
+    cases = load_suite().cases
+    if not case_ids:
+        return cases
+    by_id = {case.id: case for case in cases}
+    unknown = [i for i in case_ids if i not in by_id]
+    if unknown:
+        raise ValueError(f"unknown conformance case(s): {', '.join(unknown)}")
+    return tuple(by_id[i] for i in case_ids)
+
+
+def send(client: httpx.Client, case: Case) -> httpx.Response:
+    """Send the request of `case` (with its id header) and return the response."""
+    request = case.request
+    headers = [(str(name), str(value)) for name, value in request.get("headers", [])]
+    headers.append((CASE_HEADER, case.id))
+    body = request.get("body")
+    return client.request(request.get("method", "GET"), request.get("path", "/"), headers=headers,
+                          content=body.encode("utf-8") if body is not None else None)
+
+
+def check_response(case: Case, response: httpx.Response, logged: Sequence[str]) -> list[str]:
+    """Everything wrong with `response` (and the guest's log lines `logged`) for `case`; empty when it passed."""
+    problems: list[str] = []
+    verdict = response.headers.get(RESULT_HEADER)
+    if verdict is None:
+        problems.append(f"no {RESULT_HEADER} response header (status {response.status_code})")
+    elif verdict != "pass":
+        problems.append(f"guest: {verdict}")
+    expect = case.expect
+    if "status" in expect and response.status_code != expect["status"]:
+        problems.append(f"status {response.status_code}, want {expect['status']}")
+    for name, value in expect.get("headers", {}).items():
+        got = response.headers.get(name)
+        if got != value:
+            problems.append(f"response header {name}: {got!r}, want {value!r}")
+    for name in expect.get("no_headers", []):
+        if name in response.headers:
+            problems.append(f"response header {name} should be absent, got {response.headers[name]!r}")
+    if "body" in expect and response.content != expect["body"].encode("utf-8"):
+        problems.append(f"body {_short(response.content)}, want {expect['body']!r}")
+    if "app" in expect or "app_headers" in expect:
+        problems += _check_app(expect, response)
+    for message in expect.get("log", []):
+        if message not in logged:
+            problems.append(f"the guest did not log {message!r}")
+    for message in expect.get("no_log", []):
+        if message in logged:
+            problems.append(f"the guest logged {message!r}, which the logger level filters out")
+    return problems
+
+
+def _check_app(expect: Mapping[str, Any], response: httpx.Response) -> list[str]:
+    """Checks on what the app saw: the echo app's JSON."""
+    try:
+        seen = response.json()
+        seen_headers = seen["headers"]
+    except (ValueError, KeyError, TypeError):
+        return [f"the response is not the echo app's JSON: {_short(response.content)}"]
+    problems = []
+    for field, value in expect.get("app", {}).items():
+        if seen.get(field) != value:
+            problems.append(f"the app saw {field} {seen.get(field)!r}, want {value!r}")
+    for name, values in expect.get("app_headers", {}).items():
+        got = [v for k, v in seen_headers if k == name]
+        if got != values:
+            problems.append(f"the app saw request header {name} {got!r}, want {values!r}")
+    return problems
+
+
+def _short(body: bytes) -> str:
+    return repr(body[:80] + (b"..." if len(body) > 80 else b""))
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _guest_logger() -> Iterator[tuple[logging.Logger, _Collect]]:
+    """A logger at INFO (the cases expect that level) whose records are collected, not printed."""
+    logger = logging.getLogger(_LOGGER)
+    collect = _Collect()
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(collect)
+    try:
+        yield logger, collect
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def run(guest: GuestSource, case_ids: Sequence[str] | None = None, *, timeout: float = 10.0,
+        on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """Run the cases (all, or `case_ids`) against the conformance guest `guest` (a path or the module's bytes).
+
+    `on_result` is called with each result as soon as it is known. Raises GuestError when the guest
+    does not load, ValueError for an unknown case id.
+    """
+    cases = select(case_ids)
+    with _guest_logger() as (logger, collect):
+        loaded = Guest(guest, name="conformance", config=load_suite().config, logger=logger)
+        app = HttpWasmMiddleware(cast(ASGIApp, echo_app), guests=[loaded])
+        results = []
+        with serve(app) as url, httpx.Client(base_url=url, timeout=timeout, follow_redirects=False) as client:
+            for case in cases:
+                collect.messages.clear()
+                try:
+                    response = send(client, case)
+                    result = CaseResult(case, tuple(check_response(case, response, list(collect.messages))))
+                except httpx.HTTPError as exc:
+                    result = CaseResult(case, (f"request failed: {exc!r}",))
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    return results
