@@ -45,8 +45,10 @@ class Server:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
+        self.final_output = ""  # everything it printed, once stopped
+
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log.read_text(errors="replace") if self.log.exists() else self.final_output
 
     def wait_for_output(self, text: str, count: int = 1, timeout: float = 15) -> str:
         deadline = time.monotonic() + timeout
@@ -89,6 +91,7 @@ def serving(args: Sequence[str], port: int, *, cwd: Path = ROOT, env: dict[str, 
             yield server
         finally:
             stop(proc)
+            server.final_output = server.output()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
