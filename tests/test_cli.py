@@ -245,3 +245,13 @@ def test_serve_workers_2_serves_from_two_processes_and_compiles_once(tmp_path: P
         lines = loaded_lines(server.wait_for_output("chain loaded", count=3))
         assert len(lines) == 3 and all("compiled" not in guests for guests in lines.values()), lines
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()} == stamps
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    """`http-wasm-asgi check x.yaml | head -1`: a closed stdout ends the command quietly."""
+    proc = subprocess.Popen([COMMAND, "check", CHAIN], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: every write gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141
+    assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err, err
