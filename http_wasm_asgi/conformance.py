@@ -18,6 +18,7 @@ The command line: `http-wasm-asgi conformance GUEST.wasm [--case ID ...]`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -167,12 +168,15 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+_runs = itertools.count(1)
+
+
 @contextmanager
 def _guest_logger() -> Iterator[tuple[logging.Logger, _Collect]]:
-    """A logger at INFO (the cases expect that level) whose records are collected, not printed."""
-    logger = logging.getLogger(_LOGGER)
+    """A logger of its own (runs in other threads do not mix) at INFO, the level the cases expect,
+    whose records are collected, not printed."""
+    logger = logging.getLogger(f"{_LOGGER}.run{next(_runs)}")
     collect = _Collect()
-    saved = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.addHandler(collect)
@@ -180,8 +184,6 @@ def _guest_logger() -> Iterator[tuple[logging.Logger, _Collect]]:
         yield logger, collect
     finally:
         logger.removeHandler(collect)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
 
 
 def run(guest: GuestSource, case_ids: Sequence[str] | None = None, *, timeout: float = 10.0,

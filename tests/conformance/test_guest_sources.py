@@ -7,6 +7,7 @@ import re
 import tomllib
 from types import ModuleType
 
+import pytest
 from guest_examples import GUESTS, ROOT
 
 
@@ -55,3 +56,10 @@ def test_readme_examples_are_the_hello_guests() -> None:
         "go": (GUESTS / "go" / "hello" / "main.go").read_text(),
         "zig": (GUESTS / "zig" / "hello.zig").read_text(),
     }
+
+
+def test_a_missing_go_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = build_module("go")
+    monkeypatch.setattr(build.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(build.GoMissing, match=r"pip install \.\[guests\]"):
+        build.build()
