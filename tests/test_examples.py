@@ -114,4 +114,9 @@ def test_the_sidecar_example() -> None:
             ("upstream", "POST", "/anything", "x=1", 2)
         assert body["headers"]["x-forwarded-for"] == "127.0.0.1"
         assert body["headers"]["x-forwarded-host"] == f"127.0.0.1:{port}"
-        server.wait_for_output("accesslog: POST /anything?x=1 200")
+        assert body["headers"]["x-checked-by"] == "http-wasm-sidecar"
+        assert client.get("/api/users", headers=TOKEN).json()["path"] == "/users"
+        # no guest of this chain buffers: a body over max_body_size (16 MiB) streams through
+        big = client.put("/upload", content=b"x" * (20 * 1024 * 1024), headers=TOKEN, timeout=60)
+        assert big.status_code == 200 and big.json()["body_bytes"] == 20 * 1024 * 1024
+        server.wait_for_output('"PUT /upload HTTP/1.1" 200')
