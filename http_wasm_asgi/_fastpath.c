@@ -49,9 +49,22 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, owner) -> str: the trap message */
 static PyObject *str_raise_trap, *str_bind_memory;
 
+#define FASTPATH_VERSION 2 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t) */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
+
+/* Slot offsets of http_wasm_asgi.host's classes (configure_host). */
+static PyTypeObject *t_host, *t_exchange;
+static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features, o_host_request_read,
+    o_host_request_written, o_host_response_read, o_host_response_written;
+static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
+static PyObject *phase_init, *phase_request, *phase_response, *zero; /* the ints GuestHost.phase takes */
+static PyObject *merge_fallback; /* host.merge_response_headers: the reference */
+static int native_ready;
+
+#define FIELD(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define SET_FIELD(obj, off, value) Py_XSETREF(FIELD(obj, off), Py_NewRef(value))
 
 /* ---------------------------------------------------------------- Core */
 
@@ -193,6 +206,85 @@ static int do_call(Core *self, int index) {
     return rc;
 }
 
+/* GuestHost.begin(exchange, features), after_next() and end(), on the slots: the same
+ * assignments as host.py's methods (tests run both paths). */
+static void host_begin(PyObject *h, PyObject *exchange, PyObject *features) {
+    SET_FIELD(h, o_host_exchange, exchange);
+    SET_FIELD(h, o_host_features, features);
+    SET_FIELD(h, o_host_phase, phase_request);
+    SET_FIELD(h, o_host_request_read, zero);
+    SET_FIELD(h, o_host_request_written, Py_False);
+    SET_FIELD(h, o_host_response_read, zero);
+    SET_FIELD(h, o_host_response_written, Py_False);
+}
+
+static void host_after_next(PyObject *h) {
+    SET_FIELD(h, o_host_phase, phase_response);
+    SET_FIELD(h, o_host_response_written, Py_False);
+    SET_FIELD(h, o_host_response_read, zero);
+}
+
+static void host_end(PyObject *h) {
+    SET_FIELD(h, o_host_exchange, Py_None);
+    SET_FIELD(h, o_host_phase, phase_init);
+}
+
+static int native_host(Core *self) { return native_ready && self->host && Py_IS_TYPE(self->host, t_host); }
+
+/* request(exchange, features) -> ctx_next: host.begin(exchange, features), handle_request, and
+ * host.after_next() when the guest said next. */
+static PyObject *Core_request(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "request(exchange, features)");
+        return NULL;
+    }
+    PyObject *host = self->host;
+    Py_INCREF(host);
+    PyObject *r;
+    int native = native_host(self) && PyLong_CheckExact(args[1]);
+    if (native)
+        host_begin(host, args[0], args[1]);
+    else if ((r = PyObject_CallMethod(host, "begin", "OO", args[0], args[1])) == NULL)
+        goto fail;
+    else
+        Py_DECREF(r);
+    if (do_call(self, 0) < 0)
+        goto fail;
+    uint64_t ctx_next = self->vals[0];
+    if (ctx_next & 1) {
+        if (native)
+            host_after_next(host);
+        else if ((r = PyObject_CallMethod(host, "after_next", NULL)) == NULL)
+            goto fail;
+        else
+            Py_DECREF(r);
+    }
+    Py_DECREF(host);
+    return PyLong_FromUnsignedLongLong(ctx_next);
+fail:
+    Py_DECREF(host);
+    return NULL;
+}
+
+/* response(req_ctx, is_error): handle_response, then host.end() (not after a trap). */
+static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssize_t nargs);
+
+static PyObject *Core_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *host = self->host;
+    Py_INCREF(host);
+    PyObject *r = Core_handle_response(self, args, nargs);
+    if (r != NULL) {
+        if (native_host(self)) {
+            host_end(host);
+        } else {
+            Py_DECREF(r);
+            r = PyObject_CallMethod(host, "end", NULL);
+        }
+    }
+    Py_DECREF(host);
+    return r;
+}
+
 static PyObject *Core_handle_request(Core *self, PyObject *unused) {
     if (do_call(self, 0) < 0)
         return NULL;
@@ -246,6 +338,10 @@ static PyMethodDef Core_methods[] = {
     {"handle_request", (PyCFunction)Core_handle_request, METH_NOARGS, "Call handle_request; the i64 result."},
     {"handle_response", (PyCFunction)(void (*)(void))Core_handle_response, METH_FASTCALL,
      "Call handle_response(req_ctx, is_error)."},
+    {"request", (PyCFunction)(void (*)(void))Core_request, METH_FASTCALL,
+     "host.begin(exchange, features); handle_request; host.after_next() on next. The i64 result."},
+    {"response", (PyCFunction)(void (*)(void))Core_response, METH_FASTCALL,
+     "handle_response(req_ctx, is_error); host.end()."},
     {"call", (PyCFunction)Core_call, METH_O, "Call an init export by index."},
     {"set_func", (PyCFunction)Core_set_func, METH_VARARGS, "set_func(index, wasmtime_func_t address)"},
     {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(wasmtime_memory_t address, base, size)"},
@@ -299,15 +395,6 @@ static PyObject *set_current(PyObject *self, PyObject *arg) {
 
 /* ---------------------------------------------------------------- native host functions */
 
-/* Slot offsets of http_wasm_asgi.host's classes (configure_host). */
-static PyTypeObject *t_host, *t_exchange, *t_call;
-static Py_ssize_t o_host_exchange, o_host_call, o_host_config;
-static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
-static Py_ssize_t o_call_phase;
-static int native_ready;
-
-#define FIELD(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-#define PHASE_REQUEST 1
 
 enum { N_NONE = 0, N_GET_HEADER_VALUES, N_SET_HEADER_VALUE, N_ADD_HEADER_VALUE, N_REMOVE_HEADER,
        N_GET_STATUS_CODE, N_GET_CONFIG, N_GET_METHOD };
@@ -349,14 +436,14 @@ static inline uint32_t arg(void *vals, int i) {
 
 static inline void result(void *vals, uint64_t v) { memcpy(vals, &v, sizeof v); }
 
-/* The request state of the host object, when there is a request and every type is exact. */
-static int request_state(Core *c, PyObject **ex, PyObject **call) {
+/* The host object and its exchange, when there is a request and the types are the expected ones. */
+static int request_state(Core *c, PyObject **ex, PyObject **host) {
     PyObject *h = c->host;
     if (h == NULL || !Py_IS_TYPE(h, t_host))
         return 0;
+    *host = h;
     *ex = FIELD(h, o_host_exchange);
-    *call = FIELD(h, o_host_call);
-    return *ex && *call && PyObject_TypeCheck(*ex, t_exchange) && Py_IS_TYPE(*call, t_call);
+    return *ex && PyObject_TypeCheck(*ex, t_exchange);
 }
 
 /* A header entry the native code understands: an exact 2-tuple of exact bytes. */
@@ -392,8 +479,8 @@ static int write_limited(Core *c, void *vals, const char *data, Py_ssize_t n, ui
 static int n_get_header_values(Core *c, void *vals) {
     uint32_t kind = arg(vals, 0), name_ptr = arg(vals, 1), name_len = arg(vals, 2), buf = arg(vals, 3),
              limit = arg(vals, 4);
-    PyObject *ex, *call;
-    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &call) || !in_bounds(c, name_ptr, name_len))
+    PyObject *ex, *host;
+    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &host) || !in_bounds(c, name_ptr, name_len))
         return FALLBACK;
     PyObject *headers = FIELD(ex, kind ? o_ex_response_headers : o_ex_request_headers);
     if (headers == NULL || !(PyList_CheckExact(headers) || PyTuple_CheckExact(headers)))
@@ -434,11 +521,11 @@ static int n_change_header(Core *c, void *vals, int which) {
     uint32_t kind = arg(vals, 0), name_ptr = arg(vals, 1), name_len = arg(vals, 2);
     uint32_t value_ptr = which == N_REMOVE_HEADER ? 0 : arg(vals, 3);
     uint32_t value_len = which == N_REMOVE_HEADER ? 0 : arg(vals, 4);
-    PyObject *ex, *call;
-    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &call))
+    PyObject *ex, *host;
+    if (kind > 1 || name_len == 0 || !request_state(c, &ex, &host))
         return FALLBACK;
-    PyObject *phase = FIELD(call, o_call_phase);
-    if (phase == NULL || !PyLong_CheckExact(phase) || PyLong_AsLong(phase) != PHASE_REQUEST)
+    PyObject *phase = FIELD(host, o_host_phase);
+    if (phase != phase_request) /* the very int object GuestHost.begin stores */
         return FALLBACK;
     if (!in_bounds(c, name_ptr, name_len) || !in_bounds(c, value_ptr, value_len))
         return FALLBACK;
@@ -550,8 +637,8 @@ static int n_get_config(Core *c, void *vals) {
 }
 
 static int n_get_method(Core *c, void *vals) {
-    PyObject *ex, *call;
-    if (!request_state(c, &ex, &call))
+    PyObject *ex, *host;
+    if (!request_state(c, &ex, &host))
         return FALLBACK;
     PyObject *method = FIELD(ex, o_ex_method);
     if (method == NULL || !PyUnicode_CheckExact(method) || !PyUnicode_IS_COMPACT_ASCII(method))
@@ -593,17 +680,23 @@ static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
     return m->offset;
 }
 
-/* configure_host(GuestHost, Exchange, GuestCall): learn where the native host functions find their state. */
+/* configure_host(GuestHost, Exchange, (phase_init, phase_request, phase_response), merge_response_headers):
+ * learn where the native code finds its state, the phase values GuestHost uses, and the Python
+ * reference of merge_response_headers. */
 static PyObject *configure_host(PyObject *self, PyObject *args) {
-    PyTypeObject *h, *e, *c;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyType_Type, &h, &PyType_Type, &e, &PyType_Type, &c))
+    PyTypeObject *h, *e;
+    PyObject *pi, *pq, *pr, *merge;
+    if (!PyArg_ParseTuple(args, "O!O!(O!O!O!)O", &PyType_Type, &h, &PyType_Type, &e, &PyLong_Type, &pi, &PyLong_Type,
+                          &pq, &PyLong_Type, &pr, &merge))
         return NULL;
     struct { PyTypeObject *t; const char *name; Py_ssize_t *out; } fields[] = {
-        {h, "exchange", &o_host_exchange},       {h, "call", &o_host_call},
+        {h, "exchange", &o_host_exchange},       {h, "phase", &o_host_phase},
+        {h, "features", &o_host_features},       {h, "request_read", &o_host_request_read},
+        {h, "request_written", &o_host_request_written}, {h, "response_read", &o_host_response_read},
+        {h, "response_written", &o_host_response_written},
         {h, "config", &o_host_config},           {e, "request_headers", &o_ex_request_headers},
         {e, "response_headers", &o_ex_response_headers}, {e, "headers_changed", &o_ex_headers_changed},
         {e, "status", &o_ex_status},             {e, "method", &o_ex_method},
-        {c, "phase", &o_call_phase},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         Py_ssize_t off = slot_offset(fields[i].t, fields[i].name);
@@ -615,8 +708,12 @@ static PyObject *configure_host(PyObject *self, PyObject *args) {
     }
     Py_XSETREF(t_host, (PyTypeObject *)Py_NewRef(h));
     Py_XSETREF(t_exchange, (PyTypeObject *)Py_NewRef(e));
-    Py_XSETREF(t_call, (PyTypeObject *)Py_NewRef(c));
-    native_ready = 1;
+    Py_XSETREF(phase_init, Py_NewRef(pi));
+    Py_XSETREF(phase_request, Py_NewRef(pq));
+    Py_XSETREF(phase_response, Py_NewRef(pr));
+    Py_XSETREF(zero, PyLong_FromLong(0));
+    Py_XSETREF(merge_fallback, Py_NewRef(merge));
+    native_ready = zero != NULL;
     Py_RETURN_NONE;
 }
 
@@ -786,6 +883,65 @@ static PyObject *native_functions(PyObject *self, PyObject *unused) {
     return t;
 }
 
+/* ---------------------------------------------------------------- response header merge */
+
+/* merge_response_headers(guest_headers, app_headers) -> list: the guest's entries whose name the app
+ * does not set (app names compared lowercased), then the app's. Anything but lists/tuples of
+ * (bytes, bytes) goes to the Python reference. */
+static PyObject *merge_response_headers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "merge_response_headers(guest_headers, app_headers)");
+        return NULL;
+    }
+    PyObject *guest = args[0], *app = args[1];
+    if (!(PyList_CheckExact(guest) || PyTuple_CheckExact(guest)) || !(PyList_CheckExact(app) || PyTuple_CheckExact(app)))
+        goto fallback;
+    Py_ssize_t ng = PySequence_Fast_GET_SIZE(guest), na = PySequence_Fast_GET_SIZE(app);
+    PyObject **g = PySequence_Fast_ITEMS(guest), **a = PySequence_Fast_ITEMS(app);
+    PyObject *k, *v;
+    for (Py_ssize_t i = 0; i < na; i++)
+        if (!header_entry(a[i], &k, &v))
+            goto fallback;
+    for (Py_ssize_t i = 0; i < ng; i++)
+        if (!header_entry(g[i], &k, &v))
+            goto fallback;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < ng; i++) {
+        PyObject *name = PyTuple_GET_ITEM(g[i], 0);
+        const unsigned char *n = (const unsigned char *)PyBytes_AS_STRING(name);
+        Py_ssize_t len = PyBytes_GET_SIZE(name);
+        int set_by_app = 0;
+        for (Py_ssize_t j = 0; j < na && !set_by_app; j++) {
+            PyObject *an = PyTuple_GET_ITEM(a[j], 0);
+            if (PyBytes_GET_SIZE(an) != len)
+                continue;
+            const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(an);
+            Py_ssize_t c = 0;
+            while (c < len && lower(s[c]) == n[c])
+                c++;
+            set_by_app = c == len;
+        }
+        if (!set_by_app && PyList_Append(out, g[i]) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t j = 0; j < na; j++)
+        if (PyList_Append(out, a[j]) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    return out;
+fallback:
+    if (merge_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "merge_response_headers: no fallback configured");
+        return NULL;
+    }
+    return PyObject_Vectorcall(merge_fallback, args, 2, NULL);
+}
+
 /* ---------------------------------------------------------------- configure, ticker */
 
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -845,8 +1001,10 @@ static PyObject *start_ticker(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Set the wasmtime entry points and the host error handler."},
-    {"configure_host", configure_host, METH_VARARGS, "Learn the slots of GuestHost, Exchange and GuestCall."},
+    {"configure_host", configure_host, METH_VARARGS, "Learn the slots of GuestHost and Exchange."},
     {"native_functions", native_functions, METH_NOARGS, "Host functions with a native implementation."},
+    {"merge_response_headers", (PyCFunction)(void (*)(void))merge_response_headers, METH_FASTCALL,
+     "Guest-set response headers the app does not set, then the app's."},
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
     {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"start_ticker", start_ticker, METH_VARARGS, "Start the native epoch ticker."},
@@ -864,6 +1022,11 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    /* runtime.py refuses a build whose VERSION is not the one it was written for (a stale build) */
+    if (PyModule_AddIntConstant(m, "VERSION", FASTPATH_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&CoreType);
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(&CoreType);

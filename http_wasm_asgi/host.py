@@ -1,8 +1,8 @@
 """The host side of the ABI: HTTP state per request and the host functions over it.
 
 Runtime-agnostic: host functions receive a `GuestHost` (one per wasm instance)
-whose `mem` reads and writes guest memory, and whose `call`/`exchange` are the
-request this instance is serving right now (None during instantiation). They
+whose `mem` reads and writes guest memory, and whose `exchange` is the request
+this instance is serving right now (None during instantiation). They
 raise `HostTrap` for whatever the spec says traps. Nothing here knows ASGI
 messages or wasmtime.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote_to_bytes
@@ -54,9 +54,11 @@ class Phase(IntEnum):
     RESPONSE = 2  # after next: the next handler ran (or is running)
 
 
-# Plain ints in GuestCall.phase (the C accelerator reads them; IntEnum comparisons cost a call).
+# Plain ints in GuestHost.phase (the C accelerator reads them; IntEnum comparisons cost a call).
+_PHASE_INIT: Final = int(Phase.INIT)
 _PHASE_REQUEST: Final = int(Phase.REQUEST)
 _PHASE_RESPONSE: Final = int(Phase.RESPONSE)
+PHASES: Final = (_PHASE_INIT, _PHASE_REQUEST, _PHASE_RESPONSE)
 
 
 class Exchange:
@@ -65,29 +67,35 @@ class Exchange:
     Starts as a view of the ASGI scope; copies what a guest changes.
     """
 
-    __slots__ = ("headers_changed", "max_body_size", "method", "request_body", "request_body_more",
-                 "request_body_replaced", "request_headers", "request_trailers", "response_body",
-                 "response_body_replaced", "response_headers", "response_trailers", "scope", "status",
-                 "trailers_supported", "uri")
+    # What every request uses (and the accelerator reads) is a slot set here; the rest are
+    # class-level defaults until something changes them (then they live in the instance dict).
+    __slots__ = ("__dict__", "headers_changed", "max_body_size", "method", "request_headers", "response_headers",
+                 "scope", "status")
+
+    uri: bytes | None = None  # set when a guest rewrites it
+    # Header lists start as a shared empty, immutable value and become lists on first write
+    # (mutable_headers): most requests never touch them.
+    request_trailers: Headers = NO_HEADERS
+    response_trailers: Headers = NO_HEADERS
+    request_body: bytes | None = None  # None: untouched, the app reads the stream
+    request_body_more = False  # the stream goes on past request_body (over the cap)
+    request_body_replaced = False
+    response_body: bytes | bytearray = b""
+    response_body_replaced = False
 
     def __init__(self, scope: dict[str, Any], max_body_size: int) -> None:
         self.scope = scope
         self.max_body_size = max_body_size
         self.method: str = scope["method"]
-        self.uri: bytes | None = None  # set when a guest rewrites it
         self.request_headers: Headers = scope["headers"]
         self.headers_changed = False
-        # Header lists and the response body start as shared empty, immutable values and become
-        # lists/bytearrays on first write (mutable_headers): most requests never touch them.
-        self.request_trailers = self.response_headers = self.response_trailers = NO_HEADERS
-        self.request_body: bytes | None = None  # None: untouched, the app reads the stream
-        self.request_body_more = False  # the stream goes on past request_body (over the cap)
-        self.request_body_replaced = False
+        self.response_headers = NO_HEADERS
         self.status = 200
-        self.response_body: bytes | bytearray = b""
-        self.response_body_replaced = False
-        extensions = scope.get("extensions")
-        self.trailers_supported = extensions is not None and "http.response.trailers" in extensions
+
+    @property
+    def trailers_supported(self) -> bool:
+        extensions = self.scope.get("extensions")
+        return extensions is not None and "http.response.trailers" in extensions
 
     # -- request line --
     def get_uri(self) -> bytes:
@@ -159,6 +167,28 @@ class Exchange:
         return headers
 
 
+def merge_response_headers(guest_headers: Sequence[tuple[bytes, bytes]],
+                           app_headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """Response headers a guest set before next stay unless the app sets the same name.
+
+    A new list: the guests' entries the app does not override, then the app's.
+    """
+    merged: Headers = []
+    if len(guest_headers) * len(app_headers) <= 64:  # a few of each (the usual case): no set
+        for entry in guest_headers:
+            name = entry[0]
+            for app_name, _ in app_headers:
+                if app_name == name or app_name.lower() == name:
+                    break
+            else:
+                merged.append(entry)
+    else:
+        app_names = {app_name.lower() for app_name, _ in app_headers}
+        merged = [entry for entry in guest_headers if entry[0] not in app_names]
+    merged += app_headers
+    return merged
+
+
 class GuestContext:
     """What every instance of one guest shares: name, config, logger, init-time features."""
 
@@ -190,50 +220,53 @@ class GuestContext:
         self.logger.log(logging.INFO if fd == 1 else logging.WARNING, "%s", message)
 
 
-class GuestCall:
-    """One guest's part in one request: its features and how far it has come."""
+class GuestHost:
+    """The host object of one wasm instance; host functions get it as first argument.
 
-    __slots__ = ("features", "phase", "request_read", "request_written", "response_read", "response_written")
+    An instance serves one request at a time, so this guest's part in the current request
+    (its features, how far it has come, how much of the bodies it read) lives here too:
+    `begin` starts it, `end` closes it. `exchange` is None outside a request (instantiation).
+    """
 
-    def __init__(self, features: int) -> None:
-        self.features = features
-        self.phase = _PHASE_REQUEST
+    __slots__ = ("config", "exchange", "features", "guest", "mem", "phase", "request_read", "request_written",
+                 "response_read", "response_written")
+
+    def __init__(self, mem: Memory, guest: GuestContext) -> None:
+        self.mem = mem
+        self.guest = guest
+        self.config = guest.config  # read by the accelerator's native get_config
+        self.exchange: Exchange | None = None
+        self.features = 0
+        self.phase = _PHASE_INIT
         self.request_read = 0  # bytes of the request body this guest has read
         self.request_written = False  # first write_body(request) overwrites
         self.response_read = 0
         self.response_written = False  # first write_body(response) per phase overwrites
+
+    def begin(self, exchange: Exchange, features: int) -> None:
+        """This instance starts serving `exchange`, with the guest's init-time `features`."""
+        self.exchange = exchange
+        self.features = features
+        self.phase = _PHASE_REQUEST
+        self.request_read = 0
+        self.request_written = False
+        self.response_read = 0
+        self.response_written = False
 
     def after_next(self) -> None:
         self.phase = _PHASE_RESPONSE
         self.response_written = False
         self.response_read = 0
 
-
-class GuestHost:
-    """The host object of one wasm instance; host functions get it as first argument."""
-
-    __slots__ = ("call", "config", "exchange", "guest", "mem")
-
-    def __init__(self, mem: Memory, guest: GuestContext) -> None:
-        self.mem = mem
-        self.guest = guest
-        self.config = guest.config  # read by the accelerator's native get_config
-        self.call: GuestCall | None = None
-        self.exchange: Exchange | None = None
-
-    def begin(self, exchange: Exchange, call: GuestCall) -> None:
-        self.exchange = exchange
-        self.call = call
-
     def end(self) -> None:
         self.exchange = None
-        self.call = None
+        self.phase = _PHASE_INIT
 
-    def request(self, function: str) -> tuple[Exchange, GuestCall]:
-        exchange, call = self.exchange, self.call
-        if exchange is None or call is None:
+    def request(self, function: str) -> Exchange:
+        exchange = self.exchange
+        if exchange is None:
             raise HostTrap(f"{function} needs a request; it was called outside handle_request/handle_response")
-        return exchange, call
+        return exchange
 
 
 # --- helpers ---
@@ -273,20 +306,20 @@ def _check_header(name: bytes, value: bytes) -> None:
         raise HostTrap(f"invalid header value for {name.decode()!r}: leading or trailing whitespace")
 
 
-def _before_next(call: GuestCall, what: str) -> None:
+def _before_next(call: GuestHost, what: str) -> None:
     if call.phase != _PHASE_REQUEST:
         raise HostTrap(f"can't {what} after next")
 
 
-def _before_next_or(call: GuestCall, feature: int, what: str) -> None:
+def _before_next_or(call: GuestHost, feature: int, what: str) -> None:
     if call.phase != _PHASE_REQUEST and not call.features & feature:
         raise HostTrap(f"can't {what} after next unless {_FEATURE_NAMES[feature]} is enabled")
 
 
 def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
-    exchange, call = h.exchange, h.call
-    if exchange is None or call is None:
-        exchange, call = h.request(f"{what}_header")
+    exchange, call = h.exchange, h
+    if exchange is None:
+        exchange = h.request(f"{what}_header")
     if kind == _RESPONSE and call.phase == _PHASE_REQUEST:  # the common case, first
         return exchange.mutable_headers(kind)
     if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & TRAILERS:
@@ -300,12 +333,12 @@ def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
 
 # --- administrative ---
 def enable_features(h: GuestHost, features: int) -> int:
-    if h.call is None or h.exchange is None:  # at init: applies to every request of this guest
+    if h.exchange is None:  # at init: applies to every request of this guest
         h.guest.features |= features & ALWAYS_SUPPORTED
         return h.guest.features
     supported = ALWAYS_SUPPORTED | (TRAILERS if h.exchange.trailers_supported else 0)
-    h.call.features |= features & supported
-    return h.call.features
+    h.features |= features & supported
+    return h.features
 
 
 def get_config(h: GuestHost, buf: int, limit: int) -> int:
@@ -335,12 +368,12 @@ def _signed(value: int) -> int:
 
 # --- request line ---
 def get_method(h: GuestHost, buf: int, limit: int) -> int:
-    exchange, _ = h.request("get_method")
+    exchange = h.request("get_method")
     return _write_limited(h, buf, limit, exchange.method.encode())
 
 
 def set_method(h: GuestHost, ptr: int, length: int) -> None:
-    exchange, call = h.request("set_method")
+    exchange, call = h.request("set_method"), h
     _before_next(call, "set the method")
     if length == 0:
         raise HostTrap("method cannot be empty")
@@ -351,12 +384,12 @@ def set_method(h: GuestHost, ptr: int, length: int) -> None:
 
 
 def get_uri(h: GuestHost, buf: int, limit: int) -> int:
-    exchange, _ = h.request("get_uri")
+    exchange = h.request("get_uri")
     return _write_limited(h, buf, limit, exchange.get_uri())
 
 
 def set_uri(h: GuestHost, ptr: int, length: int) -> None:
-    exchange, call = h.request("set_uri")
+    exchange, call = h.request("set_uri"), h
     _before_next(call, "set the uri")
     uri = h.mem.read(ptr, length) or b"/"
     if not uri.startswith(b"/") or _BAD_URI.search(uri):
@@ -365,18 +398,18 @@ def set_uri(h: GuestHost, ptr: int, length: int) -> None:
 
 
 def get_protocol_version(h: GuestHost, buf: int, limit: int) -> int:
-    exchange, _ = h.request("get_protocol_version")
+    exchange = h.request("get_protocol_version")
     return _write_limited(h, buf, limit, exchange.protocol())
 
 
 def get_source_addr(h: GuestHost, buf: int, limit: int) -> int:
-    exchange, _ = h.request("get_source_addr")
+    exchange = h.request("get_source_addr")
     return _write_limited(h, buf, limit, exchange.source_addr())
 
 
 # --- headers ---
 def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
-    exchange, call = h.request("get_header_names")
+    exchange, call = h.request("get_header_names"), h
     headers = exchange.headers(kind)
     if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & TRAILERS:
         return 0
@@ -384,8 +417,8 @@ def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
 
 
 def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf: int, limit: int) -> int:
-    exchange, call = h.exchange, h.call
-    if exchange is None or call is None:
+    exchange, call = h.exchange, h
+    if exchange is None:
         h.request("get_header_values")
         return 0
     name = _read_name(h, name_ptr, name_len)
@@ -427,7 +460,7 @@ def remove_header(h: GuestHost, kind: int, name_ptr: int, name_len: int) -> None
 
 # --- bodies ---
 def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
-    exchange, call = h.request("read_body")
+    exchange, call = h.request("read_body"), h
     if limit == 0:
         raise HostTrap("read_body with buf_limit 0")
     body: bytes | bytearray
@@ -459,7 +492,7 @@ def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
 
 
 def write_body(h: GuestHost, kind: int, ptr: int, length: int) -> None:
-    exchange, call = h.request("write_body")
+    exchange, call = h.request("write_body"), h
     data = h.mem.read(ptr, length)
     if kind == BodyKind.REQUEST:
         _before_next(call, "write the request body")
@@ -494,7 +527,7 @@ def get_status_code(h: GuestHost) -> int:
 
 
 def set_status_code(h: GuestHost, status: int) -> None:
-    exchange, call = h.request("set_status_code")
+    exchange, call = h.request("set_status_code"), h
     _before_next_or(call, BUFFER_RESPONSE, "set the status code")
     if not 200 <= status <= 599:  # 1xx are interim responses: never a final status
         raise HostTrap(f"invalid status code {_signed(status)} (a final status is 200-599)")

@@ -18,8 +18,8 @@ from typing import Any
 from .abi import HeaderKind
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
-from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestCall, Headers
-from .runtime import WasmInstance
+from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestHost
+from .runtime import WasmInstance, merge_response_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,71 +72,39 @@ class HttpWasmMiddleware:
         if scope["type"] != "http" or not self.guests:
             await self.app(scope, receive, send)
             return
-        await _Flow(self, scope, receive, send).run()
-
-    def close(self) -> None:
-        for guest in self.guests:
-            guest.close()
-
-
-class _Flow(Exchange):
-    """One request through the chain: the Exchange every guest sees, plus the ASGI plumbing.
-
-    The hot path (guests that neither trap, nor answer, nor buffer, nor run on threads) is
-    `run` alone: no per-guest objects but a tuple, no extra coroutine per step.
-    """
-
-    __slots__ = ("app_trailers", "body_replayed", "disconnected", "error_status", "held", "mw", "receive",
-                 "response_too_large", "send", "sent", "started")
-
-    def __init__(self, mw: HttpWasmMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
-        Exchange.__init__(self, scope, mw.max_body_size)  # type: ignore[arg-type]
-        self.mw = mw
-        self.receive = receive
-        self.send = send
-        # guests that returned next=1 and wait for handle_response: (guest, instance, call, req_ctx)
-        self.held: list[tuple[Guest, WasmInstance, GuestCall, int]] = []
-        self.started = False  # the app sent http.response.start (to us or through us)
-        self.sent = False  # http.response.start went to the client
-        self.error_status: int | None = None  # a guest trapped on the way back
-        self.app_trailers = False
-        self.body_replayed = False
-        self.disconnected = False
-        self.response_too_large = False
-
-    async def run(self) -> None:
-        held = self.held
-        mw = self.mw
+        # The hot path (guests that neither trap, nor answer, nor buffer, nor run on threads) is
+        # this one coroutine: no per-guest objects but a tuple, no extra coroutine per step.
+        flow = _Flow(scope, self.max_body_size)  # type: ignore[arg-type]
+        flow.receive = receive
+        flow.send = send
+        flow.held = held = []
+        flow.started = flow.sent = False
         try:
-            for guest in mw.guests:
-                if guest.reads_request_body and self.request_body is None:
-                    await self._buffer_request_body()
+            for guest in self.guests:
+                if guest.reads_request_body and flow.request_body is None:
+                    await flow._buffer_request_body()
                 pool = guest.pool
                 instance = pool.try_acquire() or await pool.acquire()
-                call = GuestCall(guest.context.features)
                 host = instance.host
-                host.exchange = self
-                host.call = call
-                try:
-                    ctx_next = instance.handle_request() if not guest.threaded else \
-                        await _in_thread(guest, instance, instance.handle_request)
+                try:  # host.begin, handle_request, host.after_next on next=1
+                    ctx_next = instance.request(flow, guest.context.features) if not guest.threaded else \
+                        await _in_thread(guest, instance, instance.request, flow, guest.context.features)
                 except GuestTrap as trap:
-                    host.exchange = host.call = None
+                    host.end()
                     pool.release(instance, discard=True)
-                    self._log_trap(trap)
-                    await self._fail(trap.status)
+                    flow._log_trap(trap)
+                    await flow._fail(trap.status)
                     return
                 if not ctx_next & 1:  # next=0: this guest answered
-                    host.exchange = host.call = None
+                    host.end()
                     pool.release(instance)
-                    await self._unwind(is_error=False)
-                    await self._send_exchange(short_circuit=True)
+                    await flow._unwind(is_error=False)
+                    await flow._send_exchange(short_circuit=True)
                     return
-                call.after_next()
-                if call.request_read and not call.features & BUFFER_REQUEST \
-                        and not self.request_body_replaced and self.request_body is not None:
-                    self.request_body = self.request_body[call.request_read:]  # read means consumed
-                held.append((guest, instance, call, (ctx_next >> 32) & 0xFFFF_FFFF))
+                if host.request_read and not host.features & BUFFER_REQUEST \
+                        and not flow.request_body_replaced and flow.request_body is not None:
+                    flow.request_body = flow.request_body[host.request_read:]  # read means consumed
+                held.append((guest, instance, host, (ctx_next >> 32) & 0xFFFF_FFFF))
 
             # -- the next handler --
             buffered = False
@@ -144,50 +112,73 @@ class _Flow(Exchange):
                 if entry[2].features & BUFFER_RESPONSE:
                     buffered = True
                     break
-            send = self._collect if buffered else self._stream if mw._observes_response or \
-                self.response_headers else self.send
-            scope = self.scope
-            if self.uri is not None or self.headers_changed or self.request_body_replaced or \
-                    self.method != scope["method"]:
-                scope = self.app_scope()
-            extensions = scope.get("extensions")
+            app_send = flow._collect if buffered else flow._stream if self._observes_response or \
+                flow.response_headers else send
+            app_scope = scope
+            if flow.uri is not None or flow.headers_changed or flow.request_body_replaced or \
+                    flow.method != scope["method"]:
+                app_scope = flow.app_scope()
+            extensions = app_scope.get("extensions")
             if extensions and ("http.response.pathsend" in extensions or
                                "http.response.zerocopysend" in extensions):
-                scope = dict(scope)
-                scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
-            receive = self.receive if self.request_body is None else self._replay_receive
+                app_scope = dict(app_scope)
+                app_scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
             app_error: BaseException | None = None
             try:
-                await mw.app(scope, receive, send)
+                await self.app(app_scope, receive if flow.request_body is None else flow._replay_receive,
+                               app_send)
             except _ResponseTooLarge:
-                self.response_too_large = True
+                flow.response_too_large = True
             except Exception as exc:
                 app_error = exc
-            failed = app_error is not None or self.response_too_large
-            if mw._threaded:
-                await self._unwind(is_error=failed)
+            failed = app_error is not None or flow.response_too_large
+            if self._threaded:
+                await flow._unwind(is_error=failed)
             else:
-                self._unwind_here(failed)
+                flow._unwind_here(failed)
             if app_error is not None:
                 raise app_error
-            if self.response_too_large or (buffered and self.error_status is not None):
-                if self.error_status is not None:
-                    await self._fail(self.error_status)
+            if flow.response_too_large or (buffered and flow.error_status is not None):
+                if flow.error_status is not None:
+                    await flow._fail(flow.error_status)
                     return
                 log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", scope.get("method"),
-                          scope.get("path"), mw.max_body_size)
-                await self._fail(500)
-            elif buffered and self.started:
-                await self._send_exchange(short_circuit=False)
+                          scope.get("path"), self.max_body_size)
+                await flow._fail(500)
+            elif buffered and flow.started:
+                await flow._send_exchange(short_circuit=False)
         except PoolTimeout as exc:
-            log.error("request %s %s: %s", self.scope.get("method"), self.scope.get("path"), exc)
-            await self._fail(503)
+            log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
+            await flow._fail(503)
         except GuestError as exc:  # a lazily created instance failed to initialize
             log.error("%s", exc)
-            await self._fail(500)
+            await flow._fail(500)
         finally:
             if held:  # cancelled or failed half-way: let guests clean up, free the instances
-                await self._unwind(is_error=True)
+                await flow._unwind(is_error=True)
+
+    def close(self) -> None:
+        for guest in self.guests:
+            guest.close()
+
+
+class _Flow(Exchange):
+    """One request through the chain: the Exchange every guest sees, plus the ASGI plumbing."""
+
+    __slots__ = ("held", "receive", "send", "sent", "started")  # set by HttpWasmMiddleware.__call__
+
+    # guests that returned next=1 and wait for handle_response: (guest, instance, host, req_ctx)
+    held: list[tuple[Guest, WasmInstance, GuestHost, int]]
+    receive: Receive
+    send: Send
+    started: bool  # the app sent http.response.start (to us or through us)
+    sent: bool  # http.response.start went to the client
+    # rarely set: class-level defaults
+    error_status: int | None = None  # a guest trapped on the way back
+    app_trailers = False
+    body_replayed = False
+    disconnected = False
+    response_too_large = False
 
     async def _replay_receive(self) -> Message:
         """The request body as the guests left it, then the rest of the stream (or disconnect)."""
@@ -221,26 +212,6 @@ class _Flow(Exchange):
         ex.request_body = b"".join(chunks)
         ex.request_body_more = more
 
-    def _merge_response_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-        """Response headers a guest set before next stay unless the app sets the same name."""
-        guest_headers = self.response_headers
-        if not guest_headers:
-            return list(headers)
-        merged: Headers = []
-        if len(guest_headers) * len(headers) <= 64:  # a few of each (the usual case): no set
-            for entry in guest_headers:
-                name = entry[0]
-                for app_name, _ in headers:
-                    if app_name == name or app_name.lower() == name:
-                        break
-                else:
-                    merged.append(entry)
-        else:
-            app_names = {app_name.lower() for app_name, _ in headers}
-            merged = [entry for entry in guest_headers if entry[0] not in app_names]
-        merged += headers
-        return merged
-
     async def _stream(self, message: Message) -> None:
         """Unbuffered: pass the app's response through, remembering what guests may read."""
         kind = message["type"]
@@ -249,7 +220,7 @@ class _Flow(Exchange):
             headers = message.get("headers") or []
             if self.response_headers:
                 message = dict(message)
-                message["headers"] = headers = self._merge_response_headers(headers)
+                message["headers"] = headers = merge_response_headers(self.response_headers, headers)
             self.response_headers = headers  # read-only from here: no copy
             self.started = self.sent = True
         elif kind == "http.response.trailers":
@@ -262,7 +233,7 @@ class _Flow(Exchange):
         kind = message["type"]
         if kind == "http.response.start":
             ex.status = message["status"]
-            ex.response_headers = self._merge_response_headers(message.get("headers") or ())
+            ex.response_headers = merge_response_headers(ex.response_headers, message.get("headers") or ())
             self.app_trailers = bool(message.get("trailers", False))
             self.started = True
         elif kind == "http.response.body":
@@ -283,22 +254,20 @@ class _Flow(Exchange):
         """handle_response for every held guest, innermost first; frees their instances."""
         held = self.held
         while held:
-            guest, instance, _, req_ctx = held[-1]
+            guest, instance, host, req_ctx = held[-1]
             if not guest.threaded:
                 is_error = self._unwind_here(is_error, 1)
                 continue
             held.pop()
-            host = instance.host
             try:
-                await _in_thread(guest, instance, instance.handle_response, req_ctx, is_error)
+                await _in_thread(guest, instance, instance.response, req_ctx, is_error)
             except GuestTrap as trap:
-                host.exchange = host.call = None
+                host.end()
                 guest.pool.release(instance, discard=True)
                 self._log_trap(trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
                 continue
-            host.exchange = host.call = None
             guest.pool.release(instance)
 
     def _unwind_here(self, is_error: bool, count: int = -1) -> bool:
@@ -309,18 +278,16 @@ class _Flow(Exchange):
         held = self.held
         while held and count:
             count -= 1
-            guest, instance, _, req_ctx = held.pop()
-            host = instance.host
+            guest, instance, host, req_ctx = held.pop()
             try:
-                instance.handle_response(req_ctx, is_error)
+                instance.response(req_ctx, is_error)  # handle_response, host.end()
             except GuestTrap as trap:
-                host.exchange = host.call = None
+                host.end()
                 guest.pool.release(instance, discard=True)
                 self._log_trap(trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
             else:
-                host.exchange = host.call = None
                 guest.pool.release(instance)
         return is_error
 

@@ -94,8 +94,10 @@ class InstancePool(Generic[T]):
             instance.close()
             self.size -= 1
             self._give_back(None)
-        else:
+        elif self._waiters:
             self._give_back(instance)
+        else:  # nobody waits: the allocation-free fast path
+            self._idle.append(instance)
 
     def _give_back(self, instance: T | None) -> None:
         while self._waiters:

@@ -20,7 +20,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +29,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from . import abi
+from . import host as _host
 from .errors import GuestError, GuestTrap, HostTrap
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "WasmInstance",
     "WasmModule",
     "check_binding",
+    "merge_response_headers",
     "wasmtime_version",
 ]
 
@@ -51,6 +53,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.01
 WASMTIME_MAJOR: Final = 50
+FASTPATH_VERSION: Final = 2  # the _fastpath.c this module was written for (its VERSION)
 _EMPTY: Final = b""
 
 # --- raw C entry points, with argument types chosen for speed (plain ints) ---
@@ -111,7 +114,13 @@ try:
     if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
         raise ImportError("disabled by HTTP_WASM_ASGI_NO_FASTPATH")
     from . import _fastpath  # type: ignore[attr-defined]
-except ImportError:  # not compiled (no C compiler at install): the ctypes path below does the same
+
+    if getattr(_fastpath, "VERSION", None) != FASTPATH_VERSION:
+        raise ImportError(f"http_wasm_asgi._fastpath is a stale build (VERSION {getattr(_fastpath, 'VERSION', None)}, "
+                          f"expected {FASTPATH_VERSION}): reinstall the package to rebuild it")
+except ImportError as _exc:  # not compiled (no C compiler at install): the ctypes path below does the same
+    if "stale build" in str(_exc):
+        log.warning("%s", _exc)
     _fastpath = None
 FAST_PATH: Final = _fastpath is not None
 # Host functions the accelerator implements natively (the common, valid case; anything else
@@ -163,18 +172,21 @@ def _host_error(name: str, exc: BaseException, inst: WasmInstance | None) -> str
     return f"{name}: host error: {type(exc).__name__}"
 
 
+# Accelerated helpers the rest of the package may use; the Python references live in host.py.
+merge_response_headers: Callable[[Sequence[tuple[bytes, bytes]], Sequence[tuple[bytes, bytes]]],
+                                 list[tuple[bytes, bytes]]] = _host.merge_response_headers
+_NATIVE_REFERENCE: Final = _host.HOST_FUNCTIONS
+
 if _fastpath is not None:
     _fastpath.configure(*(ctypes.cast(getattr(_dll, name), _VP).value for name in (
         "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
         "wasmtime_engine_increment_epoch", "wasmtime_memory_data_size")), _host_error)
-    from . import host as _host
-
     try:
-        _fastpath.configure_host(_host.GuestHost, _host.Exchange, _host.GuestCall)
+        _fastpath.configure_host(_host.GuestHost, _host.Exchange, _host.PHASES, _host.merge_response_headers)
         NATIVE_HOST_FUNCTIONS = frozenset(_fastpath.native_functions())
+        merge_response_headers = _fastpath.merge_response_headers
     except TypeError as _exc:  # the classes changed shape: the Python host functions do it all
         log.warning("native host functions disabled: %s", _exc)
-    _NATIVE_REFERENCE = _host.HOST_FUNCTIONS
 
 
 # --- WASI output: our own fd_write collects every buffer (wasmtime's may write only the first) ---
@@ -426,17 +438,22 @@ _EXPORTS: Final = (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE, abi.EX
 class WasmInstance:
     """One guest instance in its own store. Used by one request at a time.
 
-    `handle_request()` and `handle_response(req_ctx, is_error)` are the guest's exports: with
-    the accelerator they are the C `Core`'s methods (one C call each), else the ctypes path.
+    `handle_request()` and `handle_response(req_ctx, is_error)` call the guest's exports.
+    `request(exchange, features)` is `host.begin(exchange, features)`, handle_request and
+    `host.after_next()` when the guest said next; `response(req_ctx, is_error)` is
+    handle_response then `host.end()` (the host object is what `make_host` built). With the
+    accelerator these are the C `Core`'s methods (one C call each), else the ctypes path.
     """
 
     __slots__ = ("_args", "_args_addr", "_base", "_core", "_ctx", "_deadline", "_err", "_err_addr", "_funcs",
                  "_keep", "_memory", "_memory_addr", "_module_ref", "_release_gil", "_size", "_store", "_trap",
                  "_trap_addr", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
-                 "trap_status")
+                 "request", "response", "trap_status")
 
     handle_request: Callable[[], int]
     handle_response: Callable[[int, bool], None]
+    request: Callable[[Any, int], int]
+    response: Callable[[int, bool], None]
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
                  output: Callable[[int, bytes], None] | None) -> None:
@@ -478,9 +495,13 @@ class WasmInstance:
             self._core = core
             self.handle_request = core.handle_request
             self.handle_response = core.handle_response
+            self.request = core.request
+            self.response = core.response
         else:
             self.handle_request = self._ct_handle_request
             self.handle_response = self._ct_handle_response
+            self.request = self._ct_request
+            self.response = self._ct_response
         _set_epoch_deadline(self._ctx, self._deadline)
         prev = getattr(_current, "instance", None)
         _current.instance = self
@@ -595,6 +616,19 @@ class WasmInstance:
         args[2] = 1 if is_error else 0
         self._ct_call(abi.EXPORT_HANDLE_RESPONSE, 2)
 
+    def _ct_request(self, exchange: Any, features: int) -> int:
+        host = self.host
+        host.begin(exchange, features)
+        ctx_next = self._ct_call(abi.EXPORT_HANDLE_REQUEST, 0)
+        if ctx_next & 1:
+            host.after_next()
+        return ctx_next
+
+    def _ct_response(self, req_ctx: int, is_error: bool) -> None:
+        host = self.host
+        self._ct_handle_response(req_ctx, is_error)
+        host.end()
+
     # -- guest memory, for host functions --
     def _bind_memory_from_caller(self, caller: int) -> None:
         """During instantiation (start section) the memory export is found through the caller."""
@@ -651,7 +685,7 @@ class WasmInstance:
         if self._core is not None:
             self._core.close()  # no call can reach the dropped store; breaks the core <-> instance cycle
             self._core = None
-        self.handle_request = self.handle_response = _closed
+        self.handle_request = self.handle_response = self.request = self.response = _closed
         self._store = None  # type: ignore[assignment]
 
 

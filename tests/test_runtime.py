@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from attack import asgi_request, logger_records
 from conftest import ROOT, WAT
+from driver import BUF, EMIT_RESULTS, REQUEST, RESPONSE, RETURN, Program
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from http_wasm_asgi import Guest, runtime
+from http_wasm_asgi import Guest, HttpWasmMiddleware, host, runtime
+from http_wasm_asgi.testing import echo_app
 
 
 def test_binding_is_what_the_fast_path_expects() -> None:
@@ -42,3 +48,106 @@ def test_compile_cache_on_disk(tmp_path: Path) -> None:
     runtime._module_cache.clear()
     again = Guest(wasm, name="cached", cache_dir=tmp_path)  # a corrupt entry is rebuilt, not fatal
     assert again.info.compiled_from == "compiled"
+
+
+def test_native_host_functions_and_helpers_are_in_use() -> None:
+    """A stale or mismatched accelerator build must not go unnoticed (it would silently be slow)."""
+    if not runtime.FAST_PATH:
+        return
+    assert {"get_header_values", "set_header_value", "add_header_value", "remove_header", "get_status_code",
+            "get_config", "get_method"} <= runtime.NATIVE_HOST_FUNCTIONS
+    assert runtime.merge_response_headers is not host.merge_response_headers
+
+
+MERGE_CASES = [
+    ([], []),
+    ([(b"x-a", b"1")], [(b"content-type", b"text/plain")]),
+    ([(b"x-a", b"1"), (b"x-b", b"2")], [(b"X-A", b"app"), (b"x-c", b"3")]),  # app names compare lowercased
+    ([(b"x-a", b"1"), (b"x-a", b"2")], [(b"x-b", b"3"), (b"x-b", b"4")]),
+    ([(b"content-length", b"1")], [(b"content-length", b"5")]),
+    ([(b"x-" + bytes([65 + i % 26]) * i, b"v") for i in range(1, 12)],
+     [(b"x-" + bytes([97 + i % 26]) * i, b"w") for i in range(1, 12)]),  # many of each: the set path
+    ((("x-a", "str"),), [(b"x-b", b"2")]),  # not bytes: the Python reference decides
+    ([(b"x-a", b"1")], ((b"x-a", b"2"),)),
+]
+
+
+def test_native_merge_matches_the_reference() -> None:
+    for guest_headers, app_headers in MERGE_CASES:
+        expected = host.merge_response_headers(guest_headers, app_headers)  # type: ignore[arg-type]
+        got = runtime.merge_response_headers(guest_headers, app_headers)  # type: ignore[arg-type]
+        assert got == expected, (guest_headers, app_headers)
+        assert got is not app_headers
+
+
+NAMES = [b"x-id", b"X-ID", b"x-new", b"content-type", b"", b"bad name", b"x\0y", b"host"]
+VALUES = [b"v1", b"", b" lead", b"a\tb", b"\x7f", b"x" * 200, b"caf\xc3\xa9"]
+BAD_PTR = 0xFFFF_FFF0
+
+
+def _ptr(p: Program, items: list[bytes], index: int) -> tuple[int, int]:
+    return (BAD_PTR, 4) if index >= len(items) else p.s(items[index])
+
+
+def _often(common: list[int], rare: list[int]) -> st.SearchStrategy[int]:
+    return st.one_of(st.sampled_from(common), st.sampled_from(rare)) if rare else st.sampled_from(common)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from([REQUEST, REQUEST, RESPONSE]),
+                              st.sampled_from(["get_header_values", "get_header_values", "set_header_value",
+                                               "add_header_value", "remove_header", "get_status_code", "get_config",
+                                               "get_method"]),
+                              _often([0, 1], [2, 3, 9]), _often([0, 1, 2, 3], list(range(4, len(NAMES) + 1))),
+                              _often([0, 1, 6], list(range(len(VALUES) + 1))), _often([64, 4096], [0, 3]),
+                              _often([BUF], [0x20000 - 2, BAD_PTR])), min_size=1, max_size=8),
+       features=st.sampled_from([0, 2, 0, 2, 1, 3, 4, 7]), short=st.booleans())
+@example(ops=[(REQUEST, "get_header_values", 0, 0, 0, 4096, BUF)], features=0, short=True)  # two values
+@example(ops=[(REQUEST, "set_header_value", 0, 1, 0, 0, BUF), (REQUEST, "get_header_values", 0, 0, 0, 64, BUF)],
+         features=0, short=False)
+@example(ops=[(REQUEST, "add_header_value", 1, 2, 0, 0, BUF), (RESPONSE, "get_header_values", 1, 2, 0, 64, BUF),
+              (RESPONSE, "set_header_value", 1, 3, 1, 0, BUF)], features=2, short=False)
+@example(ops=[(REQUEST, "set_header_value", 1, 2, 0, 0, BUF), (REQUEST, "set_header_value", 1, 2, 1, 0, BUF)],
+         features=0, short=True)  # replace the only entry
+@example(ops=[(REQUEST, "remove_header", 0, 1, 0, 0, BUF), (REQUEST, "add_header_value", 0, 0, 6, 0, BUF)],
+         features=0, short=False)
+@example(ops=[(REQUEST, "get_config", 0, 0, 0, 3, BUF), (REQUEST, "get_method", 0, 0, 0, 64, BUF),
+              (REQUEST, "get_status_code", 0, 0, 0, 0, BUF), (RESPONSE, "get_status_code", 0, 0, 0, 0, BUF)],
+         features=2, short=False)
+def test_native_host_functions_match_the_python_reference(ops: list[tuple[int, str, int, int, int, int, int]],
+                                                          features: int, short: bool) -> None:
+    """Each native host function only takes the common case and otherwise falls back: whatever a guest
+    does, the client, the app and the log see exactly what the Python host functions give."""
+    if not runtime.FAST_PATH:
+        return
+    p = Program().req("enable_features", features)
+    for phase, fn, kind, name, value, limit, buf in ops:
+        name_ptr, name_len = _ptr(p, NAMES, name)
+        if fn == "get_header_values":
+            p.op(phase, fn, kind, name_ptr, name_len, buf, limit)
+        elif fn in ("set_header_value", "add_header_value"):
+            p.op(phase, fn, kind, name_ptr, name_len, *_ptr(p, VALUES, value))
+        elif fn == "remove_header":
+            p.op(phase, fn, kind, name_ptr, name_len)
+        elif fn == "get_status_code":
+            p.op(phase, fn)
+        else:
+            p.op(phase, fn, buf, limit)
+    p.req("write_body", 1, BUF, 256).req(EMIT_RESULTS, 1)
+    if short:
+        p.req(RETURN, 0)
+    p.resp(EMIT_RESULTS, 1)
+    seen = []
+    for native in (True, False):
+        saved = runtime.NATIVE_HOST_FUNCTIONS
+        if not native:
+            runtime.NATIVE_HOST_FUNCTIONS = frozenset()
+        try:
+            guest = p.guest(name="diff")
+        finally:
+            runtime.NATIVE_HOST_FUNCTIONS = saved
+        with logger_records() as records:
+            messages = asyncio.run(asgi_request(HttpWasmMiddleware(echo_app, [guest]),
+                                                headers=[(b"x-id", b"abc"), (b"X-Id", b"def")]))
+        seen.append((messages, [r.getMessage() for r in records]))
+    assert seen[0] == seen[1]
