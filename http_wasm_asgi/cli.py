@@ -160,7 +160,7 @@ def _url(text: str) -> str:
     return text
 
 
-_EPILOG = """exit status: 0 ok, 2 a bad config, guest or command line, 1 anything else.
+_EPILOG = """exit status: 0 ok, 2 a bad config, guest or command line, other non-zero values otherwise.
 Errors print one line naming the file, the key (e.g. guests[1].path) and the fix; --debug adds the
 Python traceback. Compiled guests are cached in $HTTP_WASM_ASGI_CACHE_DIR (default
 ~/.cache/http-wasm-asgi; empty turns the cache off)."""
