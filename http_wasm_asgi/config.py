@@ -33,6 +33,8 @@ import yaml
 
 from .errors import GuestError
 from .guest import Guest
+from .middleware import HttpWasmMiddleware
+from .proxy import ProxyApp, UpstreamTimeout
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "max_body_size", "log_level")
 SERVER_KEYS = ("host", "port", "workers")
@@ -54,16 +56,6 @@ class ConfigError(Exception):
         self.file = os.fspath(file)
         self.key = key
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class UpstreamTimeout:
-    """Seconds allowed to connect to the upstream, for each read and write, and to get a pooled connection."""
-
-    connect: float = 5.0
-    read: float = 30.0
-    write: float = 30.0
-    pool: float = 10.0
 
 
 @dataclass
@@ -317,7 +309,6 @@ def load_app(config: ChainConfig) -> Any:
             raise ConfigError(config.file, "app", f"importing {config.app!r} failed: {type(exc).__name__}: {exc}"
                                                   "; fix: the error is in the app's module (rerun with --debug "
                                                   "for the traceback)") from exc
-    from .proxy import ProxyApp
 
     assert config.upstream is not None
     return ProxyApp(config.upstream, timeout=config.upstream_timeout)
@@ -325,8 +316,6 @@ def load_app(config: ChainConfig) -> Any:
 
 def build_middleware(config: ChainConfig, app: Any = None) -> Any:
     """HttpWasmMiddleware for a loaded config; `app` overrides the file's app/upstream."""
-    from .middleware import HttpWasmMiddleware
-
     if app is None:
         app = load_app(config)
     return HttpWasmMiddleware(app, config.load_guests(), max_body_size=config.max_body_size)

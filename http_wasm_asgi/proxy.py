@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-
-from .config import UpstreamTimeout
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
 # `host` (the upstream gets its own; the client's goes in x-forwarded-host) and `expect` (this side
@@ -22,6 +21,18 @@ _CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
 # The server running this app (uvicorn, hypercorn) adds its own `date` and `server`: never send two.
 _SERVER_SUPPLIED = frozenset({b"date", b"server"})
 log = logging.getLogger("http_wasm_asgi.proxy")
+
+
+@dataclass(frozen=True)
+class UpstreamTimeout:
+    """Seconds allowed to connect to the upstream, for each read and write, and to get a pooled connection."""
+
+    connect: float = 5.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 10.0
+
+
 _DEFAULT_TIMEOUT = UpstreamTimeout()
 
 
