@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -92,6 +93,7 @@ _ADDRESS_SPACE = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B
 _U32_PAIR = struct.Struct("<II")
 
 
+@functools.cache
 def wasmtime_version() -> str:
     from importlib.metadata import version
 
@@ -248,38 +250,92 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "http-wasm-asgi"
 
 
-def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.Module, float, str]:
-    """Compile once per process, and once per machine with the disk cache. Returns (module, s, source)."""
+def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.Module, float, str, str]:
+    """Compile once per process, and once per machine with the disk cache.
+
+    Returns (module, seconds, source, sha256 of the wasm); source is "compiled", "disk" or "memory".
+    Processes starting together (N workers) compile a module once: the first takes a lock on
+    the cache entry, the others wait for it and load what it wrote.
+    """
     engine = _get_engine()
     key = hashlib.sha256(wasm).hexdigest()
     cached = _module_cache.get(key)
     if cached is not None:
-        return cached, 0.0, "memory"
+        return cached, 0.0, "memory", key
     start = time.perf_counter()
     path = None
+    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if cache_dir is not None:
-        tag = hashlib.sha256(f"{wasmtime_version()};{ENGINE_FINGERPRINT}".encode()).hexdigest()[:12]
-        path = cache_dir / f"{key}-{tag}.cwasm"
-        if path.exists():
-            with contextlib.suppress(Exception):  # a stale or corrupt entry is simply rebuilt
-                # read, not mmap (deserialize_file): a cache file replaced or truncated later must not
-                # pull pages out from under a live module
-                module = wasmtime.Module.deserialize(engine, path.read_bytes())
-                _module_cache[key] = module
-                return module, time.perf_counter() - start, "disk"
-    try:
-        module = wasmtime.Module(engine, wasm)
-    except Exception as exc:
-        raise GuestError(name, f"not a valid WebAssembly module: {_first_line(exc)}") from None
-    elapsed = time.perf_counter() - start
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(module.serialize())
-            os.replace(tmp, path)
+        path = cache_dir / f"{key}-{_cache_tag()}.cwasm"
+        module = _load_cached(engine, path)
+        if module is None:
+            lock = _entry_lock(path)
+    else:
+        module = None
+    with lock:
+        if module is None and path is not None:
+            module = _load_cached(engine, path)  # another process may have written it while we waited
+        if module is not None:
+            _module_cache[key] = module
+            return module, time.perf_counter() - start, "disk", key
+        try:
+            module = wasmtime.Module(engine, wasm)
+        except Exception as exc:
+            raise GuestError(name, f"not a valid WebAssembly module: {_first_line(exc)}") from None
+        elapsed = time.perf_counter() - start
+        if path is not None:
+            with contextlib.suppress(OSError):
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(module.serialize())
+                os.replace(tmp, path)  # readers see the old file or the whole new one
     _module_cache[key] = module
-    return module, elapsed, "compiled"
+    return module, elapsed, "compiled", key
+
+
+@functools.cache
+def _cache_tag() -> str:
+    return hashlib.sha256(f"{wasmtime_version()};{ENGINE_FINGERPRINT}".encode()).hexdigest()[:12]
+
+
+def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    """The module of a cache entry, or None (missing, stale or corrupt: it is simply rebuilt).
+
+    Read into memory, not mapped (deserialize_file): a cache file replaced or truncated later
+    must not pull pages out from under a live module. Deserialized straight from our buffer
+    (wasmtime-py's deserialize copies it once more first).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            if f.readinto(data) != len(data):
+                return None
+    except OSError:
+        return None
+    ptr = ctypes.POINTER(ffi.wasmtime_module_t)()
+    error = ffi.wasmtime_module_deserialize(engine.ptr(), (ctypes.c_uint8 * len(data)).from_buffer(data), len(data),
+                                            ctypes.byref(ptr))
+    if error:
+        wasmtime.WasmtimeError._from_ptr(error)  # frees it
+        return None
+    return wasmtime.Module._from_ptr(ptr)
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on one cache entry across processes (best effort: none where flock is missing)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --- public types ---
@@ -350,10 +406,10 @@ class WasmModule:
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise GuestError(name, "not a WebAssembly module (no \\0asm header) and not valid "
                                        f"WebAssembly text: {detail}") from None
-        self._module, seconds, source = _compile(name, wasm, cache_dir)
+        self._module, seconds, source, sha256 = _compile(name, wasm, cache_dir)
         imports = tuple((i.module, i.name or "", _describe(i.type)) for i in self._module.imports)
         exports = tuple((e.name, _describe(e.type)) for e in self._module.exports)
-        self.info = ModuleInfo(len(wasm), hashlib.sha256(wasm).hexdigest(), imports, exports,
+        self.info = ModuleInfo(len(wasm), sha256, imports, exports,
                                any(m == abi.WASI_MODULE for m, _, _ in imports), seconds, source)
         self._validate()
         self._engine = _get_engine()

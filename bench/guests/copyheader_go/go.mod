@@ -1,0 +1,3 @@
+module copyheader
+
+go 1.24
