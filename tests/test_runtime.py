@@ -151,3 +151,14 @@ def test_native_host_functions_match_the_python_reference(ops: list[tuple[int, s
                                                 headers=[(b"x-id", b"abc"), (b"X-Id", b"def")]))
         seen.append((messages, [r.getMessage() for r in records]))
     assert seen[0] == seen[1]
+
+
+def test_workers_starting_together_compile_once(tmp_path: Path) -> None:
+    """N processes on an empty cache: one compiles (holding the entry's lock), the others load its result."""
+    code = ("import sys; from http_wasm_asgi import Guest; "
+            "print(Guest(sys.argv[1], cache_dir=sys.argv[2]).info.compiled_from)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(WAT / "driver.wat"), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(3)]
+    sources = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert sources == ["compiled", "disk", "disk"]
+    assert len(list(tmp_path.glob("*.cwasm"))) == 1
