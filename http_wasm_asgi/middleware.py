@@ -79,6 +79,7 @@ class HttpWasmMiddleware:
         flow.send = send
         flow.held = held = []
         flow.started = flow.sent = False
+        buffered = False  # a held guest enabled buffer_response: the app's response is collected
         try:
             for guest in self.guests:
                 if guest.reads_request_body and flow.request_body is None:
@@ -105,13 +106,10 @@ class HttpWasmMiddleware:
                         and not flow.request_body_replaced and flow.request_body is not None:
                     flow.request_body = flow.request_body[host.request_read:]  # read means consumed
                 held.append((guest, instance, host, (ctx_next >> 32) & 0xFFFF_FFFF))
+                if host.features & BUFFER_RESPONSE:
+                    buffered = True
 
             # -- the next handler --
-            buffered = False
-            for entry in held:
-                if entry[2].features & BUFFER_RESPONSE:
-                    buffered = True
-                    break
             app_send = flow._collect if buffered else flow._stream if self._observes_response or \
                 flow.response_headers else send
             app_scope = scope
@@ -212,8 +210,12 @@ class _Flow(Exchange):
         ex.request_body = b"".join(chunks)
         ex.request_body_more = more
 
-    async def _stream(self, message: Message) -> None:
-        """Unbuffered: pass the app's response through, remembering what guests may read."""
+    def _stream(self, message: Message) -> Awaitable[None]:
+        """Unbuffered: pass the app's response through, remembering what guests may read.
+
+        Not a coroutine: it returns the server's send awaitable, so each message costs no extra
+        coroutine (the app awaits what it gets, as with any ASGI send).
+        """
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
@@ -225,7 +227,7 @@ class _Flow(Exchange):
             self.started = self.sent = True
         elif kind == "http.response.trailers":
             self.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
-        await self.send(message)
+        return self.send(message)
 
     async def _collect(self, message: Message) -> None:
         """Buffered: keep the whole response for the guests' handle_response."""
