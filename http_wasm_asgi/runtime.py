@@ -1,13 +1,23 @@
 """The one module that talks to wasmtime.
 
 Everything that compiles, links, instantiates or calls into WebAssembly lives
-here, so the rest of the package never sees wasmtime or ctypes. Hot calls
-(guest exports, host functions, memory access) go through wasmtime's
-*unchecked* C API with arguments prepared once per instance: the high-level
-`wasmtime.Func.__call__` costs ~16 us a call, this path about 1 us.
+here, so the rest of the package never sees wasmtime, ctypes or the C
+accelerator. Hot calls (guest exports, host functions, memory access) go
+through wasmtime's *unchecked* C API: the high-level `wasmtime.Func.__call__`
+costs ~16 us a call and each `Linker.define_func` host function 6-11 us.
 
-Threading: a guest call runs on the calling thread and releases the GIL while
-in wasm (ctypes does), so the epoch ticker can interrupt an endless loop.
+Two implementations of the same calls:
+- the optional C accelerator (`_fastpath.c`, built at install): a `Core` per
+  instance makes a guest call one C call (~0.05 us), host functions are entered
+  through a C trampoline (~0.1 us to a Python host function), and the hottest
+  host functions are native (~0.02 us) with the Python ones in host.py as their
+  reference and fallback (see NATIVE_HOST_FUNCTIONS);
+- ctypes, when the accelerator is not built or HTTP_WASM_ASGI_NO_FASTPATH is set.
+
+Threading: a guest call runs on the calling thread. The accelerator keeps the
+GIL during the call (cheaper) unless the instance's `release_gil` is set
+(Guest(threaded=True)); ctypes always releases it. Either way the epoch ticker
+(a native thread with the accelerator) interrupts an endless loop.
 """
 
 from __future__ import annotations
