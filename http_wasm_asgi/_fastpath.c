@@ -239,6 +239,10 @@ static PyObject *Core_request(Core *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *host = self->host;
+    if (host == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
+        return NULL;
+    }
     Py_INCREF(host);
     PyObject *r;
     int native = native_host(self) && PyLong_CheckExact(args[1]);
@@ -271,6 +275,10 @@ static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssiz
 
 static PyObject *Core_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *host = self->host;
+    if (host == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
+        return NULL;
+    }
     Py_INCREF(host);
     PyObject *r = Core_handle_response(self, args, nargs);
     if (r != NULL) {
