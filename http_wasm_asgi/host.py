@@ -306,28 +306,28 @@ def _check_header(name: bytes, value: bytes) -> None:
         raise HostTrap(f"invalid header value for {name.decode()!r}: leading or trailing whitespace")
 
 
-def _before_next(call: GuestHost, what: str) -> None:
-    if call.phase != _PHASE_REQUEST:
+def _before_next(h: GuestHost, what: str) -> None:
+    if h.phase != _PHASE_REQUEST:
         raise HostTrap(f"can't {what} after next")
 
 
-def _before_next_or(call: GuestHost, feature: int, what: str) -> None:
-    if call.phase != _PHASE_REQUEST and not call.features & feature:
+def _before_next_or(h: GuestHost, feature: int, what: str) -> None:
+    if h.phase != _PHASE_REQUEST and not h.features & feature:
         raise HostTrap(f"can't {what} after next unless {_FEATURE_NAMES[feature]} is enabled")
 
 
 def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
-    exchange, call = h.exchange, h
+    exchange = h.exchange
     if exchange is None:
         exchange = h.request(f"{what}_header")
-    if kind == _RESPONSE and call.phase == _PHASE_REQUEST:  # the common case, first
+    if kind == _RESPONSE and h.phase == _PHASE_REQUEST:  # the common case, first
         return exchange.mutable_headers(kind)
-    if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not call.features & TRAILERS:
+    if kind in (HeaderKind.REQUEST_TRAILERS, HeaderKind.RESPONSE_TRAILERS) and not h.features & TRAILERS:
         raise HostTrap(f"can't {what} trailers: the trailers feature is not enabled (or not supported)")
     if kind in (HeaderKind.REQUEST, HeaderKind.REQUEST_TRAILERS):
-        _before_next(call, f"{what} request headers")
+        _before_next(h, f"{what} request headers")
     elif kind in (HeaderKind.RESPONSE, HeaderKind.RESPONSE_TRAILERS):
-        _before_next_or(call, BUFFER_RESPONSE, f"{what} response headers")
+        _before_next_or(h, BUFFER_RESPONSE, f"{what} response headers")
     return exchange.mutable_headers(kind)
 
 
@@ -373,8 +373,8 @@ def get_method(h: GuestHost, buf: int, limit: int) -> int:
 
 
 def set_method(h: GuestHost, ptr: int, length: int) -> None:
-    exchange, call = h.request("set_method"), h
-    _before_next(call, "set the method")
+    exchange = h.request("set_method")
+    _before_next(h, "set the method")
     if length == 0:
         raise HostTrap("method cannot be empty")
     method = h.mem.read(ptr, length)
@@ -389,8 +389,8 @@ def get_uri(h: GuestHost, buf: int, limit: int) -> int:
 
 
 def set_uri(h: GuestHost, ptr: int, length: int) -> None:
-    exchange, call = h.request("set_uri"), h
-    _before_next(call, "set the uri")
+    exchange = h.request("set_uri")
+    _before_next(h, "set the uri")
     uri = h.mem.read(ptr, length) or b"/"
     if not uri.startswith(b"/") or _BAD_URI.search(uri):
         raise HostTrap(f"invalid uri {uri[:64]!r}: it must start with '/' and be encoded ASCII")
@@ -409,15 +409,15 @@ def get_source_addr(h: GuestHost, buf: int, limit: int) -> int:
 
 # --- headers ---
 def get_header_names(h: GuestHost, kind: int, buf: int, limit: int) -> int:
-    exchange, call = h.request("get_header_names"), h
+    exchange = h.request("get_header_names")
     headers = exchange.headers(kind)
-    if kind >= HeaderKind.REQUEST_TRAILERS and not call.features & TRAILERS:
+    if kind >= HeaderKind.REQUEST_TRAILERS and not h.features & TRAILERS:
         return 0
     return _write_list(h, buf, limit, list(dict.fromkeys([name.lower() for name, _ in headers])))
 
 
 def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf: int, limit: int) -> int:
-    exchange, call = h.exchange, h
+    exchange = h.exchange
     if exchange is None:
         h.request("get_header_values")
         return 0
@@ -428,7 +428,7 @@ def get_header_values(h: GuestHost, kind: int, name_ptr: int, name_len: int, buf
         headers = exchange.response_headers
     else:
         headers = exchange.headers(kind)
-        if not call.features & TRAILERS:
+        if not h.features & TRAILERS:
             return 0
     return _write_list(h, buf, limit, [v for k, v in headers if k.lower() == name])
 
@@ -460,20 +460,20 @@ def remove_header(h: GuestHost, kind: int, name_ptr: int, name_len: int) -> None
 
 # --- bodies ---
 def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
-    exchange, call = h.request("read_body"), h
+    exchange = h.request("read_body")
     if limit == 0:
         raise HostTrap("read_body with buf_limit 0")
     body: bytes | bytearray
     if kind == BodyKind.REQUEST:
-        _before_next_or(call, BUFFER_REQUEST, "read the request body")
+        _before_next_or(h, BUFFER_REQUEST, "read the request body")
         if exchange.request_body is None:
             raise HostTrap("the request body was not buffered for this guest")
         body = exchange.request_body
-        pos = call.request_read
+        pos = h.request_read
     elif kind == BodyKind.RESPONSE:
-        _before_next_or(call, BUFFER_RESPONSE, "read the response body")
+        _before_next_or(h, BUFFER_RESPONSE, "read the response body")
         body = exchange.response_body
-        pos = call.response_read
+        pos = h.response_read
     else:
         raise HostTrap(f"unknown body kind {kind}")
     chunk = body[pos:pos + limit]
@@ -481,33 +481,33 @@ def read_body(h: GuestHost, kind: int, buf: int, limit: int) -> int:
         h.mem.write(buf, bytes(chunk))
     pos += len(chunk)
     if kind == BodyKind.REQUEST:
-        call.request_read = pos
+        h.request_read = pos
         if pos >= len(body) and exchange.request_body_more:
             raise HostTrap(f"request body is larger than max_body_size ({exchange.max_body_size} bytes)",
                            status=413)
     else:
-        call.response_read = pos
+        h.response_read = pos
     eof = 1 if pos >= len(body) else 0
     return count_len(eof, len(chunk))
 
 
 def write_body(h: GuestHost, kind: int, ptr: int, length: int) -> None:
-    exchange, call = h.request("write_body"), h
+    exchange = h.request("write_body")
     data = h.mem.read(ptr, length)
     if kind == BodyKind.REQUEST:
-        _before_next(call, "write the request body")
-        old = exchange.request_body if call.request_written and exchange.request_body else b""
+        _before_next(h, "write the request body")
+        old = exchange.request_body if h.request_written and exchange.request_body else b""
         if len(old) + len(data) > exchange.max_body_size:
             raise HostTrap(f"request body written by the guest exceeds max_body_size ({exchange.max_body_size})")
         exchange.request_body = old + data
         exchange.request_body_more = False
         exchange.request_body_replaced = True
-        call.request_written = True
+        h.request_written = True
     elif kind == BodyKind.RESPONSE:
-        _before_next_or(call, BUFFER_RESPONSE, "write the response body")
-        if not call.response_written:
+        _before_next_or(h, BUFFER_RESPONSE, "write the response body")
+        if not h.response_written:
             exchange.response_body = bytearray()
-            call.response_written = True
+            h.response_written = True
         if len(exchange.response_body) + len(data) > exchange.max_body_size:
             raise HostTrap(f"response body written by the guest exceeds max_body_size "
                            f"({exchange.max_body_size})")
@@ -527,8 +527,8 @@ def get_status_code(h: GuestHost) -> int:
 
 
 def set_status_code(h: GuestHost, status: int) -> None:
-    exchange, call = h.request("set_status_code"), h
-    _before_next_or(call, BUFFER_RESPONSE, "set the status code")
+    exchange = h.request("set_status_code")
+    _before_next_or(h, BUFFER_RESPONSE, "set the status code")
     if not 200 <= status <= 599:  # 1xx are interim responses: never a final status
         raise HostTrap(f"invalid status code {_signed(status)} (a final status is 200-599)")
     exchange.status = status
