@@ -343,7 +343,7 @@ async def bodies(report: Report, smoke: bool) -> None:
                  rate >= 200)
     small, large = (2, 8) if smoke else (4, 32)
     peaks = {mib: await _streaming_peak(mib) for mib in (small, large)}
-    grew = (peaks[large] - peaks[small]) / 2**20
+    grew = round((peaks[large] - peaks[small]) / 2**20, 2) + 0.0  # no "-0.00"
     for mib in (small, large):
         report.row(f"  unbuffered, 3 guests, {mib} MiB each way: peak traced memory", f"{peaks[mib] / 1024:.1f} KiB")
     report.check(f"5b. streaming: peak growth from {small} to {large} MiB bodies", f"{grew:+.2f} MiB",
