@@ -45,8 +45,8 @@ App = Callable[..., Any]
 # and set it as a response header, read the status in handle_response (3 host calls per request).
 COPY_HEADER = {
     "WAT": ROOT / "guests" / "wat" / "copy_header.wat",
-    "Zig": BENCH / "guests" / "copyheader.wasm",
-    "Go": BENCH / "guests" / "copyheader_go" / "copyheader.wasm",
+    "Zig": ROOT / "guests" / "zig" / "copyheader.wasm",
+    "Go": ROOT / "guests" / "go" / "copyheader" / "copyheader.wasm",
 }
 # Target 4's "2 MB Go guest" (the conformance guest), else the benchmark's own Go guest.
 GO_STARTUP = [ROOT / "guests" / "go" / "conformance" / "conformance.wasm", COPY_HEADER["Go"]]

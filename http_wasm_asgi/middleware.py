@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,7 +62,7 @@ class HttpWasmMiddleware:
             for name in ("get_status_code", "get_header_names", "get_header_values"))
 
     @classmethod
-    def from_config(cls, path: str, app: ASGIApp | None = None) -> HttpWasmMiddleware:
+    def from_config(cls, path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
         """Build the chain described by a config file (YAML or TOML)."""
         from .config import middleware_from_config
 

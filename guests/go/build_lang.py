@@ -29,7 +29,10 @@ HERE = Path(__file__).resolve().parent
 GO_VERSION = "go1.27.3"
 
 # Every main package of this module, in build order; the library (httpwasm/) is not a guest.
-GUESTS = ["conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello"]
+GUESTS = [
+    "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello",
+    "copyheader",  # bench/run.py's filter: the same as guests/wat/copy_header.wat
+]
 
 BUILD_FLAGS = [
     "-buildmode=c-shared",  # a reactor: exports _initialize instead of running main

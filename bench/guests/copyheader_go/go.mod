@@ -1,3 +1,0 @@
-module copyheader
-
-go 1.24
