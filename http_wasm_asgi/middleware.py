@@ -29,8 +29,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-_REASONS = {413: b"Payload Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
-            503: b"Service Unavailable"}
+_REASONS = {400: b"Bad Request", 413: b"Payload Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
+            503: b"Service Unavailable", 504: b"Gateway Timeout"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _UNSAFE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 _RESPONSE_TRAILERS = int(HeaderKind.RESPONSE_TRAILERS)
@@ -92,9 +92,7 @@ class HttpWasmMiddleware:
                     ctx_next = instance.request(flow, guest.context.features) if not guest.threaded else \
                         await _in_thread(guest, instance, instance.request, flow, guest.context.features)
                 except GuestTrap as trap:
-                    host.end()
-                    pool.release(instance, discard=True)
-                    flow._log_trap(trap)
+                    flow._drop_trapped(guest, instance, host, trap)
                     await flow._fail(trap.status)
                     return
                 if not ctx_next & 1:  # next=0: this guest answered
@@ -114,8 +112,7 @@ class HttpWasmMiddleware:
             app_send = flow._collect if buffered else flow._stream if self._observes_response or \
                 flow.response_headers else send
             app_scope = scope
-            if flow.uri is not None or flow.headers_changed or flow.request_body_replaced or \
-                    flow.method != scope["method"]:
+            if flow.request_changed():
                 app_scope = flow.app_scope()
             extensions = app_scope.get("extensions")
             if extensions and ("http.response.pathsend" in extensions or
@@ -181,17 +178,15 @@ class _Flow(Exchange):
 
     async def _replay_receive(self) -> Message:
         """The request body as the guests left it, then the rest of the stream (or disconnect)."""
-        ex = self
         if not self.body_replayed:
             self.body_replayed = True
-            more = ex.request_body_more and not ex.request_body_replaced
-            return {"type": "http.request", "body": ex.request_body or b"", "more_body": more}
+            more = self.request_body_more and not self.request_body_replaced
+            return {"type": "http.request", "body": self.request_body or b"", "more_body": more}
         if self.disconnected:
             return {"type": "http.disconnect"}
         return await self.receive()
 
     async def _buffer_request_body(self) -> None:
-        ex = self
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -206,10 +201,10 @@ class _Flow(Exchange):
                 chunks.append(body)
                 size += len(body)
             more = bool(message.get("more_body", False))
-            if size > ex.max_body_size:
+            if size > self.max_body_size:
                 break
-        ex.request_body = b"".join(chunks)
-        ex.request_body_more = more
+        self.request_body = b"".join(chunks)
+        self.request_body_more = more
 
     def _stream(self, message: Message) -> Awaitable[None]:
         """Unbuffered: pass the app's response through, remembering what guests may read.
@@ -232,23 +227,22 @@ class _Flow(Exchange):
 
     async def _collect(self, message: Message) -> None:
         """Buffered: keep the whole response for the guests' handle_response."""
-        ex = self
         kind = message["type"]
         if kind == "http.response.start":
-            ex.status = message["status"]
-            ex.response_headers = merge_response_headers(ex.response_headers, message.get("headers") or ())
+            self.status = message["status"]
+            self.response_headers = merge_response_headers(self.response_headers, message.get("headers") or ())
             self.app_trailers = bool(message.get("trailers", False))
             self.started = True
         elif kind == "http.response.body":
             body = message.get("body", b"")
-            held = ex.response_body
-            if len(held) + len(body) > ex.max_body_size:
+            held = self.response_body
+            if len(held) + len(body) > self.max_body_size:
                 raise _ResponseTooLarge
             if type(held) is not bytearray:
-                held = ex.response_body = bytearray(held)
+                held = self.response_body = bytearray(held)
             held += body
         elif kind == "http.response.trailers":
-            ex.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
+            self.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
         else:
             await self.send(message)  # e.g. http.response.early_hint: not ours to hold
 
@@ -265,9 +259,7 @@ class _Flow(Exchange):
             try:
                 await _in_thread(guest, instance, instance.response, req_ctx, is_error)
             except GuestTrap as trap:
-                host.end()
-                guest.pool.release(instance, discard=True)
-                self._log_trap(trap)
+                self._drop_trapped(guest, instance, host, trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
                 continue
@@ -285,9 +277,7 @@ class _Flow(Exchange):
             try:
                 instance.response(req_ctx, is_error)  # handle_response, host.end()
             except GuestTrap as trap:
-                host.end()
-                guest.pool.release(instance, discard=True)
-                self._log_trap(trap)
+                self._drop_trapped(guest, instance, host, trap)
                 self.error_status = trap.status  # a response not yet sent becomes this error
                 is_error = True
             else:
@@ -296,16 +286,15 @@ class _Flow(Exchange):
 
     async def _send_exchange(self, *, short_circuit: bool) -> None:
         """Send the response the guests hold (a short-circuit or a buffered one)."""
-        ex = self
         if self.error_status is not None:
             await self._fail(self.error_status)
             return
-        body = bytes(ex.response_body)
-        headers = ex.response_headers
-        bodiless_status = ex.status in _NO_BODY_STATUS or ex.status < 200
+        body = bytes(self.response_body)
+        headers = self.response_headers
+        bodiless_status = self.status in _NO_BODY_STATUS or self.status < 200
         no_body = bodiless_status or self.scope.get("method") == "HEAD"
         declared = [v for k, v in headers if k.lower() == b"content-length"]
-        if short_circuit or ex.response_body_replaced or not declared or bodiless_status:
+        if short_circuit or self.response_body_replaced or not declared or bodiless_status:
             # a 204/304 has no body, so no framing headers either (the app's would announce one)
             headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
             if not no_body:
@@ -319,9 +308,9 @@ class _Flow(Exchange):
                 body = body[:max(limit, 0)]
         if no_body:
             body = b""
-        trailers = ex.response_trailers if ex.trailers_supported else []
-        send_trailers = bool(trailers) or (self.app_trailers and ex.trailers_supported)
-        start: Message = {"type": "http.response.start", "status": ex.status, "headers": headers}
+        trailers = self.response_trailers if self.trailers_supported else []
+        send_trailers = bool(trailers) or (self.app_trailers and self.trailers_supported)
+        start: Message = {"type": "http.response.start", "status": self.status, "headers": headers}
         if send_trailers:
             start["trailers"] = True
         self.sent = True
@@ -336,14 +325,22 @@ class _Flow(Exchange):
         if self.sent:
             return  # the response is already on its way: nothing more to say
         self.sent = True
-        reason = _REASONS.get(status, b"Error")
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                     (b"content-length", str(len(reason)).encode())]})
-        await self.send({"type": "http.response.body", "body": reason, "more_body": False})
+        await send_error(self.send, status)
 
-    def _log_trap(self, trap: GuestTrap) -> None:
+    def _drop_trapped(self, guest: Guest, instance: WasmInstance, host: GuestHost, trap: GuestTrap) -> None:
+        """A guest call trapped: the instance is thrown away (never reused) and the cause logged."""
+        host.end()
+        guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
+
+
+async def send_error(send: Send, status: int) -> None:
+    """A short, generic plain-text error response (the reason phrase); details belong in the log."""
+    reason = _REASONS.get(status, b"Error")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(reason)).encode())]})
+    await send({"type": "http.response.body", "body": reason, "more_body": False})
 
 
 _WORKERS: ThreadPoolExecutor | None = None

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from .middleware import send_error
+
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
 # `host` (the upstream gets its own; the client's goes in x-forwarded-host) and `expect` (this side
 # already answered the client's 100-continue).
@@ -118,7 +120,7 @@ class ProxyApp:
             # the upstream's own URL with the client's raw path and query: never a host the client names
             url = self._base.copy_with(raw_path=self._prefix + path + (b"?" + query if query else b""))
         except httpx.InvalidURL:
-            await _error(send, 400, b"Bad Request")
+            await send_error(send, 400)
             return
         # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
         has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in raw_headers)
@@ -145,17 +147,17 @@ class ProxyApp:
             response = await http.send(request, stream=True)
         except httpx.PoolTimeout:
             log.warning("%s %s: no upstream connection free in time", scope["method"], scope["path"])
-            await _error(send, 503, b"Service Unavailable")
+            await send_error(send, 503)
             return
         except httpx.TimeoutException as exc:
             log.warning("%s %s: upstream %s timed out: %s", scope["method"], scope["path"], self.upstream,
                         type(exc).__name__)
-            await _error(send, 504, b"Gateway Timeout")
+            await send_error(send, 504)
             return
         except (httpx.HTTPError, UpstreamError) as exc:
             log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream,
                         type(exc).__name__, exc)
-            await _error(send, 502, b"Bad Gateway")
+            await send_error(send, 502)
             return
         try:
             out = [(k, v) for k, v in _strip(list(response.headers.raw)) if k.lower() not in _SERVER_SUPPLIED]
@@ -171,9 +173,3 @@ class ProxyApp:
         finally:
             await response.aclose()
 
-
-async def _error(send: Any, status: int, reason: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(reason)).encode())]})
-    await send({"type": "http.response.body", "body": reason})
