@@ -3,7 +3,7 @@
 Usage: python guests/build.py [--check] [LANG ...]
 
 Each language folder (guests/go, guests/zig, ...) has a `build_lang.py` with a
-`build(out_check: bool) -> list[pathlib.Path]` function that writes each `.wasm`
+`build() -> list[pathlib.Path]` function that writes each `.wasm`
 next to its source. This script installs nothing: the toolchains come from the
 project's `guests` extra (`pip install .[guests]`). With --check it rebuilds and
 fails if any committed `.wasm` differs from what its source builds to.

@@ -107,9 +107,8 @@ def _build_one(go: Path, name: str, env: dict[str, str], tmp: Path) -> Path:
     return out
 
 
-def build(out_check: bool = False) -> list[Path]:
-    """Build every Go guest; returns the written `.wasm` paths. (`out_check` is unused: guests/build.py compares.)"""
-    del out_check
+def build() -> list[Path]:
+    """Build every Go guest; returns the written `.wasm` paths (guests/build.py compares them)."""
     root = go_root()
     go = root / "bin" / "go"
     with tempfile.TemporaryDirectory(prefix="go-guests-") as name:

@@ -79,9 +79,8 @@ def _build_one(name: str, target: str, cache: Path) -> Path:
     return out
 
 
-def build(out_check: bool = False) -> list[Path]:
-    """Build every Zig guest; returns the written `.wasm` paths. (`out_check` is unused: guests/build.py compares.)"""
-    del out_check
+def build() -> list[Path]:
+    """Build every Zig guest; returns the written `.wasm` paths (guests/build.py compares them)."""
     _check_zig()
     built: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="zig-guests-") as tmp:
