@@ -30,8 +30,9 @@ from typing import Any, cast
 
 import httpx
 
+from .asgi import ASGIApp
 from .guest import Guest, GuestSource
-from .middleware import ASGIApp, HttpWasmMiddleware
+from .middleware import HttpWasmMiddleware
 from .testing import echo_app, serve
 
 CASE_HEADER = "x-httpwasm-test-id"

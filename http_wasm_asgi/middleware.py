@@ -12,25 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .abi import HeaderKind
+from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestHost
 from .runtime import WasmInstance, merge_response_headers
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-_REASONS = {400: b"Bad Request", 413: b"Payload Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
-            503: b"Service Unavailable", 504: b"Gateway Timeout"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _UNSAFE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 _RESPONSE_TRAILERS = int(HeaderKind.RESPONSE_TRAILERS)
@@ -332,15 +325,6 @@ class _Flow(Exchange):
         host.end()
         guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
-
-
-async def send_error(send: Send, status: int) -> None:
-    """A short, generic plain-text error response (the reason phrase); details belong in the log."""
-    reason = _REASONS.get(status, b"Error")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(reason)).encode())]})
-    await send({"type": "http.response.body", "body": reason, "more_body": False})
 
 
 _WORKERS: ThreadPoolExecutor | None = None

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from .middleware import send_error
+from .asgi import send_error
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
 # `host` (the upstream gets its own; the client's goes in x-forwarded-host) and `expect` (this side
