@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from uvicorn import config as uvicorn_config
 
 from .config import LOG_LEVELS, ChainConfig, ConfigError, build_middleware, load_app, load_config
 from .errors import GuestError
@@ -112,9 +117,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=host, port=port, log_level=level)
     else:
         app.close()
-        uvicorn.run("http_wasm_asgi.cli:_app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=level)
+        with _tcp_nodelay_listeners():
+            uvicorn.run("http_wasm_asgi.cli:_app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level=level)
     return 0
+
+
+@contextlib.contextmanager
+def _tcp_nodelay_listeners() -> Iterator[None]:
+    """While uvicorn starts its workers, the listening socket it binds gets TCP_NODELAY.
+
+    With --workers, uvicorn binds that socket itself with protocol 0; accepted sockets inherit
+    it, and asyncio turns TCP_NODELAY on only for protocol IPPROTO_TCP. Without it, Nagle's
+    algorithm holds each response body until the client's delayed ACK: ~40 ms per keep-alive
+    request (uvicorn issue #3149). Accepted sockets inherit the option from the listener
+    (Linux). Harmless once uvicorn sets it itself. Scoped to this call: the parent process only
+    binds and supervises, the workers receive the socket.
+    """
+    original = uvicorn_config.Config.bind_socket
+
+    def bind_socket(self: uvicorn_config.Config) -> socket.socket:
+        sock = original(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    uvicorn_config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        uvicorn_config.Config.bind_socket = original  # type: ignore[method-assign]
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -249,6 +251,63 @@ def test_serve_workers_2_serves_from_two_processes_and_compiles_once(tmp_path: P
         lines = loaded_lines(server.wait_for_output("chain loaded", count=3))
         assert len(lines) == 3 and all("compiled" not in guests for guests in lines.values()), lines
     assert compiled(cache) == stamps  # the same files, never rewritten
+
+
+NODELAY_APP = """
+import json, os, socket
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    client_port = scope["client"][1]
+    nodelay = None  # TCP_NODELAY of this worker's socket for this very connection
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            copy = os.dup(int(fd))
+        except OSError:
+            continue  # closed meanwhile (e.g. the listdir's own)
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            continue  # not a socket
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == client_port:
+                nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        except OSError:
+            pass  # a listener: no peer
+        finally:
+            sock.close()
+    body = json.dumps({"pid": os.getpid(), "nodelay": nodelay}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_keep_alive_responses_are_not_held_by_nagle(tmp_path: Path, workers: str) -> None:
+    """Issue 10: with --workers N uvicorn binds the listener itself (protocol 0), so asyncio never set
+    TCP_NODELAY on accepted sockets and every keep-alive response waited for the client's delayed
+    ACK (~40 ms). The option is read back on the accepted socket, and the keep-alive latency is
+    far below that delay."""
+    (tmp_path / "nodelayapp.py").write_text(NODELAY_APP)
+    config = tmp_path / "chain.yaml"
+    config.write_text(f"app: nodelayapp:app\nguests:\n  - path: {ZIG / 'auth.wasm'}\n    config: t\n")
+    port = free_port()
+    with serving([COMMAND, "serve", str(config), "--port", str(port), "--workers", workers,
+                  "--log-level", "warning"], port, ready_path="/nothing") as server, httpx.Client() as client:
+        pids: set[int] = set()
+        latencies = []
+        for _ in range(40):
+            start = time.perf_counter()
+            r = client.get(server.url + "/", headers={"authorization": "Bearer t"}, timeout=10)
+            latencies.append(time.perf_counter() - start)
+            assert r.status_code == 200, server.output()
+            assert r.json()["nodelay"] == 1, r.json()
+            pids.add(r.json()["pid"])
+        assert len(pids) == 1  # one keep-alive connection, one worker
+        # Nagle + delayed ACK makes every response wait ~40 ms: the median would be about that
+        assert statistics.median(latencies) < 0.02, sorted(latencies)
 
 
 def test_a_reader_that_goes_away_is_not_an_error() -> None:
