@@ -56,7 +56,7 @@ _FUNC_KIND, _TABLE_KIND, _MEMORY_KIND, _GLOBAL_KIND, _TAG_KIND = 0, 1, 2, 3, 4
 _KIND_NAMES: Final = {_FUNC_KIND: "function", _TABLE_KIND: "table", _MEMORY_KIND: "memory",
                       _GLOBAL_KIND: "global", _TAG_KIND: "tag"}
 
-# Value types a captured global may have, and how their constants are encoded.
+# Value types: the four a captured global may have, and the others, by name for messages.
 _NUMERIC: Final = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64"}
 _V128: Final = 0x7B
 _REF_PREFIXES: Final = (0x63, 0x64)  # (ref null ht), (ref ht): a heap type follows
@@ -761,27 +761,25 @@ def _code_refusal(module: _Module) -> str | None:
     """Why some function body keeps the module from being snapshotted (table mutation, dropped segments)."""
     names: dict[int, str] | None = None
     for index, data, start, end in module.function_bodies():
-        forbidden: str | None = None
         try:
-            pos = start
-            count, pos = _read_leb(data, pos)
+            count, pos = _read_leb(data, start)
             for _ in range(count):  # locals: count and type
                 pos = _skip_blocktype(data, _skip_leb(data, pos))
             pos, forbidden = _scan(data, pos, end)
-            problem = "its body does not end where its size says" if pos > end or (not forbidden and pos != end) else ""
+            if pos > end or (forbidden is None and pos != end):
+                problem = "its body does not end where its size says"
+            elif forbidden is not None:
+                problem = f"uses {forbidden}: {_FORBIDDEN_WHY.get(forbidden, 'table state cannot be captured')}"
+            else:
+                continue
         except IndexError:
             problem = "its body runs past the code section"
         except SnapshotError as exc:
             problem = str(exc)
-        if not problem and forbidden is None:
-            continue
         if names is None:
             names = module.function_names()
         label = f"function {index}" + (f" ({names[index]})" if index in names else "")
-        if forbidden is not None:
-            why = _FORBIDDEN_WHY.get(forbidden, "table state cannot be captured")
-            return f"{label} uses {forbidden}: {why}"
-        return f"{label}: {problem}"
+        return f"{label} {problem}" if problem.startswith("uses ") else f"{label}: {problem}"
     return None
 
 

@@ -143,6 +143,7 @@ def test_start_section_snapshot_keeps_memory_and_globals_and_does_not_run_init_a
     snap = rewrite(wasm, memory, values)
     wasmtime.Module.validate(ENGINE, snap)
     assert snapshot._START not in section_ids(snap)
+    assert snapshot._CUSTOM in section_ids(snap)  # the name section is kept
     restored = Run(snap)
     assert restored.call("runs") == 1, "the start function ran again"
     assert restored.call("fixed") == 7
@@ -245,6 +246,8 @@ def test_initialize_export_and_passive_segments() -> None:
         run.call("init_active", 0)
         with pytest.raises(wasmtime.Trap, match="out of bounds"):
             run.call("init_active", 1)
+    kept = rewrite(wasm, memory, values, drop_exports=())
+    assert "_initialize" in {e.name for e in wasmtime.Module(ENGINE, kept).exports}
 
 
 def test_module_without_datacount_loses_its_old_active_segments() -> None:
@@ -539,20 +542,27 @@ def test_layout_edge_cases() -> None:
     assert layout(memory, max_segments=5) == [(0, positions[6] + 1)] + [(at, at + 1) for at in positions[7:]]
 
 
-@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(1, 300)), max_size=20), st.integers(1, 3000))
-def test_layout_covers_every_non_zero_byte(spans: list[tuple[int, int]], gap: int) -> None:
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(1, 300)), max_size=20), st.integers(1, 3000),
+       st.integers(1, 25))
+def test_layout_covers_every_non_zero_byte(spans: list[tuple[int, int]], gap: int, max_segments: int) -> None:
     memory = bytearray(6000)
     for start, length in spans:
         memory[start:start + length] = b"\x07" * len(memory[start:start + length])
-    segments = snapshot._runs(memory, gap)
-    covered = bytearray(len(memory))
-    for start, end in segments:
-        assert memory[start] and memory[end - 1]  # trimmed
-        covered[start:end] = memory[start:end]
-    assert covered == memory
-    for (_, end), (start, _) in itertools.pairwise(segments):
-        assert start - end >= gap  # gaps left are at least `gap` zeros
-        assert not any(memory[end:start])
+    runs = snapshot._runs(memory, gap)
+    # dense_image_size=0: only the "image < 2 x data" rule counts, as for images of 16 MiB and more
+    segments = layout(memory, gap=gap, max_segments=max_segments, dense_image_size=0)
+    assert cow_friendly(segments, dense_image_size=0) and len(segments) <= max_segments
+    for found in (runs, segments):
+        covered = bytearray(len(memory))
+        for start, end in found:
+            assert memory[start] and memory[end - 1]  # trimmed
+            covered[start:end] = memory[start:end]
+        assert covered == memory
+        for (_, end), (start, _) in itertools.pairwise(found):
+            assert start - end >= gap  # gaps left are at least `gap` zeros
+            assert not any(memory[end:start])
+    if cow_friendly(runs, dense_image_size=0) and len(runs) <= max_segments:
+        assert segments == runs
 
 
 @given(st.integers(-(1 << 63), (1 << 64) - 1))
