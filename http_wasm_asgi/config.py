@@ -204,9 +204,9 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
                                             "(serve an ASGI app) or 'upstream' (sidecar in front of a service)")
     if app is not None and not (isinstance(app, str) and re.fullmatch(r"[\w.]+:[\w.]+", app)):
         raise ConfigError(file, "app", f"must be 'module:attribute', e.g. 'examples.hello:app', got {app!r}")
-    if upstream is not None and not (isinstance(upstream, str) and re.match(r"https?://[^/\s]+", upstream)):
+    if upstream is not None and not (isinstance(upstream, str) and re.match(r"https?://[^/\s]+|unix:/\S", upstream)):
         raise ConfigError(file, "upstream", f"must be an http:// or https:// URL like 'http://127.0.0.1:9000', "
-                                            f"got {upstream!r}")
+                                            f"or a Unix socket as 'unix:/absolute/path.sock', got {upstream!r}")
     config = ChainConfig(file=file, app=app, upstream=upstream)
     if "upstream_timeout" in data:
         config.upstream_timeout = _upstream_timeout(file, data["upstream_timeout"])

@@ -1,15 +1,21 @@
-"""Sidecar mode: an ASGI app that forwards every request to an upstream HTTP service."""
+"""Sidecar mode: an ASGI app that forwards every request to an upstream HTTP service.
+
+The upstream hop is aiohttp's client (chosen on measurements: bench/README.md, "Sidecar"): one
+session per process with a keep-alive pool, HTTP/1.1 without pipelining, over TCP or a Unix socket.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
+import aiohttp
+import yarl
 
-from .asgi import send_error
+from .asgi import Receive, Scope, Send, send_error
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
 # `host` (the upstream gets its own; the client's goes in x-forwarded-host) and `expect` (this side
@@ -18,10 +24,15 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
                         b"expect"})
 
-# httpx adds these to every request; they are removed again unless the client sent them.
-_CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+# Headers aiohttp would add on its own: the upstream gets only what the client sent (aiohttp still
+# adds `host`, and `content-length: 0` to a POST, PUT or PATCH without a body).
+_CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent", "content-type")
 # The server running this app (uvicorn, hypercorn) adds its own `date` and `server`: never send two.
 _SERVER_SUPPLIED = frozenset({b"date", b"server"})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Idle upstream connections are closed after this many seconds: less than the keep-alive of common
+# servers (uvicorn and Node 5 s, nginx 75 s), so the upstream rarely closes one just as it is reused.
+KEEPALIVE_SECONDS = 4.0
 log = logging.getLogger("http_wasm_asgi.proxy")
 
 
@@ -42,134 +53,195 @@ class UpstreamError(Exception):
     """The upstream failed after its response started: the response cannot be completed."""
 
 
-def _strip(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+class _WriteTimeout(Exception):
+    """The upstream took no part of the request body for longer than the write timeout."""
+
+
+def _strip(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop headers, including those a `connection` header names."""
+    headers = list(headers)
     named = {token.strip().lower() for k, v in headers if k.lower() == b"connection" for token in v.split(b",")}
     return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
+def request_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The headers to send upstream: the client's minus hop-by-hop ones, with fresh x-forwarded-*."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    headers = [(k, v) for k, v in _strip(raw) if k not in _FORWARDED]
+    chain = [v.strip() for k, v in raw if k == b"x-forwarded-for" for v in v.split(b",") if v.strip()]
+    client = scope.get("client")
+    if client:
+        address = str(client[0]).encode()
+        if not chain or chain[-1] != address:  # the server may already have taken it from the chain
+            chain.append(address)
+    if chain:
+        headers.append((b"x-forwarded-for", b", ".join(chain)))
+    headers.append((b"x-forwarded-proto", str(scope.get("scheme") or "http").encode()))
+    host = next((v for k, v in raw if k == b"host"), None)
+    if host:
+        headers.append((b"x-forwarded-host", host))
+    return headers
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers for the client: minus hop-by-hop ones and the server's own."""
+    return [(k, v) for k, v in _strip(raw) if k.lower() not in _SERVER_SUPPLIED]
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The client's status for an upstream failure before the response started, and the log's name for it."""
+    if isinstance(exc, _WriteTimeout):
+        return 504, "WriteTimeout"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return 504, "ConnectTimeout"
+    if isinstance(exc, TimeoutError):
+        return 504, "ReadTimeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return 502, "ConnectError"
+    return 502, type(exc).__name__
+
+
+def _reschedule(deadline: asyncio.Timeout, when: float | None) -> None:
+    """Move the write deadline, unless the exchange is over (the upstream may answer before the body ends)."""
+    with contextlib.suppress(RuntimeError):  # a Timeout that expired or was left cannot be moved
+        deadline.reschedule(when)
 
 
 class ProxyApp:
     """Forwards method, raw path and query, headers (minus hop-by-hop) and streamed bodies.
 
-    Adds x-forwarded-for (the client appended to any chain the request carried),
-    x-forwarded-proto and x-forwarded-host. Bodies stream both ways: nothing is
-    held in memory here. Upstream unreachable: 502; a timeout before the
-    response starts: 504; no pooled connection in time: 503. One httpx client
-    (connection pool) per process, created on first use and closed at lifespan
-    shutdown.
+    `upstream` is `http://host[:port][/prefix]`, `https://...` or `unix:/path/to.sock`. Adds
+    x-forwarded-for (the client appended to any chain the request carried), x-forwarded-proto and
+    x-forwarded-host. Bodies stream both ways: nothing is held in memory here. Upstream
+    unreachable: 502; a timeout before the response starts: 504; no pooled connection in time:
+    503. One aiohttp session (a keep-alive pool of up to `max_connections`) per process, created
+    on first use and closed at lifespan shutdown.
     """
 
-    def __init__(self, upstream: str, *, timeout: float | UpstreamTimeout | httpx.Timeout = _DEFAULT_TIMEOUT,
+    def __init__(self, upstream: str, *, timeout: float | UpstreamTimeout = _DEFAULT_TIMEOUT,
                  max_connections: int = 256) -> None:
         self.upstream = upstream.rstrip("/")
-        self._base = httpx.URL(self.upstream)
-        self._prefix = self._base.raw_path.rstrip(b"/")
-        if isinstance(timeout, UpstreamTimeout):
-            timeout = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write,
-                                    pool=timeout.pool)
-        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.socket_path: str | None = None
+        if self.upstream.startswith("unix:"):
+            self.socket_path, origin, prefix = self.upstream[len("unix:"):], "http://localhost", ""
+        else:
+            url = yarl.URL(self.upstream)
+            origin, prefix = str(url.origin()), url.raw_path.rstrip("/")
+        self._base = origin + prefix  # every request goes here: the client never chooses the host
+        self.timeout = timeout if isinstance(timeout, UpstreamTimeout) else UpstreamTimeout(*[timeout] * 4)
         self.max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
+        self._slots = asyncio.Semaphore(max_connections)
+        self._session: aiohttp.ClientSession | None = None
 
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout, follow_redirects=False, trust_env=False,
-                limits=httpx.Limits(max_connections=self.max_connections,
-                                    max_keepalive_connections=self.max_connections))
-        return self._client
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector: aiohttp.BaseConnector
+            if self.socket_path is not None:
+                connector = aiohttp.UnixConnector(self.socket_path, limit=self.max_connections,
+                                                  keepalive_timeout=KEEPALIVE_SECONDS)
+            else:
+                connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_SECONDS)
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                skip_auto_headers=_CLIENT_DEFAULTS, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.connect,
+                                              sock_read=self.timeout.read))
+        return self._session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await self.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return  # websockets are not proxied: the server refuses the handshake
-        raw_headers: list[tuple[bytes, bytes]] = list(scope["headers"])
-        headers = _strip(raw_headers)
-        headers = [(k, v) for k, v in headers if k not in (b"x-forwarded-for", b"x-forwarded-proto",
-                                                           b"x-forwarded-host")]
-        chain = [v.strip() for k, v in raw_headers if k == b"x-forwarded-for" for v in v.split(b",") if v.strip()]
-        client = scope.get("client")
-        if client:
-            address = str(client[0]).encode()
-            if not chain or chain[-1] != address:  # the server may already have taken it from the chain
-                chain.append(address)
-        if chain:
-            headers.append((b"x-forwarded-for", b", ".join(chain)))
-        headers.append((b"x-forwarded-proto", str(scope.get("scheme") or "http").encode()))
-        host = next((v for k, v in raw_headers if k == b"host"), None)
-        if host:
-            headers.append((b"x-forwarded-host", host))
-        path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string") or b""
-        try:
-            if not path.startswith(b"/"):
-                raise httpx.InvalidURL("not an origin-form request target")
-            # the upstream's own URL with the client's raw path and query: never a host the client names
-            url = self._base.copy_with(raw_path=self._prefix + path + (b"?" + query if query else b""))
-        except httpx.InvalidURL:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        # websockets are not proxied: the server refuses the handshake
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request: a pooled connection (503 if none in time), the exchange, the error response."""
+        path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if not path.startswith(b"/"):  # not an origin-form request target: never a host the client names
             await send_error(send, 400)
             return
-        # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
-        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in raw_headers)
-
-        async def body() -> AsyncIterator[bytes]:
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise UpstreamError("the client went away while its request body was being forwarded")
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                more = message.get("more_body", False)
-
-        http = self._get_client()
-        request = http.build_request(scope["method"], url, headers=headers,
-                                     content=body() if has_body else None)
-        sent = {k.decode("latin-1").lower() for k, _ in headers}
-        for name in _CLIENT_DEFAULTS:  # httpx's own defaults: the upstream gets the client's headers only
-            if name not in sent and name in request.headers:
-                del request.headers[name]
+        query: bytes = scope.get("query_string") or b""
+        url = yarl.URL(self._base + (path + b"?" + query if query else path).decode("latin-1"), encoded=True)
         try:
-            response = await http.send(request, stream=True)
-        except httpx.PoolTimeout:
-            log.warning("%s %s: no upstream connection free in time", scope["method"], scope["path"])
+            async with asyncio.timeout(self.timeout.pool):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("%s %s: no upstream connection free in time (PoolTimeout)", scope["method"], scope["path"])
             await send_error(send, 503)
             return
-        except httpx.TimeoutException as exc:
-            log.warning("%s %s: upstream %s timed out: %s", scope["method"], scope["path"], self.upstream,
-                        type(exc).__name__)
-            await send_error(send, 504)
-            return
-        except (httpx.HTTPError, UpstreamError) as exc:
-            log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream,
-                        type(exc).__name__, exc)
-            await send_error(send, 502)
-            return
         try:
-            out = [(k, v) for k, v in _strip(list(response.headers.raw)) if k.lower() not in _SERVER_SUPPLIED]
-            await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as exc:
-                # The status line is gone already: the only honest thing left is to break the connection.
-                raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed "
-                                    f"mid-response: {type(exc).__name__}") from None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._exchange(scope, receive, send, url)
+        except (aiohttp.ClientError, TimeoutError, _WriteTimeout) as exc:
+            status, name = _failure(exc)
+            log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream, name,
+                        exc)
+            await send_error(send, status)
         finally:
-            await response.aclose()
+            self._slots.release()
 
+    async def _exchange(self, scope: Scope, receive: Receive, send: Send, url: yarl.URL) -> None:
+        """Send the request (its body streamed under the write timeout), then stream the response back."""
+        # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers(scope)]
+        started = False
+        try:
+            async with asyncio.timeout(None) as deadline:
+                body = self._request_body(receive, deadline) if has_body else None
+                async with self._get_session().request(scope["method"], url, headers=headers, data=body,
+                                                       allow_redirects=False) as response:
+                    started = True
+                    await self._stream_back(scope, response, send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+        else:
+            return
+        if started:
+            raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed mid-response: "
+                                "WriteTimeout")
+        raise _WriteTimeout(f"no part of the request body was taken in {self.timeout.write} s")
+
+    async def _request_body(self, receive: Receive, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
+        """The client's body as it arrives; each chunk must be taken by the upstream within the write timeout."""
+        loop = asyncio.get_running_loop()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise UpstreamError("the client went away while its request body was being forwarded")
+            chunk = message.get("body", b"")
+            if chunk:
+                _reschedule(deadline, loop.time() + self.timeout.write)
+                yield chunk  # resumed once the connection has taken it
+                _reschedule(deadline, None)
+            more = message.get("more_body", False)
+
+    async def _stream_back(self, scope: Scope, response: aiohttp.ClientResponse, send: Send) -> None:
+        """The upstream's response to the client; a failure mid-body breaks the client's connection."""
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": response_headers(response.raw_headers)})
+        try:
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The status line is gone already: the only honest thing left is to break the connection.
+            raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed "
+                                f"mid-response: {_failure(exc)[1]}") from None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -9,6 +9,7 @@ upstream waits for the client to see the first chunk of a response body before s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 import pytest
+import uvicorn
 from conftest import ROOT
 from procs import COMMAND, free_port, serving
 
@@ -52,11 +54,13 @@ class Upstream:
         self.client_got_first = threading.Event()  # set by the test: a response body chunk arrived
         self.client_was_first: bool | None = None
         self.disconnected = threading.Event()
+        self.connections: list[tuple[Any, ...]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]
+        self.connections.append(tuple(scope["client"] or ()))  # (address, port): one port per connection
         seen = {"method": scope["method"], "path": path, "raw_path": scope["raw_path"].decode("latin-1"),
                 "query": scope["query_string"].decode("latin-1"),
                 "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]}
@@ -98,6 +102,12 @@ class Upstream:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"first part", "more_body": True})
             await self._wait_for_disconnect(receive)
+        elif path == "/no-read":  # takes none of the request body and never answers (bounded)
+            await asyncio.sleep(10)
+            await _json(send, {"late": True})
+        elif path == "/cookie":
+            await _json(send, {"cookie": [v.decode() for k, v in scope["headers"] if k == b"cookie"]},
+                        extra=[(b"set-cookie", b"session=upstream-secret; Path=/")])
         elif path == "/hold":
             await _read(receive)
             await asyncio.sleep(1.5)
@@ -138,7 +148,7 @@ async def _json(send: Any, data: Any, status: int = 200, extra: list[tuple[bytes
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     app = Upstream()
-    with serve(app, timeout_graceful_shutdown=2) as url:
+    with serve(app, timeout_graceful_shutdown=2, proxy_headers=False) as url:  # scope["client"]: the connection
         app.url = url
         yield app
 
@@ -175,6 +185,53 @@ def raw_request(url: str, method: str, target: str, headers: list[tuple[str, str
                 data += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return status, out_headers, data
+
+
+@contextlib.contextmanager
+def serve_unix(app: Any, path: Path) -> Iterator[None]:
+    """`app` on uvicorn listening on the Unix socket `path`, in a thread."""
+    server = uvicorn.Server(uvicorn.Config(app, uds=str(path), log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def send_head_then_body(url: str, target: str, headers: list[tuple[str, str]],
+                        blocks: int) -> tuple[int, bytes]:
+    """A request whose body (`blocks` MiB) is sent by a thread while the response is read: a server may
+    answer before the body is all sent. Returns the status and body of the response."""
+    parts = urlsplit(url)
+    conn = h11.Connection(h11.CLIENT)
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.sendall(conn.send(h11.Request(method="POST", target=target, headers=[
+            *headers, ("content-length", str(blocks * MiB))])) or b"")
+
+        def body() -> None:
+            with contextlib.suppress(OSError):
+                for index in range(blocks):
+                    sock.sendall(block(index))
+
+        threading.Thread(target=body, daemon=True).start()
+        status, data = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                data += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return status, data
 
 
 def seen_headers(seen: dict[str, Any], name: str) -> list[str]:
@@ -258,6 +315,112 @@ def test_x_forwarded_headers_follow_the_servers_trust(upstream: Upstream) -> Non
     assert seen_headers(seen, "x-forwarded-proto") == ["http"]
 
 
+def test_cookies_the_upstream_sets_are_not_kept_by_the_proxy(upstream: Upstream) -> None:
+    url = upstream.url
+    with front(url) as front_url:
+        first = httpx.get(front_url + "/cookie", timeout=10)
+        assert first.headers["set-cookie"] == "session=upstream-secret; Path=/"  # passed on to its client ...
+        other = httpx.get(front_url + "/cookie", timeout=10)  # ... and never sent for anyone else
+    assert other.json() == {"cookie": []}
+
+
+# --- the upstream connection --------------------------------------------------------------------------
+
+
+def test_sequential_requests_reuse_one_upstream_connection(upstream: Upstream) -> None:
+    app, url = upstream, upstream.url
+    with front(url, zig("headeradder", "response x-b 2")) as front_url, \
+            httpx.Client(base_url=front_url, timeout=10) as client:
+        for index in range(30):
+            method = ("GET", "POST", "HEAD", "DELETE", "PUT")[index % 5]
+            r = client.request(method, f"/item/{index}", content=b"x" * index if method in ("POST", "PUT") else None)
+            assert r.status_code == 200 and r.headers["x-b"] == "2", (method, r.status_code)
+            if method == "POST":
+                assert r.json()["body"] == "x" * index
+    assert len(app.connections) == 30
+    assert len(set(app.connections)) == 1  # keep-alive: one connection, reused for every request
+
+
+def test_concurrent_requests_open_no_more_connections_than_are_in_flight(upstream: Upstream) -> None:
+    app, url = upstream, upstream.url
+    with front(url) as front_url:
+
+        async def waves() -> list[int]:
+            async with httpx.AsyncClient(base_url=front_url, timeout=10) as client:
+                statuses = []
+                for _ in range(6):
+                    responses = await asyncio.gather(*(client.get(f"/w/{i}") for i in range(8)))
+                    statuses += [r.status_code for r in responses]
+                return statuses
+
+        assert asyncio.run(waves()) == [200] * 48
+    assert len(app.connections) == 48
+    assert len(set(app.connections)) <= 8  # reused across waves, never one per request
+
+
+def test_a_connection_the_upstream_closed_while_idle_is_not_reused(tmp_path: Path) -> None:
+    app = Upstream()
+    with serve(app, timeout_keep_alive=1, timeout_graceful_shutdown=2, proxy_headers=False) as url, \
+            front(url) as front_url, httpx.Client(base_url=front_url, timeout=10) as client:
+        assert client.post("/a", content=b"one").json()["body"] == "one"
+        time.sleep(1.5)  # the upstream closes a connection idle for 1 s
+        r = client.post("/b", content=b"two")  # not idempotent: aiohttp would not retry it on a dead connection
+    assert (r.status_code, r.json()["body"]) == (200, "two")
+    assert len(set(app.connections)) == 2  # the upstream did close the first connection
+
+
+# --- a Unix-socket upstream ---------------------------------------------------------------------------
+
+
+def test_a_unix_socket_upstream(tmp_path: Path) -> None:
+    app, sock = Upstream(), tmp_path / "upstream.sock"
+    outcome: dict[str, bool] = {}
+
+    def body() -> Iterator[bytes]:
+        yield block(0)
+        outcome["upstream_saw_first_chunk_early"] = app.got_first_chunk.wait(10)
+        for index in range(1, 12):
+            yield block(index)
+
+    with serve_unix(app, sock), front(f"unix:{sock}", zig("auth", "tok")) as front_url, \
+            httpx.Client(base_url=front_url, timeout=30, headers={"authorization": TOKEN}) as client:
+        assert client.get("/", headers={"authorization": ""}).status_code == 401
+        status, _, data = raw_request(front_url, "PATCH", "/a%2Fb/x;y?q=1&e=", [
+            ("host", "front.example"), ("authorization", TOKEN), ("connection", "x-hop"), ("x-hop", "1"),
+            ("content-length", "5")], b"hello")
+        uploaded = client.post("/upload", content=body())
+        for _ in range(5):
+            assert client.get("/again").status_code == 200
+    assert status == 201
+    seen = json.loads(data)
+    assert (seen["method"], seen["raw_path"], seen["query"], seen["body"]) == ("PATCH", "/a%2Fb/x;y", "q=1&e=", "hello")
+    assert seen_headers(seen, "host") == ["localhost"] and seen_headers(seen, "x-hop") == []
+    assert seen_headers(seen, "x-forwarded-host") == ["front.example"]
+    assert uploaded.json() == {"size": 12 * MiB,
+                               "sha256": hashlib.sha256(b"".join(block(i) for i in range(12))).hexdigest()}
+    assert outcome == {"upstream_saw_first_chunk_early": True}  # streamed over the socket too
+
+
+def test_a_missing_unix_socket_gives_502(tmp_path: Path, guest_logs: Any) -> None:
+    with front(f"unix:{tmp_path / 'nobody.sock'}") as front_url:
+        r = httpx.get(front_url + "/", timeout=10)
+    assert (r.status_code, r.text) == (502, "Bad Gateway")
+    assert any("ConnectError" in m for m in guest_logs.messages)
+
+
+def test_the_command_with_a_unix_socket_upstream(tmp_path: Path) -> None:
+    sock = tmp_path / "svc.sock"
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"upstream: unix:{sock}\nguests:\n  - path: {ZIG / 'auth.wasm'}\n    config: tok\n")
+    port = free_port()
+    with serve_unix(Upstream(), sock), serving([COMMAND, "serve", str(config), "--port", str(port)], port) as server:
+        denied = httpx.get(server.url + "/x", timeout=10)
+        r = httpx.put(server.url + "/items/7?v=2", content=b"abc", headers={"authorization": TOKEN}, timeout=10)
+    assert denied.status_code == 401
+    assert r.status_code == 200 and (r.json()["raw_path"], r.json()["query"], r.json()["body"]) == \
+        ("/items/7", "v=2", "abc")
+
+
 # --- streaming ---------------------------------------------------------------------------------------
 
 
@@ -330,6 +493,18 @@ def test_a_slow_upstream_gives_504_within_the_read_timeout(upstream: Upstream) -
     assert app.disconnected.wait(5)  # the proxy hung up on the upstream, which is free again
 
 
+def test_an_upstream_that_takes_no_request_body_gives_504_within_the_write_timeout(
+        upstream: Upstream, guest_logs: Any) -> None:
+    url = upstream.url
+    with front(url, timeout=UpstreamTimeout(write=0.5)) as front_url:  # read: 30 s
+        start = time.monotonic()
+        status, body = send_head_then_body(front_url, "/no-read", [("host", "f")], 64)
+        elapsed = time.monotonic() - start
+    assert (status, body) == (504, b"Gateway Timeout")
+    assert elapsed < 8  # the upstream would answer after 10 s, the read timeout is 30 s
+    assert any("WriteTimeout" in m for m in guest_logs.messages)
+
+
 def test_an_upstream_that_stalls_mid_body_breaks_the_response_instead_of_hanging(
         upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.CRITICAL, logger="uvicorn.error")  # the front reports the broken response
@@ -385,9 +560,9 @@ def test_the_client_pool_is_closed_at_lifespan_shutdown(upstream: Upstream) -> N
     with serve(HttpWasmMiddleware(proxy, guests=[zig("headeradder", "response x-b 1")]), lifespan="on",
                timeout_graceful_shutdown=2) as front_url:
         assert httpx.get(front_url + "/", timeout=10).status_code == 200
-        client = proxy._client
-        assert client is not None and not client.is_closed
-    assert proxy._client is None and client.is_closed
+        session = proxy._session
+        assert session is not None and not session.closed
+    assert proxy._session is None and session.closed
 
 
 # --- the command in sidecar mode --------------------------------------------------------------------
