@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from .abi import EXPORT_INITIALIZE, EXPORT_START
+
 _T = TypeVar("_T")
 
 PAGE_SIZE: Final = 65536
@@ -36,7 +38,7 @@ MEMORY_EXPORT: Final = "__snapshot_memory"
 GLOBAL_EXPORT_PREFIX: Final = "__snapshot_global_"
 SNAPSHOT_EXPORT_PREFIX: Final = "__snapshot_"
 DEFAULT_GAP: Final = 4096
-"""Zero runs shorter than this stay inside a data segment (a segment costs more than a few zeros)."""
+"""Zero runs shorter than this stay inside a data segment: splitting within a 4 KiB host page saves no image."""
 DEFAULT_MAX_SEGMENTS: Final = 10_000
 """Fewer segments than wasmparser's limit (100,000), and a small data section to parse."""
 DENSE_IMAGE_SIZE: Final = 16 << 20
@@ -972,7 +974,7 @@ def _i32_offset(offset: int) -> bytes:
 
 
 def rewrite(wasm: bytes, memory: bytes | bytearray, globals: Mapping[int, int | float], *,
-            drop_exports: Iterable[str] = ("_initialize", "_start"), gap: int = DEFAULT_GAP,
+            drop_exports: Iterable[str] = (EXPORT_INITIALIZE, EXPORT_START), gap: int = DEFAULT_GAP,
             max_segments: int = DEFAULT_MAX_SEGMENTS) -> bytes:
     """The snapshot module: `wasm` (the original, not the instrumented module) starting in the captured state.
 
