@@ -17,6 +17,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -278,6 +279,62 @@ def _wait_port(port: int) -> None:
     raise RuntimeError("server did not start")
 
 
+# --- target 3c: serve --workers N -------------------------------------------------------------------
+def workers_scaling(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
+    """`http-wasm-asgi serve examples/chain.yaml --workers N`: N=2 must not be slower than N=1 (issue 10)."""
+    report.header(f"Target 3c: serve --workers (examples/chain.yaml, 5 guests; wrk -t2 -c64 -d{seconds}s and "
+                  f"-c1, {rounds} interleaved rounds)", "workers", "req/s c=64 (median)", "p50 at c=1")
+    if shutil.which("wrk") is None:
+        report.skip("serve --workers", "wrk not found")
+        return
+    rps: dict[int, list[float]] = {1: [], 2: []}
+    p50: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(rounds):
+        for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            got, latency = _serve_chain(workers, seconds)
+            rps[workers].append(got)
+            p50[workers].append(latency)
+    for workers in (1, 2):
+        report.row(f"--workers {workers}", f"{statistics.median(rps[workers]):.0f}",
+                   f"{statistics.median(p50[workers]) * 1000:.2f} ms")
+    one, two = statistics.median(rps[1]), statistics.median(rps[2])
+    report.check("3c. --workers 2 throughput at c=64 vs --workers 1", f"{two / one:.2f}x", ">= 1.0x",
+                 two >= one)
+    latency = statistics.median(p50[2])
+    report.check("3d. --workers 2 keep-alive p50 at c=1", f"{latency * 1000:.2f} ms", "<= 5 ms", latency <= 0.005)
+
+
+def _serve_chain(workers: int, seconds: int) -> tuple[float, float]:
+    """(req/s at c=64, p50 seconds at c=1) of the example chain served by the command."""
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "http-wasm-asgi"), "serve", "examples/chain.yaml",
+                               "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
+                              cwd=ROOT, start_new_session=True)
+    auth = ["-H", "authorization: Bearer demo-token"]
+    url = f"http://127.0.0.1:{port}/whoami"
+    try:
+        _wait_port(port)
+        subprocess.run(["wrk", "-t2", "-c64", "-d1s", *auth, url], capture_output=True, check=True)  # warm-up
+        out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", *auth, url], capture_output=True, text=True,
+                             check=True).stdout
+        rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+        out = subprocess.run(["wrk", "-t1", "-c1", f"-d{max(1, seconds // 2)}s", "--latency", *auth, url],
+                             capture_output=True, text=True, check=True).stdout
+        median = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("50%"))
+        return rate, _wrk_seconds(median)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(15)
+
+
+def _wrk_seconds(text: str) -> float:
+    """wrk's latency figures: '628.00us', '1.20ms', '2.00s'."""
+    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
 # --- target 4: start-up -----------------------------------------------------------------------------
 _STARTUP = """
 import json, sys, time
@@ -470,6 +527,7 @@ def main() -> int:
         report.skip("end to end", "--no-e2e")
     else:
         end_to_end(report, smoke, rounds, args.seconds or (2 if smoke else 10))
+        workers_scaling(report, smoke, 1 if smoke else 3, args.seconds or (2 if smoke else 5))
     startup(report, smoke)
     asyncio.run(bodies(report, smoke))
     memory(report, smoke)
