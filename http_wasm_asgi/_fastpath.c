@@ -15,8 +15,10 @@
  *   native implementation over the slots of http_wasm_asgi.host's classes. It handles
  *   only the common, valid case and otherwise *falls back* to the Python function before
  *   changing anything, so the Python functions stay the single reference for semantics,
- *   errors and traps. Slot offsets are read from the classes' member descriptors at start
- *   (configure_host) and every object's exact type is checked before use.
+ *   errors and traps. The host classes declare the slots read here (NATIVE_SLOTS); the
+ *   runtime hands them and the host's header byte tables to configure_host, which takes
+ *   the offsets from the classes' member descriptors; every object's exact type is checked
+ *   before use.
  * - The epoch ticker that enforces the CPU limit is a native thread (guest calls keep the GIL).
  *
  * The wasmtime entry points are not linked here: the runtime passes their addresses (from
@@ -46,21 +48,21 @@ static set_deadline_fn p_set_deadline;
 static trap_new_fn p_trap_new;
 static increment_epoch_fn p_increment_epoch;
 static memory_size_fn p_memory_size;
-static PyObject *error_handler; /* (name, exception, owner) -> str: the trap message */
-static PyObject *str_raise_trap, *str_bind_memory;
+static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
+static PyObject *str_raise_trap;
 
-#define FASTPATH_VERSION 2 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 3 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t) */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
 
-/* Slot offsets of http_wasm_asgi.host's classes (configure_host). */
+/* Slot offsets of the host's classes, from the slots they declare in NATIVE_SLOTS (configure_host). */
 static PyTypeObject *t_host, *t_exchange;
 static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features, o_host_request_read,
     o_host_request_written, o_host_response_read, o_host_response_written;
 static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
 static PyObject *phase_init, *phase_request, *phase_response, *zero; /* the ints GuestHost.phase takes */
-static PyObject *merge_fallback; /* host.merge_response_headers: the reference */
+static PyObject *merge_fallback; /* the Python reference of merge_response_headers (accelerated()) */
 static int native_ready;
 
 #define FIELD(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -411,18 +413,8 @@ enum { DONE = 0, FALLBACK = 1, FAILED = -1 };
 static const char *native_names[] = {"", "get_header_values", "set_header_value", "add_header_value",
                                      "remove_header", "get_status_code", "get_config", "get_method", NULL};
 
+/* Bytes allowed in header names and values: the host's own tables (configure_host). */
 static unsigned char token_char[256], value_char[256];
-
-static void init_tables(void) {
-    const char *tok = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    for (const char *p = tok; *p; p++)
-        token_char[(unsigned char)*p] = 1;
-    value_char[9] = 1;
-    for (int c = 0x20; c < 0x7f; c++)
-        value_char[c] = 1;
-    for (int c = 0x80; c < 0x100; c++)
-        value_char[c] = 1;
-}
 
 static inline unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
@@ -618,11 +610,8 @@ static int n_change_header(Core *c, void *vals, int which) {
 }
 
 static int n_get_status_code(Core *c, void *vals) {
-    PyObject *h = c->host;
-    if (h == NULL || !Py_IS_TYPE(h, t_host))
-        return FALLBACK;
-    PyObject *ex = FIELD(h, o_host_exchange);
-    if (ex == NULL || !PyObject_TypeCheck(ex, t_exchange))
+    PyObject *ex, *host;
+    if (!request_state(c, &ex, &host))
         return FALLBACK;
     PyObject *status = FIELD(ex, o_ex_status);
     if (status == NULL || !PyLong_CheckExact(status))
@@ -688,39 +677,75 @@ static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
     return m->offset;
 }
 
-/* configure_host(GuestHost, Exchange, (phase_init, phase_request, phase_response), merge_response_headers):
- * learn where the native code finds its state, the phase values GuestHost uses, and the Python
- * reference of merge_response_headers. */
+typedef struct { int exchange; const char *name; Py_ssize_t *out; } slot_need;
+
+/* The slots the native code reads: the host's NATIVE_SLOTS must declare exactly these. */
+static slot_need needs[] = {
+    {0, "exchange", &o_host_exchange},       {0, "phase", &o_host_phase},
+    {0, "features", &o_host_features},       {0, "request_read", &o_host_request_read},
+    {0, "request_written", &o_host_request_written}, {0, "response_read", &o_host_response_read},
+    {0, "response_written", &o_host_response_written}, {0, "config", &o_host_config},
+    {1, "request_headers", &o_ex_request_headers}, {1, "response_headers", &o_ex_response_headers},
+    {1, "headers_changed", &o_ex_headers_changed}, {1, "status", &o_ex_status}, {1, "method", &o_ex_method},
+};
+#define NNEEDS ((Py_ssize_t)(sizeof needs / sizeof needs[0]))
+
+/* Offsets of the declared slots of `type` (a tuple of names): every name must be one the native code
+ * reads (`exchange` says which class), and every slot it reads of that class must be declared. */
+static int learn_slots(PyTypeObject *type, PyObject *declared, int exchange) {
+    Py_ssize_t wanted = 0, n = PyTuple_GET_SIZE(declared);
+    for (Py_ssize_t i = 0; i < NNEEDS; i++)
+        wanted += needs[i].exchange == exchange;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const char *name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(declared, j));
+        if (name == NULL)
+            return -1;
+        Py_ssize_t i = 0;
+        while (i < NNEEDS && (needs[i].exchange != exchange || strcmp(needs[i].name, name) != 0))
+            i++;
+        if (i == NNEEDS) {
+            PyErr_Format(PyExc_TypeError, "%s.NATIVE_SLOTS: the accelerator does not read %s", type->tp_name, name);
+            return -1;
+        }
+        if ((*needs[i].out = slot_offset(type, name)) < 0)
+            return -1;
+    }
+    if (n != wanted) {
+        PyErr_Format(PyExc_TypeError, "%s.NATIVE_SLOTS declares %zd slots, the accelerator reads %zd", type->tp_name,
+                     n, wanted);
+        return -1;
+    }
+    return 0;
+}
+
+static void byte_table(unsigned char *table, PyObject *allowed) {
+    memset(table, 0, 256);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(allowed);
+    for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(allowed); i++)
+        table[p[i]] = 1;
+}
+
+/* configure_host(GuestHost, its NATIVE_SLOTS, Exchange, its NATIVE_SLOTS, (phase_init, phase_request,
+ * phase_response), token bytes, value bytes): learn where the native code finds its state, the phase
+ * values GuestHost uses, and which bytes header names and values may hold. */
 static PyObject *configure_host(PyObject *self, PyObject *args) {
     PyTypeObject *h, *e;
-    PyObject *pi, *pq, *pr, *merge;
-    if (!PyArg_ParseTuple(args, "O!O!(O!O!O!)O", &PyType_Type, &h, &PyType_Type, &e, &PyLong_Type, &pi, &PyLong_Type,
-                          &pq, &PyLong_Type, &pr, &merge))
+    PyObject *hs, *es, *pi, *pq, *pr, *tokens, *values;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!(O!O!O!)SS", &PyType_Type, &h, &PyTuple_Type, &hs, &PyType_Type, &e,
+                          &PyTuple_Type, &es, &PyLong_Type, &pi, &PyLong_Type, &pq, &PyLong_Type, &pr, &tokens,
+                          &values))
         return NULL;
-    struct { PyTypeObject *t; const char *name; Py_ssize_t *out; } fields[] = {
-        {h, "exchange", &o_host_exchange},       {h, "phase", &o_host_phase},
-        {h, "features", &o_host_features},       {h, "request_read", &o_host_request_read},
-        {h, "request_written", &o_host_request_written}, {h, "response_read", &o_host_response_read},
-        {h, "response_written", &o_host_response_written},
-        {h, "config", &o_host_config},           {e, "request_headers", &o_ex_request_headers},
-        {e, "response_headers", &o_ex_response_headers}, {e, "headers_changed", &o_ex_headers_changed},
-        {e, "status", &o_ex_status},             {e, "method", &o_ex_method},
-    };
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        Py_ssize_t off = slot_offset(fields[i].t, fields[i].name);
-        if (off < 0) {
-            native_ready = 0;
-            return NULL;
-        }
-        *fields[i].out = off;
-    }
+    native_ready = 0;
+    if (learn_slots(h, hs, 0) < 0 || learn_slots(e, es, 1) < 0)
+        return NULL;
+    byte_table(token_char, tokens);
+    byte_table(value_char, values);
     Py_XSETREF(t_host, (PyTypeObject *)Py_NewRef(h));
     Py_XSETREF(t_exchange, (PyTypeObject *)Py_NewRef(e));
     Py_XSETREF(phase_init, Py_NewRef(pi));
     Py_XSETREF(phase_request, Py_NewRef(pq));
     Py_XSETREF(phase_response, Py_NewRef(pr));
     Py_XSETREF(zero, PyLong_FromLong(0));
-    Py_XSETREF(merge_fallback, Py_NewRef(merge));
     native_ready = zero != NULL;
     Py_RETURN_NONE;
 }
@@ -747,7 +772,7 @@ static void *trap_from_exception(host_env *env, Core *core) {
         PyException_SetTraceback(value, tb);
     PyObject *text = NULL;
     if (error_handler && value)
-        text = PyObject_CallFunctionObjArgs(error_handler, env->name, value, core ? core->owner : Py_None, NULL);
+        text = PyObject_CallFunctionObjArgs(error_handler, env->name, value, core ? (PyObject *)core : Py_None, NULL);
     void *trap;
     Py_ssize_t len;
     const char *utf8 = (text && PyUnicode_Check(text)) ? PyUnicode_AsUTF8AndSize(text, &len) : NULL;
@@ -950,6 +975,20 @@ fallback:
     return PyObject_Vectorcall(merge_fallback, args, 2, NULL);
 }
 
+/* accelerated(reference) -> the native function of the same name (which falls back to `reference`
+ * outside the common case), or None when there is none. */
+static PyObject *accelerated(PyObject *self, PyObject *reference) {
+    PyObject *name = PyObject_GetAttrString(reference, "__name__");
+    if (name == NULL)
+        return NULL;
+    int is_merge = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "merge_response_headers") == 0;
+    Py_DECREF(name);
+    if (!is_merge)
+        Py_RETURN_NONE;
+    Py_XSETREF(merge_fallback, Py_NewRef(reference));
+    return PyObject_GetAttrString(self, "merge_response_headers");
+}
+
 /* ---------------------------------------------------------------- configure, ticker */
 
 static PyObject *configure(PyObject *self, PyObject *args) {
@@ -1009,7 +1048,8 @@ static PyObject *start_ticker(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Set the wasmtime entry points and the host error handler."},
-    {"configure_host", configure_host, METH_VARARGS, "Learn the slots of GuestHost and Exchange."},
+    {"configure_host", configure_host, METH_VARARGS, "Learn the host's declared slots and header byte tables."},
+    {"accelerated", accelerated, METH_O, "The native version of a Python helper (None when there is none)."},
     {"native_functions", native_functions, METH_NOARGS, "Host functions with a native implementation."},
     {"merge_response_headers", (PyCFunction)(void (*)(void))merge_response_headers, METH_FASTCALL,
      "Guest-set response headers the app does not set, then the app's."},
@@ -1022,10 +1062,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    init_tables();
     str_raise_trap = PyUnicode_InternFromString("_raise_trap");
-    str_bind_memory = PyUnicode_InternFromString("_bind_memory_from_caller");
-    if (str_raise_trap == NULL || str_bind_memory == NULL || PyType_Ready(&CoreType) < 0)
+    if (str_raise_trap == NULL || PyType_Ready(&CoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -11,10 +11,12 @@ from typing import Any
 
 from . import runtime
 from .errors import GuestError
+from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
 from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
-from .host import GuestContext, GuestHost
 from .pool import InstancePool
 from .runtime import Limits, WasiOptions, WasmInstance, WasmModule
+
+runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
 
 GuestSource = str | os.PathLike[str] | bytes | bytearray
 GuestConfig = bytes | str | Mapping[str, Any] | None

@@ -14,7 +14,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, Final, Protocol, cast
+from typing import Any, ClassVar, Final, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len
@@ -31,6 +31,7 @@ _PY_LEVELS: Final[dict[int, int]] = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INF
                                      LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
 _TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE_CHARS: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # RFC 9110 field-value bytes
+HEADER_BYTES: Final = (_TOKEN_CHARS, _VALUE_CHARS)  # allowed in names, in values (the accelerator's tables)
 _EDGE_SPACE: Final = (b" ", b"\t")  # field values neither start nor end with whitespace
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
@@ -71,6 +72,8 @@ class Exchange:
     # class-level defaults until something changes them (then they live in the instance dict).
     __slots__ = ("__dict__", "headers_changed", "max_body_size", "method", "request_headers", "response_headers",
                  "scope", "status")
+    # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
+    NATIVE_SLOTS: ClassVar = ("headers_changed", "method", "request_headers", "response_headers", "status")
 
     uri: bytes | None = None  # set when a guest rewrites it
     # Header lists start as a shared empty, immutable value and become lists on first write
@@ -230,6 +233,9 @@ class GuestHost:
 
     __slots__ = ("config", "exchange", "features", "guest", "mem", "phase", "request_read", "request_written",
                  "response_read", "response_written")
+    # the slots the C accelerator reads and writes (runtime.bind_native_host hands them to it)
+    NATIVE_SLOTS: ClassVar = ("config", "exchange", "features", "phase", "request_read", "request_written",
+                              "response_read", "response_written")
 
     def __init__(self, mem: Memory, guest: GuestContext) -> None:
         self.mem = mem

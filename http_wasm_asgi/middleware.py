@@ -20,8 +20,10 @@ from .abi import HeaderKind
 from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
-from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestHost
-from .runtime import WasmInstance, merge_response_headers
+from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestHost, merge_response_headers
+from .runtime import WasmInstance, accelerated
+
+merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
 
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})

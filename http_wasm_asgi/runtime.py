@@ -2,17 +2,21 @@
 
 Everything that compiles, links, instantiates or calls into WebAssembly lives
 here, so the rest of the package never sees wasmtime, ctypes or the C
-accelerator. Hot calls (guest exports, host functions, memory access) go
-through wasmtime's *unchecked* C API: the high-level `wasmtime.Func.__call__`
-costs ~16 us a call and each `Linker.define_func` host function 6-11 us.
+accelerator. It knows the ABI's names (`abi`) but no HTTP: the composition
+layer (`guest.py`) hands it the host's classes with `bind_native_host`. Hot
+calls (guest exports, host functions, memory access) go through wasmtime's
+*unchecked* C API: the high-level `wasmtime.Func.__call__` costs ~16 us a call
+and each `Linker.define_func` host function 6-11 us.
 
-Two implementations of the same calls:
+Two implementations of the same calls, chosen once at import (`Core`,
+`_define_host`, `_start_ticker`, `set_current`):
 - the optional C accelerator (`_fastpath.c`, built at install): a `Core` per
   instance makes a guest call one C call (~0.05 us), host functions are entered
   through a C trampoline (~0.1 us to a Python host function), and the hottest
   host functions are native (~0.02 us) with the Python ones in host.py as their
   reference and fallback (see NATIVE_HOST_FUNCTIONS);
-- ctypes, when the accelerator is not built or HTTP_WASM_ASGI_NO_FASTPATH is set.
+- ctypes (`PyCore` below, the same interface), when the accelerator is not built
+  or HTTP_WASM_ASGI_NO_FASTPATH is set.
 
 Threading: a guest call runs on the calling thread. The accelerator keeps the
 GIL during the call (cheaper) unless the instance's `release_gil` is set
@@ -34,13 +38,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
 from . import abi
-from . import host as _host
 from .errors import GuestError, GuestTrap, HostTrap
 
 __all__ = [
@@ -51,8 +54,9 @@ __all__ = [
     "WasiOptions",
     "WasmInstance",
     "WasmModule",
+    "accelerated",
+    "bind_native_host",
     "check_binding",
-    "merge_response_headers",
     "wasmtime_version",
 ]
 
@@ -64,7 +68,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.01
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 2  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 3  # the _fastpath.c this module was written for (its VERSION)
 _EMPTY: Final = b""
 
 # --- raw C entry points, with argument types chosen for speed (plain ints) ---
@@ -77,6 +81,11 @@ def _cfunc(name: str, restype: Any, *argtypes: Any) -> Any:
     fn.restype = restype
     fn.argtypes = list(argtypes)
     return fn
+
+
+def _address(name: str) -> int:
+    """The address of a wasmtime C function (handed to the accelerator)."""
+    return int(ctypes.cast(getattr(_dll, name), _VP).value or 0)
 
 
 _func_call_unchecked = _cfunc("wasmtime_func_call_unchecked", _VP, _VP, _VP, _VP, ctypes.c_size_t, _VP)
@@ -92,7 +101,6 @@ _linker_define_unchecked = _cfunc("wasmtime_linker_define_func_unchecked", _VP, 
                                   ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, _VP, _CALLBACK,
                                   _VP, _FINALIZER)
 _NO_FINALIZER = _FINALIZER()
-_linker_define_addr = ctypes.cast(_dll.wasmtime_linker_define_func_unchecked, _VP).value
 _RAW_SIZE: Final = ctypes.sizeof(ffi.wasmtime_val_raw_t)  # 16: one slot per argument/result
 _RESULT = struct.Struct("<Q")
 _ARG_STRUCTS = {n: struct.Struct("<" + f"I{_RAW_SIZE - 4}x" * n) for n in range(6)}
@@ -121,31 +129,130 @@ def check_binding() -> None:
 
 check_binding()
 
-# The optional C accelerator (http_wasm_asgi/_fastpath.c): same calls, no ctypes on the hot path.
-try:
-    if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
-        raise ImportError("disabled by HTTP_WASM_ASGI_NO_FASTPATH")
-    from . import _fastpath  # type: ignore[attr-defined]
 
-    if getattr(_fastpath, "VERSION", None) != FASTPATH_VERSION:
-        raise ImportError(f"http_wasm_asgi._fastpath is a stale build (VERSION {getattr(_fastpath, 'VERSION', None)}, "
-                          f"expected {FASTPATH_VERSION}): reinstall the package to rebuild it")
-except ImportError as _exc:  # not compiled (no C compiler at install): the ctypes path below does the same
-    if "stale build" in str(_exc):
-        log.warning("%s", _exc)
-    _fastpath = None
-FAST_PATH: Final = _fastpath is not None
-# Host functions the accelerator implements natively (the common, valid case; anything else
-# falls back to the Python function in host.py, which stays the reference).
-NATIVE_HOST_FUNCTIONS: frozenset[str] = frozenset()
+def _load_accelerator() -> Any:
+    """The optional C accelerator (http_wasm_asgi/_fastpath.c), configured; None when not built."""
+    try:
+        if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
+            raise ImportError("disabled by HTTP_WASM_ASGI_NO_FASTPATH")
+        from . import _fastpath  # type: ignore[attr-defined]
+    except ImportError:  # not compiled (no C compiler at install): the ctypes path does the same
+        return None
+    version = getattr(_fastpath, "VERSION", None)
+    if version != FASTPATH_VERSION:
+        log.warning("http_wasm_asgi._fastpath is a stale build (VERSION %s, expected %s): reinstall the "
+                    "package to rebuild it", version, FASTPATH_VERSION)
+        return None
+    _fastpath.configure(*map(_address, (
+        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
+        "wasmtime_engine_increment_epoch", "wasmtime_memory_data_size")), _host_error)
+    return _fastpath
 
-# --- the current instance, per thread: host callbacks find their instance here ---
-_current = threading.local()
+
+# --- the ctypes implementation of the accelerator's interface ---
+_ct_local = threading.local()  # .core: the PyCore whose guest code runs on this thread
 
 
 def _trap(message: str) -> int:
     data = message.encode("utf-8", "replace")
     return int(_trap_new(data, len(data)))
+
+
+class PyCore:
+    """One instance's call path through ctypes: the interface of the accelerator's `_fastpath.Core`.
+
+    Core(owner, context address, deadline ticks); `set_func(index, func address)` for each export
+    of `_EXPORTS`; `handle_request()`, `handle_response(req_ctx, is_error)`, `request(exchange,
+    features)`, `response(req_ctx, is_error)` and `call(index)` call into the guest. A trap is
+    kept (`take_trap`) and raised by `owner._raise_trap(index)`. `trap_status` is the HTTP status
+    of the running call's trap (a host function may set it); `host` is what Python host
+    functions get first.
+    """
+
+    __slots__ = ("_args", "_args_addr", "_ctx", "_deadline", "_err", "_err_addr", "_funcs", "_trap", "_trap_addr",
+                 "host", "owner", "release_gil", "trap_status")
+
+    def __init__(self, owner: Any, ctx: int, deadline: int) -> None:
+        self.owner = owner
+        self.host: Any = None
+        self._ctx: int | None = ctx
+        self._deadline = deadline
+        self.trap_status = 500
+        self.release_gil = False  # ctypes releases the GIL in every foreign call anyway
+        self._funcs: list[int | None] = [None] * len(_EXPORTS)
+        self._args = (ctypes.c_uint64 * 4)()  # two 16-byte wasmtime_val_raw slots
+        self._args_addr = ctypes.addressof(self._args)
+        self._trap = ctypes.c_void_p()
+        self._trap_addr = ctypes.addressof(self._trap)
+        self._err = ctypes.c_void_p()
+        self._err_addr = ctypes.addressof(self._err)
+
+    def set_func(self, index: int, func: int) -> None:
+        self._funcs[index] = func
+
+    def set_memory(self, memory: int, base: int, size: int) -> None:
+        """Nothing to cache: host functions read memory through the owner (WasmInstance.read)."""
+
+    def take_trap(self) -> tuple[int, int]:
+        trap, err = self._trap.value or 0, self._err.value or 0
+        self._trap.value = self._err.value = None
+        return trap, err
+
+    def close(self) -> None:
+        self._ctx = None
+        self._funcs = [None] * len(_EXPORTS)
+        self.host = self.owner = None
+
+    def _call(self, index: int) -> int:
+        """Call export `index`; arguments/result in self._args. A trap is raised by the owner."""
+        func = self._funcs[index]
+        if self._ctx is None or func is None:
+            raise RuntimeError("guest instance is closed")
+        local = _ct_local
+        prev = getattr(local, "core", None)
+        local.core = self
+        self.trap_status = 500
+        try:
+            _set_epoch_deadline(self._ctx, self._deadline)
+            err = _func_call_unchecked(self._ctx, func, self._args_addr, 2, self._trap_addr)
+        finally:
+            local.core = prev
+        if err or self._trap.value:
+            self._err.value = err
+            self.owner._raise_trap(index)
+        return int(self._args[0])
+
+    def call(self, index: int) -> None:
+        self._call(index)
+
+    def handle_request(self) -> int:
+        return self._call(0)
+
+    def handle_response(self, req_ctx: int, is_error: bool) -> None:
+        args = self._args
+        args[0] = req_ctx & 0xFFFF_FFFF
+        args[2] = 1 if is_error else 0
+        self._call(1)
+
+    def request(self, exchange: Any, features: int) -> int:
+        host = self.host
+        host.begin(exchange, features)
+        ctx_next = self._call(0)
+        if ctx_next & 1:
+            host.after_next()
+        return ctx_next
+
+    def response(self, req_ctx: int, is_error: bool) -> None:
+        host = self.host
+        self.handle_response(req_ctx, is_error)
+        host.end()
+
+    @staticmethod
+    def set_current(core: PyCore | None) -> PyCore | None:
+        """Make `core` the one whose guest code runs on this thread (instantiation); the previous one."""
+        prev: PyCore | None = getattr(_ct_local, "core", None)
+        _ct_local.core = core
+        return prev
 
 
 def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, on_instance: bool = False) -> Any:
@@ -154,51 +261,119 @@ def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, 
     space = _ADDRESS_SPACE
 
     def callback(_env: int | None, caller: int, values: int, _n: int) -> int:
-        inst: WasmInstance = _current.instance
+        core: PyCore = _ct_local.core
         try:
+            inst = core.owner
             if inst._memory_addr == 0:
                 inst._bind_memory_from_caller(caller)
-            target = inst if on_instance else inst.host
+            target = inst if on_instance else core.host
             result = fn(target, *unpack(space, values)) if nparams else fn(target)
             if nresults:
                 pack(space, values, result & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[operator]
             return 0
-        except HostTrap as exc:
-            inst.trap_status = exc.status
-            return _trap(f"{name}: {exc}")
         except BaseException as exc:  # a host bug must trap the guest, never unwind through wasm
-            log.exception("host function %s failed", name)
-            return _trap(f"{name}: host error: {type(exc).__name__}")
+            return _trap(_host_error(name, exc, core))
 
     return _CALLBACK(callback)
 
 
-def _host_error(name: str, exc: BaseException, inst: WasmInstance | None) -> str:
-    """A host function failed under the C trampoline: the trap message (and status) for it."""
+def _host_error(name: str, exc: BaseException, core: Any) -> str:
+    """A host function failed: the trap message (and the call's status, on its core)."""
     if isinstance(exc, HostTrap):
-        if inst is not None and inst._core is not None:
-            inst._core.trap_status = exc.status
+        if core is not None:
+            core.trap_status = exc.status
         return f"{name}: {exc}"
-    # a host bug must trap the guest, never unwind through wasm
     log.error("host function %s failed", name, exc_info=exc)
     return f"{name}: host error: {type(exc).__name__}"
 
 
-# Accelerated helpers the rest of the package may use; the Python references live in host.py.
-merge_response_headers: Callable[[Sequence[tuple[bytes, bytes]], Sequence[tuple[bytes, bytes]]],
-                                 list[tuple[bytes, bytes]]] = _host.merge_response_headers
-_NATIVE_REFERENCE: Final = _host.HOST_FUNCTIONS
+def _define_ctypes(linker: wasmtime.Linker, module: bytes, name: bytes, functype: wasmtime.FuncType,
+                   fn: HostFunction, nparams: int, nresults: int, on_instance: bool, native: bool,
+                   keep: list[Any]) -> int:
+    callback = _make_callback(name.decode(), fn, nparams, nresults, on_instance=on_instance)
+    keep.append((callback, functype))  # alive as long as the module's linker
+    err = _linker_define_unchecked(ctypes.cast(linker.ptr(), _VP), module, len(module), name, len(name),
+                                   ctypes.cast(functype.ptr(), _VP), callback, None, _NO_FINALIZER)
+    return int(err or 0)
+
+
+def _start_ticker_thread(engine: wasmtime.Engine) -> None:
+    def tick() -> None:
+        while True:
+            time.sleep(EPOCH_TICK_SECONDS)
+            engine.increment_epoch()
+
+    threading.Thread(target=tick, name="http-wasm-epoch", daemon=True).start()
+
+
+# --- the call path, chosen once ---
+_fastpath = _load_accelerator()
+FAST_PATH: Final = _fastpath is not None
+# Host functions the accelerator implements natively (the common, valid case; anything else
+# falls back to the Python function, which stays the reference). Set by bind_native_host.
+NATIVE_HOST_FUNCTIONS: frozenset[str] = frozenset()
+_native_reference: Mapping[str, HostFunction] = {}
 
 if _fastpath is not None:
-    _fastpath.configure(*(ctypes.cast(getattr(_dll, name), _VP).value for name in (
-        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
-        "wasmtime_engine_increment_epoch", "wasmtime_memory_data_size")), _host_error)
+    Core: Any = _fastpath.Core
+    set_current: Callable[[Any], Any] = _fastpath.set_current
+    _linker_define_addr: Final = _address("wasmtime_linker_define_func_unchecked")
+
+    def _define_host(linker: wasmtime.Linker, module: bytes, name: bytes, functype: wasmtime.FuncType,
+                     fn: HostFunction, nparams: int, nresults: int, on_instance: bool, native: bool,
+                     keep: list[Any]) -> int:
+        keep.append(functype)
+        return int(_fastpath.define(_linker_define_addr, ctypes.cast(linker.ptr(), _VP).value, module, name,
+                                    ctypes.cast(functype.ptr(), _VP).value, fn, nparams, nresults, on_instance,
+                                    native))
+
+    def _start_ticker(engine: wasmtime.Engine) -> None:  # guest calls keep the GIL: the ticker must be native
+        # its own reference to the engine, never freed: the thread outlives interpreter shutdown
+        ticker_engine = ffi.wasmtime_engine_clone(engine.ptr())
+        _fastpath.start_ticker(ctypes.cast(ticker_engine, _VP).value, int(EPOCH_TICK_SECONDS * 1e6))
+else:
+    Core = PyCore
+    set_current = PyCore.set_current
+    _define_host = _define_ctypes
+    _start_ticker = _start_ticker_thread
+
+
+def bind_native_host(host_class: type, exchange_class: type, phases: Sequence[int],
+                     header_bytes: tuple[bytes, bytes], host_functions: Mapping[str, HostFunction]) -> None:
+    """Let the accelerator's native host functions work on the host's own objects.
+
+    `host_class` and `exchange_class` declare the slots the native code reads in their
+    `NATIVE_SLOTS`; `phases` are the (init, request, response) values of the host's phase slot;
+    `header_bytes` the bytes allowed in header names and in header values; `host_functions` the
+    Python reference implementations (a host function is native only while it is the reference).
+    Without the accelerator, or when the classes changed shape, the Python functions do it all.
+    """
+    global NATIVE_HOST_FUNCTIONS, _native_reference
+    _native_reference = dict(host_functions)
+    if _fastpath is None:
+        return
     try:
-        _fastpath.configure_host(_host.GuestHost, _host.Exchange, _host.PHASES, _host.merge_response_headers)
+        _fastpath.configure_host(host_class, tuple(host_class.NATIVE_SLOTS),  # type: ignore[attr-defined]
+                                 exchange_class, tuple(exchange_class.NATIVE_SLOTS),  # type: ignore[attr-defined]
+                                 tuple(phases), *header_bytes)
         NATIVE_HOST_FUNCTIONS = frozenset(_fastpath.native_functions())
-        merge_response_headers = _fastpath.merge_response_headers
-    except TypeError as _exc:  # the classes changed shape: the Python host functions do it all
-        log.warning("native host functions disabled: %s", _exc)
+    except (TypeError, AttributeError) as exc:  # the classes changed shape: the Python host functions do it all
+        log.warning("native host functions disabled: %s", exc)
+        NATIVE_HOST_FUNCTIONS = frozenset()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def accelerated(reference: F) -> F:
+    """The accelerator's implementation of a Python helper (same name, same results), else the helper.
+
+    The native version falls back to `reference` for anything but the common case.
+    """
+    if _fastpath is None:
+        return reference
+    native = _fastpath.accelerated(reference)
+    return reference if native is None else native
 
 
 # --- WASI output: our own fd_write collects every buffer (wasmtime's may write only the first) ---
@@ -217,6 +392,7 @@ def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: in
     return 0
 
 
+
 # --- engine, epoch ticker and compile cache ---
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
@@ -233,19 +409,8 @@ def _get_engine() -> wasmtime.Engine:
             config.cranelift_opt_level = "speed"
             config.memory_may_move = False  # lets instances cache their memory's base address
             _engine = wasmtime.Engine(config)
-            if _fastpath is not None:  # guest calls keep the GIL there: the ticker must be native
-                # its own reference to the engine, never freed: the thread outlives interpreter shutdown
-                ticker_engine = ffi.wasmtime_engine_clone(_engine.ptr())
-                _fastpath.start_ticker(ctypes.cast(ticker_engine, _VP).value, int(EPOCH_TICK_SECONDS * 1e6))
-            else:
-                threading.Thread(target=_tick, args=(_engine,), name="http-wasm-epoch", daemon=True).start()
+            _start_ticker(_engine)
         return _engine
-
-
-def _tick(engine: wasmtime.Engine) -> None:
-    while True:
-        time.sleep(EPOCH_TICK_SECONDS)
-        engine.increment_epoch()
 
 
 def default_cache_dir() -> Path | None:
@@ -460,19 +625,9 @@ class WasmModule:
                 params: tuple[str, ...], results: tuple[str, ...], *, on_instance: bool = False) -> None:
         vt = {abi.I32: wasmtime.ValType.i32(), abi.I64: wasmtime.ValType.i64()}
         functype = wasmtime.FuncType([vt[p] for p in params], [vt[r] for r in results])
-        m, n = module.encode(), name.encode()
-        if _fastpath is not None:
-            self._callbacks.append(functype)
-            native = module == abi.HOST_MODULE and name in NATIVE_HOST_FUNCTIONS and \
-                _NATIVE_REFERENCE.get(name) is fn
-            err = _fastpath.define(_linker_define_addr, ctypes.cast(linker.ptr(), _VP).value, m, n,
-                                   ctypes.cast(functype.ptr(), _VP).value, fn, len(params), len(results),
-                                   on_instance, native)
-        else:
-            callback = _make_callback(name, fn, len(params), len(results), on_instance=on_instance)
-            self._callbacks.append((callback, functype))
-            err = _linker_define_unchecked(ctypes.cast(linker.ptr(), _VP), m, len(m), n, len(n),
-                                           ctypes.cast(functype.ptr(), _VP), callback, None, _NO_FINALIZER)
+        native = module == abi.HOST_MODULE and name in NATIVE_HOST_FUNCTIONS and _native_reference.get(name) is fn
+        err = _define_host(linker, module.encode(), name.encode(), functype, fn, len(params), len(results),
+                           on_instance, native, self._callbacks)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t)))
 
@@ -498,7 +653,23 @@ class WasmModule:
 
 
 _EXPORTS: Final = (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE, abi.EXPORT_INITIALIZE,
-                   abi.EXPORT_START)  # export index -> name (the accelerator's Core numbers them)
+                   abi.EXPORT_START)  # export index -> name (Core numbers them)
+_INIT_EXPORTS: Final = (abi.EXPORT_INITIALIZE, abi.EXPORT_START)  # the first one exported runs at init
+
+
+def _new_store(module: WasmModule) -> wasmtime.Store:
+    store = wasmtime.Store(module._engine)
+    # one memory (the cap is per memory) and a few tables (the element cap is per table)
+    store.set_limits(memory_size=module.limits.memory_bytes, table_elements=module.limits.table_elements,
+                     memories=1, tables=8)
+    if module.info.uses_wasi:
+        wasi = wasmtime.WasiConfig()
+        if module.wasi.env:
+            wasi.env = [(k, v) for k, v in module.wasi.env.items()]
+        for guest_path, host_path in module.wasi.dirs.items():
+            wasi.preopen_dir(host_path, guest_path, fs_mutable=module.wasi.dirs_writable)
+        store.set_wasi(wasi)
+    return store
 
 
 class WasmInstance:
@@ -507,14 +678,12 @@ class WasmInstance:
     `handle_request()` and `handle_response(req_ctx, is_error)` call the guest's exports.
     `request(exchange, features)` is `host.begin(exchange, features)`, handle_request and
     `host.after_next()` when the guest said next; `response(req_ctx, is_error)` is
-    handle_response then `host.end()` (the host object is what `make_host` built). With the
-    accelerator these are the C `Core`'s methods (one C call each), else the ctypes path.
+    handle_response then `host.end()` (the host object is what `make_host` built). These are
+    the methods of the instance's `Core` (one C call each with the accelerator).
     """
 
-    __slots__ = ("_args", "_args_addr", "_base", "_core", "_ctx", "_deadline", "_err", "_err_addr", "_funcs",
-                 "_keep", "_memory", "_memory_addr", "_module_ref", "_release_gil", "_size", "_store", "_trap",
-                 "_trap_addr", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
-                 "request", "response", "trap_status")
+    __slots__ = ("_base", "_core", "_ctx", "_keep", "_memory", "_memory_addr", "_module_ref", "_size", "_store",
+                 "closed", "handle_request", "handle_response", "host", "name", "output_fn", "request", "response")
 
     handle_request: Callable[[], int]
     handle_response: Callable[[int, bool], None]
@@ -526,135 +695,71 @@ class WasmInstance:
         self.name = module.name
         self._module_ref = module
         self.closed = False
-        self.trap_status = 500
-        self._release_gil = False
         self.output_fn = output
         self._memory: Any = None
         self._memory_addr = 0
         self._base = 0  # memory base address: fixed (memory_may_move=False)
         self._size = 0  # a lower bound of the memory size: memory only grows
-        self._deadline = module._deadline_ticks
-        store = wasmtime.Store(module._engine)
-        # one memory (the cap is per memory) and a few tables (the element cap is per table)
-        store.set_limits(memory_size=module.limits.memory_bytes, table_elements=module.limits.table_elements,
-                         memories=1, tables=8)
-        if module.info.uses_wasi:
-            wasi = wasmtime.WasiConfig()
-            if module.wasi.env:
-                wasi.env = [(k, v) for k, v in module.wasi.env.items()]
-            for guest_path, host_path in module.wasi.dirs.items():
-                wasi.preopen_dir(host_path, guest_path, fs_mutable=module.wasi.dirs_writable)
-            store.set_wasi(wasi)
-        self._store = store
-        self._ctx = ctypes.cast(store._context(), _VP).value
-        self._args = (ctypes.c_uint64 * 4)()  # two 16-byte wasmtime_val_raw slots
-        self._args_addr = ctypes.addressof(self._args)
-        self._trap = ctypes.c_void_p()
-        self._trap_addr = ctypes.addressof(self._trap)
-        self._err = ctypes.c_void_p()
-        self._err_addr = ctypes.addressof(self._err)
+        self._store = _new_store(module)
+        self._ctx = ctypes.cast(self._store._context(), _VP).value
         self.host = make_host(self)
-        self._core: Any = None
-        if _fastpath is not None:
-            core = _fastpath.Core(self, self._ctx, self._deadline)
-            core.host = self.host
-            self._core = core
-            self.handle_request = core.handle_request
-            self.handle_response = core.handle_response
-            self.request = core.request
-            self.response = core.response
-        else:
-            self.handle_request = self._ct_handle_request
-            self.handle_response = self._ct_handle_response
-            self.request = self._ct_request
-            self.response = self._ct_response
-        _set_epoch_deadline(self._ctx, self._deadline)
-        prev = getattr(_current, "instance", None)
-        _current.instance = self
-        prev_core = _fastpath.set_current(self._core) if _fastpath is not None else None
+        core = self._core = Core(self, self._ctx, module._deadline_ticks)
+        core.host = self.host
+        self.handle_request = core.handle_request
+        self.handle_response = core.handle_response
+        self.request = core.request
+        self.response = core.response
+        _set_epoch_deadline(self._ctx, module._deadline_ticks)
+        prev = set_current(core)  # a start section may call host functions
         try:
-            instance = module._pre.instantiate(store)
-            exports = instance.exports(store)
-            self._set_memory(exports[abi.EXPORT_MEMORY]._memory)  # type: ignore[union-attr]
-            self._keep = [exports[name] for name in (abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE)]
-            self._funcs = {name: ctypes.addressof(f._func)  # type: ignore[union-attr]
-                           for name, f in zip((abi.EXPORT_HANDLE_REQUEST, abi.EXPORT_HANDLE_RESPONSE),
-                                              self._keep, strict=True)}
-            for init in (abi.EXPORT_INITIALIZE, abi.EXPORT_START):
-                func = exports.get(init)
-                if isinstance(func, wasmtime.Func):
-                    self._keep.append(func)
-                    self._funcs[init] = ctypes.addressof(func._func)
-                    break
-            if self._core is not None:
-                for index, name in enumerate(_EXPORTS):
-                    if name in self._funcs:
-                        self._core.set_func(index, self._funcs[name])
-            for init in (abi.EXPORT_INITIALIZE, abi.EXPORT_START):
-                if init in self._funcs:
-                    try:
-                        self._call(init)
-                    except GuestTrap as exc:
-                        if exc.exit_code != 0:  # proc_exit(0) from `_start` is a normal end
-                            raise
-                        self.closed = False
-                    break
-        except GuestTrap as exc:
-            raise GuestError(self.name, f"failed to initialize in {exc.export}: {exc.message}") from None
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            code = getattr(exc, "code", None)
-            if code == 0:  # proc_exit(0) from a start function is a normal end
-                pass
-            else:
-                what = f"exited with code {code}" if code is not None else _first_line(exc)
-                raise GuestError(self.name, f"failed to initialize: {what}") from None
+            self._start(module)
+        except (GuestTrap, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            failure = self._init_failure(exc)
+            if failure is not None:
+                raise failure from None
         finally:
-            _current.instance = prev
-            if _fastpath is not None:
-                _fastpath.set_current(prev_core)
+            set_current(prev)
+
+    def _start(self, module: WasmModule) -> None:
+        """Instantiate (running the start section), bind the exports, run `_initialize`/`_start`."""
+        exports = module._pre.instantiate(self._store).exports(self._store)
+        self._set_memory(exports[abi.EXPORT_MEMORY]._memory)  # type: ignore[union-attr]
+        funcs = [exports.get(name) for name in _EXPORTS]
+        self._keep = [f for f in funcs if isinstance(f, wasmtime.Func)]  # the addresses below stay valid
+        for index, func in enumerate(funcs):
+            if isinstance(func, wasmtime.Func):
+                self._core.set_func(index, ctypes.addressof(func._func))
+        init = next((name for name in _INIT_EXPORTS if isinstance(exports.get(name), wasmtime.Func)), None)
+        if init is not None:
+            self._core.call(_EXPORTS.index(init))
+
+    def _init_failure(self, exc: BaseException) -> GuestError | None:
+        """Why initialization failed; None for proc_exit(0) (a start function's normal end)."""
+        if isinstance(exc, GuestTrap):
+            code, message, where = exc.exit_code, exc.message, f" in {exc.export}"
+        else:  # the start section trapped (raised by wasmtime's instantiate)
+            code = getattr(exc, "code", None)
+            message, where = (f"exited with code {code}" if code is not None else _first_line(exc)), ""
+        if code == 0:
+            self.closed = False
+            return None
+        return GuestError(self.name, f"failed to initialize{where}: {message}")
 
     @property
     def release_gil(self) -> bool:
         """True when called from a worker thread (see Guest(threaded=True)): wasm runs without the GIL."""
-        return self._release_gil
+        return bool(self._core.release_gil)
 
     @release_gil.setter
     def release_gil(self, value: bool) -> None:
-        self._release_gil = bool(value)
-        if self._core is not None:
-            self._core.release_gil = self._release_gil
-
-    # -- calls into the guest --
-    def _call(self, export: str) -> None:
-        """Call an init export (`_initialize`/`_start`)."""
-        if self._core is not None:
-            self._core.call(_EXPORTS.index(export))
-        else:
-            self._ct_call(export, 0)
+        self._core.release_gil = bool(value)
 
     def _raise_trap(self, index: int) -> None:
-        """The accelerator's call trapped: raise it as GuestTrap (called from C)."""
-        trap, err = self._core.take_trap()
+        """The running call trapped: raise it as GuestTrap (called by the Core)."""
+        core = self._core
+        trap, err = core.take_trap()
         self.closed = True
-        raise self._trap_error(_EXPORTS[index], trap, err, self._core.trap_status)
-
-    def _ct_call(self, export: str, nargs: int) -> int:
-        """ctypes path: call an export through the unchecked C API; arguments/results in self._args."""
-        local = _current
-        prev = getattr(local, "instance", None)
-        local.instance = self
-        self.trap_status = 500
-        try:
-            _set_epoch_deadline(self._ctx, self._deadline)
-            err = _func_call_unchecked(self._ctx, self._funcs[export], self._args_addr, 2, self._trap_addr)
-            result = None if err or self._trap.value else self._args[0]
-        finally:
-            local.instance = prev
-        if result is None:
-            self.closed = True
-            trap, self._trap.value = self._trap.value, None
-            raise self._trap_error(export, trap or 0, err or 0, self.trap_status)
-        return int(result)
+        raise self._trap_error(_EXPORTS[index], trap, err, core.trap_status)
 
     def _trap_error(self, export: str, trap_ptr: int, err_ptr: int, status: int) -> GuestTrap:
         exit_code = None
@@ -672,29 +777,6 @@ class WasmInstance:
                 message = _first_line(trap)
         return GuestTrap(self.name, export, message, status=status, exit_code=exit_code)
 
-    def _ct_handle_request(self) -> int:
-        """Call `handle_request`; returns the raw i64 ctx_next."""
-        return self._ct_call(abi.EXPORT_HANDLE_REQUEST, 0)
-
-    def _ct_handle_response(self, req_ctx: int, is_error: bool) -> None:
-        args = self._args
-        args[0] = req_ctx & 0xFFFF_FFFF
-        args[2] = 1 if is_error else 0
-        self._ct_call(abi.EXPORT_HANDLE_RESPONSE, 2)
-
-    def _ct_request(self, exchange: Any, features: int) -> int:
-        host = self.host
-        host.begin(exchange, features)
-        ctx_next = self._ct_call(abi.EXPORT_HANDLE_REQUEST, 0)
-        if ctx_next & 1:
-            host.after_next()
-        return ctx_next
-
-    def _ct_response(self, req_ctx: int, is_error: bool) -> None:
-        host = self.host
-        self._ct_handle_response(req_ctx, is_error)
-        host.end()
-
     # -- guest memory, for host functions --
     def _bind_memory_from_caller(self, caller: int) -> None:
         """During instantiation (start section) the memory export is found through the caller."""
@@ -709,8 +791,7 @@ class WasmInstance:
         self._memory_addr = ctypes.addressof(memory)
         self._base = int(_memory_data(self._ctx, self._memory_addr))
         self._size = int(_memory_data_size(self._ctx, self._memory_addr))
-        if self._core is not None:
-            self._core.set_memory(self._memory_addr, self._base, self._size)
+        self._core.set_memory(self._memory_addr, self._base, self._size)
 
     def _in_bounds(self, end: int) -> bool:
         if end <= self._size:
@@ -748,9 +829,7 @@ class WasmInstance:
         self.closed = True
         self._memory_addr = 0
         self.host = None
-        if self._core is not None:
-            self._core.close()  # no call can reach the dropped store; breaks the core <-> instance cycle
-            self._core = None
+        self._core.close()  # no call can reach the dropped store; breaks the core <-> instance cycle
         self.handle_request = self.handle_response = self.request = self.response = _closed
         self._store = None  # type: ignore[assignment]
 
