@@ -32,6 +32,7 @@ GO_VERSION = "go1.27.3"
 GUESTS = [
     "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello",
     "copyheader",  # bench/run.py's filter: the same as guests/wat/copy_header.wat
+    "waf",  # the heavy guest: regex rules compiled at init (tests/test_waf.py, rules from waf/rules.py)
 ]
 
 BUILD_FLAGS = [
