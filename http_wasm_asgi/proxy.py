@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,7 +29,9 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
 _CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent", "content-type")
 # The server running this app (uvicorn, hypercorn) adds its own `date` and `server`: never send two.
 _SERVER_SUPPLIED = frozenset({b"date", b"server"})
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Request headers the client's `x-forwarded-*` are replaced by (the chain is kept, and extended).
+_NOT_FORWARDED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_NOT_RETURNED = HOP_BY_HOP | _SERVER_SUPPLIED
 # Idle upstream connections are closed after this many seconds: less than the keep-alive of common
 # servers (uvicorn and Node 5 s, nginx 75 s), so the upstream rarely closes one just as it is reused.
 KEEPALIVE_SECONDS = 4.0
@@ -57,35 +59,45 @@ class _WriteTimeout(Exception):
     """The upstream took no part of the request body for longer than the write timeout."""
 
 
-def _strip(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers, including those a `connection` header names."""
-    headers = list(headers)
-    named = {token.strip().lower() for k, v in headers if k.lower() == b"connection" for token in v.split(b",")}
-    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+def _named_by_connection(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names a `connection` header lists (hop-by-hop too); usually none."""
+    return frozenset(token.strip().lower() for k, v in headers if k.lower() == b"connection"
+                     for token in v.split(b","))
 
 
-def request_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+def request_headers(scope: Scope) -> list[tuple[str, str]]:
     """The headers to send upstream: the client's minus hop-by-hop ones, with fresh x-forwarded-*."""
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = [(k, v) for k, v in _strip(raw) if k not in _FORWARDED]
-    chain = [v.strip() for k, v in raw if k == b"x-forwarded-for" for v in v.split(b",") if v.strip()]
+    raw: Sequence[tuple[bytes, bytes]] = scope["headers"]
+    named = _named_by_connection(raw)
+    headers: list[tuple[str, str]] = []
+    chain: list[bytes] = []
+    host: bytes | None = None
+    for key, value in raw:
+        name = key.lower()
+        if name in _NOT_FORWARDED or name in named:
+            if name == b"x-forwarded-for":
+                chain += [part.strip() for part in value.split(b",") if part.strip()]
+            elif name == b"host" and host is None:
+                host = value
+        else:
+            headers.append((key.decode("latin-1"), value.decode("latin-1")))
     client = scope.get("client")
     if client:
         address = str(client[0]).encode()
         if not chain or chain[-1] != address:  # the server may already have taken it from the chain
             chain.append(address)
     if chain:
-        headers.append((b"x-forwarded-for", b", ".join(chain)))
-    headers.append((b"x-forwarded-proto", str(scope.get("scheme") or "http").encode()))
-    host = next((v for k, v in raw if k == b"host"), None)
+        headers.append(("x-forwarded-for", b", ".join(chain).decode("latin-1")))
+    headers.append(("x-forwarded-proto", str(scope.get("scheme") or "http")))
     if host:
-        headers.append((b"x-forwarded-host", host))
+        headers.append(("x-forwarded-host", host.decode("latin-1")))
     return headers
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: minus hop-by-hop ones and the server's own."""
-    return [(k, v) for k, v in _strip(raw) if k.lower() not in _SERVER_SUPPLIED]
+    named = _named_by_connection(raw)
+    return [(k, v) for k, v in raw if (name := k.lower()) not in _NOT_RETURNED and name not in named]
 
 
 def _failure(exc: BaseException) -> tuple[int, str]:
@@ -178,45 +190,47 @@ class ProxyApp:
             return
         query: bytes = scope.get("query_string") or b""
         url = yarl.URL(self._base + (path + b"?" + query if query else path).decode("latin-1"), encoded=True)
+        if self._slots.locked():  # as many requests in flight as connections allowed: wait for one
+            try:
+                async with asyncio.timeout(self.timeout.pool):
+                    await self._slots.acquire()
+            except TimeoutError:
+                log.warning("%s %s: no upstream connection free in time (PoolTimeout)", scope["method"],
+                            scope["path"])
+                await send_error(send, 503)
+                return
+        else:
+            await self._slots.acquire()  # free: no wait, no timer
         try:
-            async with asyncio.timeout(self.timeout.pool):
-                await self._slots.acquire()
-        except TimeoutError:
-            log.warning("%s %s: no upstream connection free in time (PoolTimeout)", scope["method"], scope["path"])
-            await send_error(send, 503)
-            return
-        try:
-            await self._exchange(scope, receive, send, url)
+            response = await self._send_request(scope, receive, url)
         except (aiohttp.ClientError, TimeoutError, _WriteTimeout) as exc:
+            self._slots.release()
             status, name = _failure(exc)
             log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream, name,
                         exc)
             await send_error(send, status)
+            return
+        try:
+            async with response:  # released (or closed, if not read to the end) on the way out
+                await self._stream_back(scope, response, send)
         finally:
             self._slots.release()
 
-    async def _exchange(self, scope: Scope, receive: Receive, send: Send, url: yarl.URL) -> None:
-        """Send the request (its body streamed under the write timeout), then stream the response back."""
+    async def _send_request(self, scope: Scope, receive: Receive, url: yarl.URL) -> aiohttp.ClientResponse:
+        """The upstream's response to the request; its body, if any, streamed under the write timeout."""
+        session = self._get_session()
+        headers = request_headers(scope)
         # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
-        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers(scope)]
-        started = False
+        if not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]):
+            return await session.request(scope["method"], url, headers=headers, allow_redirects=False)
         try:
-            async with asyncio.timeout(None) as deadline:
-                body = self._request_body(receive, deadline) if has_body else None
-                async with self._get_session().request(scope["method"], url, headers=headers, data=body,
-                                                       allow_redirects=False) as response:
-                    started = True
-                    await self._stream_back(scope, response, send)
+            async with asyncio.timeout(None) as deadline:  # moved by the body as the upstream takes it
+                return await session.request(scope["method"], url, headers=headers, allow_redirects=False,
+                                             data=self._request_body(receive, deadline))
         except TimeoutError:
-            if not deadline.expired():
-                raise
-        else:
-            return
-        if started:
-            raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed mid-response: "
-                                "WriteTimeout")
-        raise _WriteTimeout(f"no part of the request body was taken in {self.timeout.write} s")
+            if deadline.expired():
+                raise _WriteTimeout(f"no part of the request body was taken in {self.timeout.write} s") from None
+            raise
 
     async def _request_body(self, receive: Receive, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
         """The client's body as it arrives; each chunk must be taken by the upstream within the write timeout."""
@@ -237,11 +251,13 @@ class ProxyApp:
         """The upstream's response to the client; a failure mid-body breaks the client's connection."""
         await send({"type": "http.response.start", "status": response.status,
                     "headers": response_headers(response.raw_headers)})
+        content, more = response.content, True
         try:
-            async for chunk in response.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while more:  # each chunk as it arrives; the last one (often the only one) ends the response
+                chunk = await content.readany()
+                more = bool(chunk) and not content.at_eof()
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status line is gone already: the only honest thing left is to break the connection.
             raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed "
                                 f"mid-response: {_failure(exc)[1]}") from None
-        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -105,6 +105,10 @@ class Upstream:
         elif path == "/no-read":  # takes none of the request body and never answers (bounded)
             await asyncio.sleep(10)
             await _json(send, {"late": True})
+        elif path == "/broken":  # a chunked response cut off: uvicorn drops the connection without the last chunk
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            raise RuntimeError("the upstream breaks off mid-body")
         elif path == "/cookie":
             await _json(send, {"cookie": [v.decode() for k, v in scope["headers"] if k == b"cookie"]},
                         extra=[(b"set-cookie", b"session=upstream-secret; Path=/")])
@@ -316,7 +320,7 @@ def test_x_forwarded_headers_follow_the_servers_trust(upstream: Upstream) -> Non
 
 
 def test_cookies_the_upstream_sets_are_not_kept_by_the_proxy(upstream: Upstream) -> None:
-    url = upstream.url
+    url = upstream.url.replace("127.0.0.1", "localhost")  # a client cookie jar ignores cookies of IP hosts
     with front(url) as front_url:
         first = httpx.get(front_url + "/cookie", timeout=10)
         assert first.headers["set-cookie"] == "session=upstream-secret; Path=/"  # passed on to its client ...
@@ -516,6 +520,17 @@ def test_an_upstream_that_stalls_mid_body_breaks_the_response_instead_of_hanging
             assert r.status_code == 200
             r.read()  # a truncated body must not look complete
         assert time.monotonic() - start < 3
+
+
+def test_an_upstream_that_breaks_off_mid_body_breaks_the_response(
+        upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL, logger="uvicorn.error")  # both servers report the broken response
+    url = upstream.url
+    with front(url) as front_url:
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", front_url + "/broken", timeout=10) as r:
+            assert r.status_code == 200 and "content-length" not in r.headers
+            r.read()  # a chunked body without its last chunk: never complete-looking
+        assert httpx.get(front_url + "/after", timeout=10).status_code == 200  # the next request is fine
 
 
 def test_no_pooled_connection_in_time_gives_503(upstream: Upstream) -> None:
