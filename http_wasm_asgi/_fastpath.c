@@ -32,7 +32,12 @@
 #include <structmember.h>
 #include <time.h>
 
-typedef void *(*call_unchecked_fn)(void *ctx, const void *func, void *vals, size_t n, void **trap);
+typedef void *(*call_async_fn)(void *ctx, const void *func, const void *args, size_t nargs, void *results,
+                               size_t nresults, void **trap, void **err);
+typedef void *(*instantiate_async_fn)(const void *pre, void *ctx, void *instance, void **trap, void **err);
+typedef unsigned char (*future_poll_fn)(void *future);
+typedef void (*future_delete_fn)(void *future);
+typedef void (*yield_update_fn)(void *ctx, uint64_t delta);
 typedef void (*set_deadline_fn)(void *ctx, uint64_t ticks);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
 typedef void (*increment_epoch_fn)(void *engine);
@@ -43,18 +48,32 @@ typedef void *(*define_fn)(void *linker, const char *module, size_t module_len, 
                            size_t name_len, const void *functype, trampoline_fn cb, void *env,
                            finalizer_fn finalizer);
 
-static call_unchecked_fn p_call;
+static call_async_fn p_call_async;
+static instantiate_async_fn p_instantiate_async;
+static future_poll_fn p_poll;
+static future_delete_fn p_delete;
+static yield_update_fn p_yield_update;
 static set_deadline_fn p_set_deadline;
 static trap_new_fn p_trap_new;
 static increment_epoch_fn p_increment_epoch;
 static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
-static PyObject *str_raise_trap;
+static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 3 /* bump with every change of what runtime.py calls */
-#define SLOT 16 /* sizeof(wasmtime_val_raw_t) */
+#define FASTPATH_VERSION 4 /* bump with every change of what runtime.py calls */
+#define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
+#define INSTANTIATE NEXPORTS /* the "export index" of instantiation (the start section) */
+#define WASMTIME_I32 0
+#define WASMTIME_I64 1
+
+/* wasmtime_val_t: a kind byte, then a 24-byte union at offset 8 (runtime.check_binding checks the size) */
+typedef struct {
+    uint8_t kind;
+    uint8_t pad[7];
+    union { int32_t i32; int64_t i64; uint8_t raw[24]; } of;
+} val_t;
 
 /* Slot offsets of the host's classes, from the slots they declare in NATIVE_SLOTS (configure_host). */
 static PyTypeObject *t_host, *t_exchange;
@@ -70,13 +89,20 @@ static int native_ready;
 
 /* ---------------------------------------------------------------- Core */
 
+enum { AFTER_NONE, AFTER_RESULT, AFTER_REQUEST, AFTER_RESPONSE }; /* what completing a call returns/does */
+enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_FAILED = -1 };
+
 typedef struct {
     PyObject_HEAD
     void *ctx;                /* wasmtime_context_t*; NULL once closed */
     void *funcs[NEXPORTS];    /* wasmtime_func_t* of handle_request, handle_response, _initialize, _start */
-    uint64_t vals[4];         /* two wasmtime_val_raw_t slots: arguments in, result out */
+    val_t args[2], results[1];/* of the running call: kept unchanged while its future lives */
+    void *future;             /* the running call's wasmtime_call_future_t, NULL between calls */
     void *trap, *err;         /* what the last failed call left (taken by take_trap) */
-    unsigned long long deadline;
+    int index, after;         /* the running call: export index, what completing it does */
+    int timed_out;            /* the last call ran out of time (no trap object: it was cancelled) */
+    long long budget_ns;      /* call_timeout */
+    long long start_ns, own_ns, others0; /* the running call's clock (see slice) */
     const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */
     uint8_t *base;            /* memory base: fixed (memory_may_move = false) */
     size_t size;              /* a lower bound of the memory size: memory only grows */
@@ -84,20 +110,37 @@ typedef struct {
     int trap_status;
     PyObject *owner;          /* the runtime's WasmInstance */
     PyObject *host;           /* what Python host functions get first */
+    PyObject *store;          /* the wasmtime.Store: outlives any running call (cancelled before it goes) */
 } Core;
 
 static _Thread_local Core *current;  /* the instance whose guest code runs on this thread */
 static _Thread_local int holds_gil;  /* the running guest call kept the GIL */
+/* Guest time on this thread, for the calls' clocks and the event loop's turn budget. */
+static _Thread_local long long thread_slices_ns; /* every slice ever run on this thread */
+static _Thread_local long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
+static _Thread_local unsigned long long quick_calls; /* cooperative calls done in their first slice */
+static long long turn_ns = 1000000, turn_window_ns = 2000000; /* set_turn() */
+
+static inline long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void cancel_call(Core *self);
 
 static int Core_traverse(Core *self, visitproc visit, void *arg) {
     Py_VISIT(self->owner);
     Py_VISIT(self->host);
+    Py_VISIT(self->store);
     return 0;
 }
 
 static int Core_clear(Core *self) {
+    cancel_call(self); /* while the store is still alive */
     Py_CLEAR(self->owner);
     Py_CLEAR(self->host);
+    Py_CLEAR(self->store);
     return 0;
 }
 
@@ -107,18 +150,23 @@ static void Core_dealloc(Core *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Core(owner, store, context address, budget seconds): the store yields to its caller at every epoch tick. */
 static int Core_init(Core *self, PyObject *args, PyObject *kw) {
-    PyObject *owner;
-    unsigned long long ctx, deadline;
-    if (!PyArg_ParseTuple(args, "OKK", &owner, &ctx, &deadline))
+    PyObject *owner, *store;
+    unsigned long long ctx;
+    double budget;
+    if (!PyArg_ParseTuple(args, "OOKd", &owner, &store, &ctx, &budget))
         return -1;
     Py_INCREF(owner);
     Py_XSETREF(self->owner, owner);
+    Py_INCREF(store);
+    Py_XSETREF(self->store, store);
     Py_INCREF(Py_None);
     Py_XSETREF(self->host, Py_None);
     self->ctx = (void *)(uintptr_t)ctx;
-    self->deadline = deadline;
+    self->budget_ns = (long long)(budget * 1e9);
     self->trap_status = 500;
+    p_yield_update(self->ctx, 1);
     return 0;
 }
 
@@ -145,14 +193,43 @@ static PyObject *Core_set_memory(Core *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* take_trap() -> (trap, error, timed_out): what the last failed call left */
 static PyObject *Core_take_trap(Core *self, PyObject *unused) {
-    PyObject *r = Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)self->trap,
-                                (unsigned long long)(uintptr_t)self->err);
+    PyObject *r = Py_BuildValue("(KKO)", (unsigned long long)(uintptr_t)self->trap,
+                                (unsigned long long)(uintptr_t)self->err, self->timed_out ? Py_True : Py_False);
     self->trap = self->err = NULL;
+    self->timed_out = 0;
     return r;
 }
 
+/* Whether the wasmtime.Store is still open: the garbage collector may run its finalizer (closing it)
+ * before it clears the Core of an abandoned instance. */
+static int store_open(Core *self) {
+    if (self->store == NULL)
+        return 0;
+    PyObject *ptr = PyObject_GetAttrString(self->store, "_Managed__ptr");
+    int open = ptr != NULL && ptr != Py_None;
+    Py_XDECREF(ptr);
+    PyErr_Clear();
+    return open;
+}
+
+/* Drop the running call, if any: wasmtime unwinds its fiber (no host function runs). A call whose store
+ * is already gone cannot be unwound: it is left as it is (leaked) rather than touching freed memory. */
+static void cancel_call(Core *self) {
+    if (self->future == NULL)
+        return;
+    if (store_open(self)) {
+        Core *prev = current;
+        current = self;
+        p_delete(self->future);
+        current = prev;
+    }
+    self->future = NULL;
+}
+
 static PyObject *Core_close(Core *self, PyObject *unused) {
+    cancel_call(self);
     self->ctx = NULL;
     self->memory = NULL;
     self->base = NULL;
@@ -166,46 +243,101 @@ static PyObject *Core_close(Core *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* Call export `index`; returns 0, or -1 after the owner raised the trap as a Python exception. */
-static int do_call(Core *self, int index) {
-    void *func = self->funcs[index];
-    if (self->ctx == NULL || func == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
-        return -1;
-    }
+/* The owner raises the failed call as a Python exception; always -1. */
+static int raise_trap(Core *self) {
+    PyObject *i = PyLong_FromLong(self->index);
+    PyObject *r = (i && self->owner != Py_None) ? PyObject_CallMethodOneArg(self->owner, str_raise_trap, i) : NULL;
+    Py_XDECREF(i);
+    Py_XDECREF(r);
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "guest call failed");
+    return CALL_FAILED;
+}
+
+/* One slice of the running call: poll its future once (it runs until done or the next epoch tick).
+ *
+ * The call's clock is its own slices plus the time other (non-guest) work ran on this thread while it
+ * was suspended; other calls' slices do not count. Past the budget the call is cancelled (503). */
+static int slice(Core *self, long long t0) {
     Core *prev = current;
     int prev_holds = holds_gil;
+    unsigned char done;
     Py_INCREF(self); /* a host function may drop the last outside reference */
     current = self;
-    self->trap_status = 500;
-    p_set_deadline(self->ctx, self->deadline);
-    void *trap = NULL;
-    void *err;
     if (self->release_gil) {
         holds_gil = 0;
         Py_BEGIN_ALLOW_THREADS
-        err = p_call(self->ctx, func, self->vals, 2, &trap);
+        done = p_poll(self->future);
         Py_END_ALLOW_THREADS
     } else {
         holds_gil = 1;
-        err = p_call(self->ctx, func, self->vals, 2, &trap);
+        done = p_poll(self->future);
     }
+    long long t1 = now_ns(), d = t1 - t0;
     current = prev;
     holds_gil = prev_holds;
-    int rc = 0;
-    if (err || trap) {
-        self->trap = trap;
-        self->err = err;
-        PyObject *i = PyLong_FromLong(index);
-        PyObject *r = i ? PyObject_CallMethodOneArg(self->owner, str_raise_trap, i) : NULL;
-        Py_XDECREF(i);
-        Py_XDECREF(r);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "guest trapped");
-        rc = -1;
+    self->own_ns += d;
+    thread_slices_ns += d;
+    turn_busy_ns += d;
+    int rc = CALL_SUSPENDED;
+    if (done) {
+        p_delete(self->future);
+        self->future = NULL;
+        rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
+    } else if ((t1 - self->start_ns) - (thread_slices_ns - self->others0 - self->own_ns) >= self->budget_ns) {
+        cancel_call(self);
+        self->timed_out = 1;
+        self->trap_status = 503;
+        rc = raise_trap(self);
     }
     Py_DECREF(self);
     return rc;
+}
+
+/* Start a call whose future is in self->future. cooperative: return CALL_SUSPENDED when it does not end in
+ * its first slice, or without running it when guests already had this turn's budget; else run it to its end. */
+static int run(Core *self, int cooperative) {
+    long long t = now_ns();
+    self->start_ns = t;
+    self->own_ns = 0;
+    self->others0 = thread_slices_ns;
+    if (cooperative) {
+        if (t - turn_start_ns >= turn_window_ns) {
+            turn_start_ns = t;
+            turn_busy_ns = 0;
+        }
+        if (turn_busy_ns >= turn_ns)
+            return CALL_SUSPENDED; /* deferred: let the event loop run first */
+    }
+    int rc = slice(self, t);
+    if (!cooperative)
+        while (rc == CALL_SUSPENDED)
+            rc = slice(self, now_ns());
+    else if (rc == CALL_DONE)
+        quick_calls++;
+    return rc;
+}
+
+static int start(Core *self, int index, int after, int cooperative) {
+    void *func = index < NEXPORTS ? self->funcs[index] : NULL;
+    if (self->ctx == NULL || func == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
+        return CALL_FAILED;
+    }
+    if (self->future != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a call is already running on this instance");
+        return CALL_FAILED;
+    }
+    size_t nargs = index == 1 ? 2 : 0, nresults = index == 0 ? 1 : 0;
+    self->trap = self->err = NULL;
+    self->timed_out = 0;
+    self->trap_status = 500;
+    self->index = index;
+    self->after = after;
+    p_set_deadline(self->ctx, 1); /* the first slice ends at the next tick */
+    self->future = p_call_async(self->ctx, func, self->args, nargs, self->results, nresults, &self->trap,
+                                &self->err);
+    return run(self, cooperative);
 }
 
 /* GuestHost.begin(exchange, features), after_next() and end(), on the slots: the same
@@ -233,94 +365,112 @@ static void host_end(PyObject *h) {
 
 static int native_host(Core *self) { return native_ready && self->host && Py_IS_TYPE(self->host, t_host); }
 
-/* request(exchange, features) -> ctx_next: host.begin(exchange, features), handle_request, and
- * host.after_next() when the guest said next. */
-static PyObject *Core_request(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+static int call_host(PyObject *host, const char *method) {
+    PyObject *r = PyObject_CallMethod(host, method, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* The value of a call that ended, after what ends it on the host (after_next on next, end). */
+static PyObject *complete(Core *self, int rc) {
+    if (rc == CALL_FAILED)
+        return NULL;
+    if (rc == CALL_SUSPENDED)
+        return Py_NewRef(suspended);
+    uint64_t ctx_next = (uint64_t)self->results[0].of.i64;
+    switch (self->after) {
+    case AFTER_RESULT:
+        return PyLong_FromUnsignedLongLong(ctx_next);
+    case AFTER_REQUEST:
+        if (ctx_next & 1) {
+            if (native_host(self))
+                host_after_next(self->host);
+            else if (call_host(self->host, "after_next") < 0)
+                return NULL;
+        }
+        return PyLong_FromUnsignedLongLong(ctx_next);
+    case AFTER_RESPONSE:
+        if (native_host(self))
+            host_end(self->host);
+        else if (call_host(self->host, "end") < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+/* request(exchange, features) / start_request(...): host.begin(exchange, features), handle_request,
+ * and host.after_next() when the guest said next; the i64 ctx_next. */
+static PyObject *request_call(Core *self, PyObject *const *args, Py_ssize_t nargs, int cooperative) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "request(exchange, features)");
         return NULL;
     }
-    PyObject *host = self->host;
-    if (host == NULL) {
+    if (self->host == NULL || self->ctx == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
         return NULL;
     }
-    Py_INCREF(host);
-    PyObject *r;
-    int native = native_host(self) && PyLong_CheckExact(args[1]);
-    if (native)
-        host_begin(host, args[0], args[1]);
-    else if ((r = PyObject_CallMethod(host, "begin", "OO", args[0], args[1])) == NULL)
-        goto fail;
-    else
+    if (native_host(self) && PyLong_CheckExact(args[1])) {
+        host_begin(self->host, args[0], args[1]);
+    } else {
+        PyObject *r = PyObject_CallMethod(self->host, "begin", "OO", args[0], args[1]);
+        if (r == NULL)
+            return NULL;
         Py_DECREF(r);
-    if (do_call(self, 0) < 0)
-        goto fail;
-    uint64_t ctx_next = self->vals[0];
-    if (ctx_next & 1) {
-        if (native)
-            host_after_next(host);
-        else if ((r = PyObject_CallMethod(host, "after_next", NULL)) == NULL)
-            goto fail;
-        else
-            Py_DECREF(r);
     }
-    Py_DECREF(host);
-    return PyLong_FromUnsignedLongLong(ctx_next);
-fail:
-    Py_DECREF(host);
-    return NULL;
+    return complete(self, start(self, 0, AFTER_REQUEST, cooperative));
 }
 
-/* response(req_ctx, is_error): handle_response, then host.end() (not after a trap). */
-static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssize_t nargs);
-
-static PyObject *Core_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
-    PyObject *host = self->host;
-    if (host == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed");
-        return NULL;
-    }
-    Py_INCREF(host);
-    PyObject *r = Core_handle_response(self, args, nargs);
-    if (r != NULL) {
-        if (native_host(self)) {
-            host_end(host);
-        } else {
-            Py_DECREF(r);
-            r = PyObject_CallMethod(host, "end", NULL);
-        }
-    }
-    Py_DECREF(host);
-    return r;
-}
-
-static PyObject *Core_handle_request(Core *self, PyObject *unused) {
-    if (do_call(self, 0) < 0)
-        return NULL;
-    return PyLong_FromUnsignedLongLong(self->vals[0]);
-}
-
-/* handle_response(req_ctx, is_error) */
-static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+static int set_response_args(Core *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "handle_response(req_ctx, is_error)");
-        return NULL;
+        return -1;
     }
     unsigned long long req_ctx = PyLong_AsUnsignedLongLongMask(args[0]);
     int is_error = PyObject_IsTrue(args[1]);
     if (PyErr_Occurred() || is_error < 0)
-        return NULL;
-    self->vals[0] = req_ctx & 0xFFFFFFFFull;
-    self->vals[1] = 0;
-    self->vals[2] = is_error ? 1 : 0;
-    self->vals[3] = 0;
-    if (do_call(self, 1) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+        return -1;
+    self->args[0].kind = self->args[1].kind = WASMTIME_I32;
+    self->args[0].of.i32 = (int32_t)(uint32_t)(req_ctx & 0xFFFFFFFFull);
+    self->args[1].of.i32 = is_error ? 1 : 0;
+    return 0;
 }
 
-/* call(index) -> None: an init export (_initialize/_start) */
+/* response(req_ctx, is_error) / start_response(...): handle_response, then host.end() (not after a trap). */
+static PyObject *response_call(Core *self, PyObject *const *args, Py_ssize_t nargs, int cooperative) {
+    if (set_response_args(self, args, nargs) < 0)
+        return NULL;
+    return complete(self, start(self, 1, AFTER_RESPONSE, cooperative));
+}
+
+static PyObject *Core_request(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    return request_call(self, args, nargs, 0);
+}
+
+static PyObject *Core_start_request(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    return request_call(self, args, nargs, 1);
+}
+
+static PyObject *Core_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    return response_call(self, args, nargs, 0);
+}
+
+static PyObject *Core_start_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    return response_call(self, args, nargs, 1);
+}
+
+static PyObject *Core_handle_request(Core *self, PyObject *unused) {
+    return complete(self, start(self, 0, AFTER_RESULT, 0));
+}
+
+static PyObject *Core_handle_response(Core *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (set_response_args(self, args, nargs) < 0)
+        return NULL;
+    return complete(self, start(self, 1, AFTER_NONE, 0));
+}
+
+/* call(index) -> None: an init export (_initialize/_start), run to its end */
 static PyObject *Core_call(Core *self, PyObject *arg) {
     long index = PyLong_AsLong(arg);
     if (index == -1 && PyErr_Occurred())
@@ -329,8 +479,46 @@ static PyObject *Core_call(Core *self, PyObject *arg) {
         PyErr_SetString(PyExc_IndexError, "export index");
         return NULL;
     }
-    if (do_call(self, (int)index) < 0)
+    return complete(self, start(self, (int)index, AFTER_NONE, 0));
+}
+
+/* instantiate(instance_pre, wasmtime_instance_t address): instantiate into this store (running the
+ * start section), to the end, on this thread. */
+static PyObject *Core_instantiate(Core *self, PyObject *args) {
+    unsigned long long pre, out;
+    if (!PyArg_ParseTuple(args, "KK", &pre, &out))
         return NULL;
+    if (self->ctx == NULL || self->future != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "guest instance is closed or busy");
+        return NULL;
+    }
+    self->trap = self->err = NULL;
+    self->timed_out = 0;
+    self->trap_status = 500;
+    self->index = INSTANTIATE;
+    self->after = AFTER_NONE;
+    p_set_deadline(self->ctx, 1);
+    self->future = p_instantiate_async((const void *)(uintptr_t)pre, self->ctx, (void *)(uintptr_t)out, &self->trap,
+                                       &self->err);
+    return complete(self, run(self, 0));
+}
+
+/* resume() -> the suspended call's value, or SUSPENDED: one more slice. The caller (the event loop's
+ * scheduler) starts a new turn for it. */
+static PyObject *Core_resume(Core *self, PyObject *unused) {
+    if (self->future == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no suspended call on this instance");
+        return NULL;
+    }
+    long long t = now_ns();
+    turn_start_ns = t;
+    turn_busy_ns = 0;
+    return complete(self, slice(self, t));
+}
+
+/* cancel(): abandon the suspended call (its instance must not be used again). */
+static PyObject *Core_cancel(Core *self, PyObject *unused) {
+    cancel_call(self);
     Py_RETURN_NONE;
 }
 
@@ -344,6 +532,18 @@ static int Core_set_release_gil(Core *self, PyObject *value, void *closure) {
     return 0;
 }
 
+static PyObject *Core_get_used(Core *self, void *closure) { return PyFloat_FromDouble(self->own_ns / 1e9); }
+
+static PyObject *Core_get_budget(Core *self, void *closure) { return PyFloat_FromDouble(self->budget_ns / 1e9); }
+
+static int Core_set_budget(Core *self, PyObject *value, void *closure) {
+    double v = value ? PyFloat_AsDouble(value) : -1.0;
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    self->budget_ns = (long long)(v * 1e9);
+    return 0;
+}
+
 static PyMethodDef Core_methods[] = {
     {"handle_request", (PyCFunction)Core_handle_request, METH_NOARGS, "Call handle_request; the i64 result."},
     {"handle_response", (PyCFunction)(void (*)(void))Core_handle_response, METH_FASTCALL,
@@ -352,10 +552,17 @@ static PyMethodDef Core_methods[] = {
      "host.begin(exchange, features); handle_request; host.after_next() on next. The i64 result."},
     {"response", (PyCFunction)(void (*)(void))Core_response, METH_FASTCALL,
      "handle_response(req_ctx, is_error); host.end()."},
+    {"start_request", (PyCFunction)(void (*)(void))Core_start_request, METH_FASTCALL,
+     "request(), or SUSPENDED when the guest yielded (resume() goes on)."},
+    {"start_response", (PyCFunction)(void (*)(void))Core_start_response, METH_FASTCALL,
+     "response(), or SUSPENDED when the guest yielded (resume() goes on)."},
+    {"resume", (PyCFunction)Core_resume, METH_NOARGS, "One more slice of the suspended call."},
+    {"cancel", (PyCFunction)Core_cancel, METH_NOARGS, "Abandon the suspended call."},
     {"call", (PyCFunction)Core_call, METH_O, "Call an init export by index."},
+    {"instantiate", (PyCFunction)Core_instantiate, METH_VARARGS, "instantiate(instance_pre, instance_t address)"},
     {"set_func", (PyCFunction)Core_set_func, METH_VARARGS, "set_func(index, wasmtime_func_t address)"},
     {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(wasmtime_memory_t address, base, size)"},
-    {"take_trap", (PyCFunction)Core_take_trap, METH_NOARGS, "(trap, error) pointers of the last failed call"},
+    {"take_trap", (PyCFunction)Core_take_trap, METH_NOARGS, "(trap, error, timed_out) of the last failed call"},
     {"close", (PyCFunction)Core_close, METH_NOARGS, "Forget the store: no more calls."},
     {NULL, NULL, 0, NULL},
 };
@@ -368,6 +575,8 @@ static PyMemberDef Core_members[] = {
 
 static PyGetSetDef Core_getset[] = {
     {"release_gil", (getter)Core_get_release_gil, (setter)Core_set_release_gil, "release the GIL in calls", NULL},
+    {"used", (getter)Core_get_used, NULL, "seconds of guest time the running (or last) call used", NULL},
+    {"budget", (getter)Core_get_budget, (setter)Core_set_budget, "seconds each call may take (see slice)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -375,7 +584,7 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "http_wasm_asgi._fastpath.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Core(owner, context address, deadline ticks): one instance's fast call path",
+    .tp_doc = "Core(owner, store, context address, budget seconds): one instance's call path",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,
@@ -401,6 +610,19 @@ static PyObject *set_current(PyObject *self, PyObject *arg) {
     }
     holds_gil = 0;
     return prev;
+}
+
+/* quick_calls() -> cooperative calls on this thread that ended in their first slice (a counter) */
+static PyObject *quick_calls_count(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(quick_calls); }
+
+/* set_turn(turn seconds, window seconds): the guest time the event loop gives guests per turn */
+static PyObject *set_turn(PyObject *self, PyObject *args) {
+    double turn, window;
+    if (!PyArg_ParseTuple(args, "dd", &turn, &window))
+        return NULL;
+    turn_ns = (long long)(turn * 1e9);
+    turn_window_ns = (long long)(window * 1e9);
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------- native host functions */
@@ -991,16 +1213,23 @@ static PyObject *accelerated(PyObject *self, PyObject *reference) {
 
 /* ---------------------------------------------------------------- configure, ticker */
 
+/* configure(call_async, instantiate_async, future_poll, future_delete, yield_update, set_deadline, trap_new,
+ * increment_epoch, memory_data_size, error handler): the wasmtime entry points (addresses) and the runtime's
+ * host error handler. */
 static PyObject *configure(PyObject *self, PyObject *args) {
-    unsigned long long call, deadline, trap_new, increment, memory_size;
+    unsigned long long f[9];
     PyObject *handler;
-    if (!PyArg_ParseTuple(args, "KKKKKO", &call, &deadline, &trap_new, &increment, &memory_size, &handler))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKO", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &handler))
         return NULL;
-    p_call = (call_unchecked_fn)(uintptr_t)call;
-    p_set_deadline = (set_deadline_fn)(uintptr_t)deadline;
-    p_trap_new = (trap_new_fn)(uintptr_t)trap_new;
-    p_increment_epoch = (increment_epoch_fn)(uintptr_t)increment;
-    p_memory_size = (memory_size_fn)(uintptr_t)memory_size;
+    p_call_async = (call_async_fn)(uintptr_t)f[0];
+    p_instantiate_async = (instantiate_async_fn)(uintptr_t)f[1];
+    p_poll = (future_poll_fn)(uintptr_t)f[2];
+    p_delete = (future_delete_fn)(uintptr_t)f[3];
+    p_yield_update = (yield_update_fn)(uintptr_t)f[4];
+    p_set_deadline = (set_deadline_fn)(uintptr_t)f[5];
+    p_trap_new = (trap_new_fn)(uintptr_t)f[6];
+    p_increment_epoch = (increment_epoch_fn)(uintptr_t)f[7];
+    p_memory_size = (memory_size_fn)(uintptr_t)f[8];
     Py_INCREF(handler);
     Py_XSETREF(error_handler, handler);
     Py_RETURN_NONE;
@@ -1055,6 +1284,8 @@ static PyMethodDef methods[] = {
      "Guest-set response headers the app does not set, then the app's."},
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
     {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
+    {"quick_calls", quick_calls_count, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
+    {"set_turn", set_turn, METH_VARARGS, "set_turn(turn, window): guest seconds per event-loop turn."},
     {"start_ticker", start_ticker, METH_VARARGS, "Start the native epoch ticker."},
     {NULL, NULL, 0, NULL},
 };
@@ -1063,13 +1294,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     str_raise_trap = PyUnicode_InternFromString("_raise_trap");
-    if (str_raise_trap == NULL || PyType_Ready(&CoreType) < 0)
+    suspended = PyLong_FromLong(-1);
+    if (str_raise_trap == NULL || suspended == NULL || PyType_Ready(&CoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     /* runtime.py refuses a build whose VERSION is not the one it was written for (a stale build) */
-    if (PyModule_AddIntConstant(m, "VERSION", FASTPATH_VERSION) < 0) {
+    if (PyModule_AddIntConstant(m, "VERSION", FASTPATH_VERSION) < 0 || PyModule_AddObjectRef(m, "SUSPENDED", suspended) < 0) {
         Py_DECREF(m);
         return NULL;
     }

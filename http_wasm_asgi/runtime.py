@@ -26,15 +26,19 @@ GIL during the call (cheaper) unless the instance's `release_gil` is set
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
 import hashlib
+import importlib
 import logging
 import os
 import struct
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +52,7 @@ from .errors import GuestError, GuestTrap, HostTrap
 
 __all__ = [
     "EPOCH_TICK_SECONDS",
+    "SUSPENDED",
     "HostFunction",
     "Limits",
     "ModuleInfo",
@@ -66,9 +71,15 @@ log = logging.getLogger("http_wasm_asgi.runtime")
 # arguments as unsigned ints; it returns an int for functions with a result.
 HostFunction = Callable[..., int | None]
 
-EPOCH_TICK_SECONDS: Final = 0.01
+EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 3  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 4  # the _fastpath.c this module was written for (its VERSION)
+# Cooperative calls (see WasmInstance.start_request and _Slices):
+SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
+TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
+TURN_NS: Final = int(TURN_SECONDS * 1e9)
+LONG_CALL_SECONDS: Final = 0.01  # a suspended call that used more is "long": it yields to shorter ones ...
+LONG_SHARE: Final = 0.1  # ... and gets at most this share of the loop while other requests are served
 _EMPTY: Final = b""
 
 # --- raw C entry points, with argument types chosen for speed (plain ints) ---
@@ -88,7 +99,11 @@ def _address(name: str) -> int:
     return int(ctypes.cast(getattr(_dll, name), _VP).value or 0)
 
 
-_func_call_unchecked = _cfunc("wasmtime_func_call_unchecked", _VP, _VP, _VP, _VP, ctypes.c_size_t, _VP)
+_call_async = _cfunc("wasmtime_func_call_async", _VP, _VP, _VP, _VP, ctypes.c_size_t, _VP, ctypes.c_size_t, _VP, _VP)
+_instantiate_async = _cfunc("wasmtime_instance_pre_instantiate_async", _VP, _VP, _VP, _VP, _VP, _VP)
+_future_poll = _cfunc("wasmtime_call_future_poll", ctypes.c_bool, _VP)
+_future_delete = _cfunc("wasmtime_call_future_delete", None, _VP)
+_yield_update = _cfunc("wasmtime_context_epoch_deadline_async_yield_and_update", None, _VP, ctypes.c_uint64)
 _memory_data = _cfunc("wasmtime_memory_data", ctypes.c_size_t, _VP, _VP)
 _memory_data_size = _cfunc("wasmtime_memory_data_size", ctypes.c_size_t, _VP, _VP)
 _set_epoch_deadline = _cfunc("wasmtime_context_set_epoch_deadline", None, _VP, ctypes.c_uint64)
@@ -123,8 +138,9 @@ def check_binding() -> None:
     major = int(wasmtime_version().split(".")[0])
     if major != WASMTIME_MAJOR:
         raise RuntimeError(f"http_wasm_asgi needs wasmtime {WASMTIME_MAJOR}.x, found {wasmtime_version()}")
-    if _RAW_SIZE != 16:
-        raise RuntimeError(f"unexpected wasmtime_val_raw size {_RAW_SIZE}")
+    if _RAW_SIZE != 16 or ctypes.sizeof(ffi.wasmtime_val_t) != 32:
+        raise RuntimeError(f"unexpected wasmtime_val_raw/wasmtime_val size {_RAW_SIZE}/"
+                           f"{ctypes.sizeof(ffi.wasmtime_val_t)}")
 
 
 check_binding()
@@ -135,7 +151,7 @@ def _load_accelerator() -> Any:
     try:
         if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
             raise ImportError("disabled by HTTP_WASM_ASGI_NO_FASTPATH")
-        from . import _fastpath  # type: ignore[attr-defined]
+        _fastpath: Any = importlib.import_module("._fastpath", __package__)
     except ImportError:  # not compiled (no C compiler at install): the ctypes path does the same
         return None
     version = getattr(_fastpath, "VERSION", None)
@@ -144,13 +160,26 @@ def _load_accelerator() -> Any:
                     "package to rebuild it", version, FASTPATH_VERSION)
         return None
     _fastpath.configure(*map(_address, (
-        "wasmtime_func_call_unchecked", "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new",
-        "wasmtime_engine_increment_epoch", "wasmtime_memory_data_size")), _host_error)
+        "wasmtime_func_call_async", "wasmtime_instance_pre_instantiate_async", "wasmtime_call_future_poll",
+        "wasmtime_call_future_delete", "wasmtime_context_epoch_deadline_async_yield_and_update",
+        "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new", "wasmtime_engine_increment_epoch",
+        "wasmtime_memory_data_size")), _host_error)
+    _fastpath.set_turn(TURN_SECONDS, 2 * TURN_SECONDS)
     return _fastpath
 
 
 # --- the ctypes implementation of the accelerator's interface ---
-_ct_local = threading.local()  # .core: the PyCore whose guest code runs on this thread
+class _Thread(threading.local):
+    """Per-thread state of the ctypes path (the accelerator keeps the same in C thread-locals)."""
+
+    core: PyCore | None = None  # whose guest code runs on this thread
+    slices = 0  # ns of guest slices ever run on this thread
+    turn_start = 0  # ns: the current turn (see TURN_SECONDS)
+    turn_busy = 0  # ns of guest time in the current turn
+    quick = 0  # cooperative calls that ended in their first slice
+
+
+_ct_local = _Thread()
 
 
 def _trap(message: str) -> int:
@@ -158,34 +187,56 @@ def _trap(message: str) -> int:
     return int(_trap_new(data, len(data)))
 
 
+_AFTER_NONE, _AFTER_RESULT, _AFTER_REQUEST, _AFTER_RESPONSE = range(4)  # what completing a call returns/does
+_DONE, _SUSPENDED, _FAILED = 0, 1, -1
+
+
 class PyCore:
     """One instance's call path through ctypes: the interface of the accelerator's `_fastpath.Core`.
 
-    Core(owner, context address, deadline ticks); `set_func(index, func address)` for each export
-    of `_EXPORTS`; `handle_request()`, `handle_response(req_ctx, is_error)`, `request(exchange,
-    features)`, `response(req_ctx, is_error)` and `call(index)` call into the guest. A trap is
-    kept (`take_trap`) and raised by `owner._raise_trap(index)`. `trap_status` is the HTTP status
-    of the running call's trap (a host function may set it); `host` is what Python host
-    functions get first.
+    Core(owner, store, context address, budget seconds) makes the store yield to its caller at
+    every epoch tick; `set_func(index, func address)` for each export of `_EXPORTS`.
+    Calls that run to their end: `instantiate(instance_pre, instance_t address)`, `call(index)`,
+    `handle_request()`, `handle_response(req_ctx, is_error)`, `request(exchange, features)`
+    (host.begin, handle_request, host.after_next on next) and `response(req_ctx, is_error)`
+    (handle_response, host.end). Cooperative calls: `start_request`/`start_response` return
+    SUSPENDED when the guest did not finish in its first slice (or the event loop's turn was
+    used up); `resume()` runs one more slice, `cancel()` abandons the call.
+    A call's clock is its own slices plus the non-guest time that ran on its thread while it was
+    suspended; past `budget` seconds it is cancelled (`take_trap` says timed out, status 503).
+    A trap is kept (`take_trap`) and raised by `owner._raise_trap(index)`. `trap_status` is the
+    HTTP status of the running call's trap (a host function may set it); `host` is what Python
+    host functions get first; `used` the seconds of guest time of the running (or last) call.
     """
 
-    __slots__ = ("_args", "_args_addr", "_ctx", "_deadline", "_err", "_err_addr", "_funcs", "_trap", "_trap_addr",
-                 "host", "owner", "release_gil", "trap_status")
+    __slots__ = ("_after", "_args", "_ctx", "_err", "_funcs", "_future", "_index", "_others0", "_own", "_ptrs",
+                 "_results", "_start_ns", "_trap", "budget", "host", "owner", "release_gil", "store", "timed_out",
+                 "trap_status")
 
-    def __init__(self, owner: Any, ctx: int, deadline: int) -> None:
+    def __init__(self, owner: Any, store: Any, ctx: int, budget: float) -> None:
         self.owner = owner
+        self.store = store
         self.host: Any = None
         self._ctx: int | None = ctx
-        self._deadline = deadline
+        self.budget = budget
         self.trap_status = 500
         self.release_gil = False  # ctypes releases the GIL in every foreign call anyway
+        self.timed_out = False
         self._funcs: list[int | None] = [None] * len(_EXPORTS)
-        self._args = (ctypes.c_uint64 * 4)()  # two 16-byte wasmtime_val_raw slots
-        self._args_addr = ctypes.addressof(self._args)
+        self._args = (ffi.wasmtime_val_t * 2)()
+        self._results = (ffi.wasmtime_val_t * 1)()
         self._trap = ctypes.c_void_p()
-        self._trap_addr = ctypes.addressof(self._trap)
         self._err = ctypes.c_void_p()
-        self._err_addr = ctypes.addressof(self._err)
+        self._ptrs = (ctypes.addressof(self._args), ctypes.addressof(self._results), ctypes.addressof(self._trap),
+                      ctypes.addressof(self._err))
+        self._future: int | None = None
+        self._index = self._after = 0
+        self._start_ns = self._own = self._others0 = 0
+        _yield_update(ctx, 1)
+
+    @property
+    def used(self) -> float:
+        return self._own / 1e9
 
     def set_func(self, index: int, func: int) -> None:
         self._funcs[index] = func
@@ -193,66 +244,157 @@ class PyCore:
     def set_memory(self, memory: int, base: int, size: int) -> None:
         """Nothing to cache: host functions read memory through the owner (WasmInstance.read)."""
 
-    def take_trap(self) -> tuple[int, int]:
-        trap, err = self._trap.value or 0, self._err.value or 0
+    def take_trap(self) -> tuple[int, int, bool]:
+        got = (self._trap.value or 0, self._err.value or 0, self.timed_out)
         self._trap.value = self._err.value = None
-        return trap, err
+        self.timed_out = False
+        return got
+
+    def cancel(self) -> None:
+        if self._future is not None:
+            future, self._future = self._future, None
+            if getattr(self.store, "_Managed__ptr", None) is not None:  # else the store is gone: leave it
+                _future_delete(future)  # wasmtime unwinds the call's fiber
 
     def close(self) -> None:
+        self.cancel()
         self._ctx = None
         self._funcs = [None] * len(_EXPORTS)
-        self.host = self.owner = None
+        self.host = self.owner = self.store = None
 
-    def _call(self, index: int) -> int:
-        """Call export `index`; arguments/result in self._args. A trap is raised by the owner."""
-        func = self._funcs[index]
-        if self._ctx is None or func is None:
-            raise RuntimeError("guest instance is closed")
+    def _slice(self, t0: int) -> int:
         local = _ct_local
-        prev = getattr(local, "core", None)
-        local.core = self
-        self.trap_status = 500
+        prev, local.core = local.core, self
         try:
-            _set_epoch_deadline(self._ctx, self._deadline)
-            err = _func_call_unchecked(self._ctx, func, self._args_addr, 2, self._trap_addr)
+            done = _future_poll(self._future)
         finally:
             local.core = prev
-        if err or self._trap.value:
-            self._err.value = err
-            self.owner._raise_trap(index)
-        return int(self._args[0])
+        t1 = time.perf_counter_ns()
+        d = t1 - t0
+        self._own += d
+        local.slices += d
+        local.turn_busy += d
+        if done:
+            _future_delete(self._future)
+            self._future = None
+            if self._trap.value or self._err.value:
+                return self._raise()
+            return _DONE
+        if (t1 - self._start_ns) - (local.slices - self._others0 - self._own) >= self.budget * 1e9:
+            self.cancel()
+            self.timed_out = True
+            self.trap_status = 503
+            return self._raise()
+        return _SUSPENDED
 
-    def call(self, index: int) -> None:
-        self._call(index)
+    def _raise(self) -> int:
+        self.owner._raise_trap(self._index)
+        raise RuntimeError("guest call failed")
 
-    def handle_request(self) -> int:
-        return self._call(0)
+    def _run(self, cooperative: bool) -> int:
+        local = _ct_local
+        t = time.perf_counter_ns()
+        self._start_ns, self._own, self._others0 = t, 0, local.slices
+        if cooperative:
+            if t - local.turn_start >= 2 * TURN_NS:
+                local.turn_start, local.turn_busy = t, 0
+            if local.turn_busy >= TURN_NS:
+                return _SUSPENDED  # deferred: let the event loop run first
+        rc = self._slice(t)
+        if not cooperative:
+            while rc == _SUSPENDED:
+                rc = self._slice(time.perf_counter_ns())
+        elif rc == _DONE:
+            local.quick += 1
+        return rc
 
-    def handle_response(self, req_ctx: int, is_error: bool) -> None:
-        args = self._args
-        args[0] = req_ctx & 0xFFFF_FFFF
-        args[2] = 1 if is_error else 0
-        self._call(1)
+    def _begin(self, index: int, after: int, future: Callable[[], int]) -> None:
+        if self._ctx is None or (index < len(_EXPORTS) and self._funcs[index] is None):
+            raise RuntimeError("guest instance is closed")
+        if self._future is not None:
+            raise RuntimeError("a call is already running on this instance")
+        self._trap.value = self._err.value = None
+        self.timed_out = False
+        self.trap_status = 500
+        self._index, self._after = index, after
+        _set_epoch_deadline(self._ctx, 1)  # the first slice ends at the next tick
+        self._future = future()
 
-    def request(self, exchange: Any, features: int) -> int:
-        host = self.host
-        host.begin(exchange, features)
-        ctx_next = self._call(0)
-        if ctx_next & 1:
-            host.after_next()
+    def _call(self, index: int, after: int, cooperative: bool) -> Any:
+        nargs, nresults = (2 if index == 1 else 0), (1 if index == 0 else 0)
+        args, results, trap, err = self._ptrs
+        self._begin(index, after, lambda: int(_call_async(self._ctx, self._funcs[index], args, nargs, results,
+                                                          nresults, trap, err)))
+        return self._complete(self._run(cooperative))
+
+    def _complete(self, rc: int) -> Any:
+        if rc == _SUSPENDED:
+            return SUSPENDED
+        after = self._after
+        if after == _AFTER_NONE:
+            return None
+        if after == _AFTER_RESPONSE:
+            self.host.end()
+            return None
+        ctx_next = self._results[0].of.i64 & 0xFFFF_FFFF_FFFF_FFFF
+        if after == _AFTER_REQUEST and ctx_next & 1:
+            self.host.after_next()
         return ctx_next
 
+    def _set_response_args(self, req_ctx: int, is_error: bool) -> None:
+        args = self._args
+        args[0].kind = args[1].kind = 0  # type: ignore[assignment]  # WASMTIME_I32
+        args[0].of.i32 = ctypes.c_int32(req_ctx & 0xFFFF_FFFF).value
+        args[1].of.i32 = 1 if is_error else 0
+
+    def instantiate(self, pre: int, out: int) -> None:
+        _, _, trap, err = self._ptrs
+        self._begin(len(_EXPORTS), _AFTER_NONE, lambda: int(_instantiate_async(pre, self._ctx, out, trap, err)))
+        self._complete(self._run(False))
+
+    def call(self, index: int) -> None:
+        self._call(index, _AFTER_NONE, False)
+
+    def handle_request(self) -> int:
+        return int(self._call(0, _AFTER_RESULT, False))
+
+    def handle_response(self, req_ctx: int, is_error: bool) -> None:
+        self._set_response_args(req_ctx, is_error)
+        self._call(1, _AFTER_NONE, False)
+
+    def request(self, exchange: Any, features: int) -> int:
+        self.host.begin(exchange, features)
+        return int(self._call(0, _AFTER_REQUEST, False))
+
+    def start_request(self, exchange: Any, features: int) -> int:
+        self.host.begin(exchange, features)
+        return int(self._call(0, _AFTER_REQUEST, True))
+
     def response(self, req_ctx: int, is_error: bool) -> None:
-        host = self.host
-        self.handle_response(req_ctx, is_error)
-        host.end()
+        self._set_response_args(req_ctx, is_error)
+        self._call(1, _AFTER_RESPONSE, False)
+
+    def start_response(self, req_ctx: int, is_error: bool) -> int | None:
+        self._set_response_args(req_ctx, is_error)
+        return self._call(1, _AFTER_RESPONSE, True)  # type: ignore[no-any-return]
+
+    def resume(self) -> Any:
+        if self._future is None:
+            raise RuntimeError("no suspended call on this instance")
+        t = time.perf_counter_ns()
+        _ct_local.turn_start, _ct_local.turn_busy = t, 0
+        return self._complete(self._slice(t))
 
     @staticmethod
     def set_current(core: PyCore | None) -> PyCore | None:
         """Make `core` the one whose guest code runs on this thread (instantiation); the previous one."""
-        prev: PyCore | None = getattr(_ct_local, "core", None)
+        prev = _ct_local.core
         _ct_local.core = core
         return prev
+
+    @staticmethod
+    def quick_calls() -> int:
+        return _ct_local.quick
 
 
 def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, on_instance: bool = False) -> Any:
@@ -261,12 +403,12 @@ def _make_callback(name: str, fn: HostFunction, nparams: int, nresults: int, *, 
     space = _ADDRESS_SPACE
 
     def callback(_env: int | None, caller: int, values: int, _n: int) -> int:
-        core: PyCore = _ct_local.core
+        core = _ct_local.core
         try:
-            inst = core.owner
+            inst = core.owner  # type: ignore[union-attr]
             if inst._memory_addr == 0:
                 inst._bind_memory_from_caller(caller)
-            target = inst if on_instance else core.host
+            target = inst if on_instance else core.host  # type: ignore[union-attr]
             result = fn(target, *unpack(space, values)) if nparams else fn(target)
             if nresults:
                 pack(space, values, result & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[operator]
@@ -317,6 +459,7 @@ _native_reference: Mapping[str, HostFunction] = {}
 if _fastpath is not None:
     Core: Any = _fastpath.Core
     set_current: Callable[[Any], Any] = _fastpath.set_current
+    _quick_calls: Callable[[], int] = _fastpath.quick_calls
     _linker_define_addr: Final = _address("wasmtime_linker_define_func_unchecked")
 
     def _define_host(linker: wasmtime.Linker, module: bytes, name: bytes, functype: wasmtime.FuncType,
@@ -334,6 +477,7 @@ if _fastpath is not None:
 else:
     Core = PyCore
     set_current = PyCore.set_current
+    _quick_calls = PyCore.quick_calls
     _define_host = _define_ctypes
     _start_ticker = _start_ticker_thread
 
@@ -391,6 +535,85 @@ def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: in
     mem.output(fd, b"".join(parts))
     return 0
 
+
+
+# --- cooperative calls: the event loop's scheduler of suspended guest calls ---
+class _Slices:
+    """The suspended guest calls of one event loop: one slice (up to an epoch tick) per turn.
+
+    A turn is one callback of the loop, so other requests run between any two slices; calls that
+    used less than LONG_CALL_SECONDS of guest time go first, round robin. Longer ones (a runaway
+    guest, or a very heavy request) get a slice only when no shorter call waits, and while other
+    requests are being served (guest calls ended in their first slice, or shorter calls ran) at
+    most LONG_SHARE of the loop's time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.short: deque[tuple[Any, asyncio.Future[Any]]] = deque()
+        self.long: deque[tuple[Any, asyncio.Future[Any]]] = deque()
+        self.handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.long_after = 0.0  # loop time before which no long call runs again
+        self.activity = -1  # quick calls + short turns, at the last long turn
+
+    def add(self, core: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._queue(core, future)
+        return future
+
+    def _queue(self, core: Any, future: asyncio.Future[Any]) -> None:
+        if core.used < LONG_CALL_SECONDS:
+            self.short.append((core, future))
+            if isinstance(self.handle, asyncio.TimerHandle):  # a long call's gap must not hold it up
+                self.handle.cancel()
+                self.handle = None
+        else:
+            self.long.append((core, future))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.handle is not None or not (self.short or self.long):
+            return
+        delay = 0.0 if self.short else self.long_after - self.loop.time()
+        self.handle = self.loop.call_soon(self._turn) if delay <= 0 else self.loop.call_later(delay, self._turn)
+
+    def _turn(self) -> None:
+        self.handle = None
+        long = not self.short
+        core, future = (self.long if long else self.short).popleft()
+        if not future.done():  # else its request was cancelled (WasmInstance.finish drops the call)
+            start = self.loop.time()
+            try:
+                result = core.resume()
+            except BaseException as exc:  # the awaiting request gets it
+                future.set_exception(exc)
+            else:
+                if result == SUSPENDED:
+                    self._queue(core, future)
+                else:
+                    future.set_result(result)
+            activity = _quick_calls() + self.short_turns
+            if long:
+                busy = activity != self.activity  # others are being served: keep to LONG_SHARE
+                self.activity = activity
+                if busy:
+                    self.long_after = self.loop.time() + (self.loop.time() - start) * (1 - LONG_SHARE) / LONG_SHARE
+            else:
+                self.short_turns += 1
+        self._schedule()
+
+    short_turns = 0
+
+
+_schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slices] = weakref.WeakKeyDictionary()
+
+
+def _scheduler() -> _Slices:
+    loop = asyncio.get_running_loop()
+    scheduler = _schedulers.get(loop)
+    if scheduler is None:
+        scheduler = _schedulers[loop] = _Slices(loop)
+    return scheduler
 
 
 # --- engine, epoch ticker and compile cache ---
@@ -590,7 +813,6 @@ class WasmModule:
         self._engine = _get_engine()
         self._callbacks: list[Any] = []  # keep ctypes callbacks alive as long as the linker
         self._pre = self._link(host_functions)
-        self._deadline_ticks = max(1, round(self.limits.call_timeout / EPOCH_TICK_SECONDS))
 
     def _validate(self) -> None:
         exports = {e.name: e.type for e in self._module.exports}
@@ -678,17 +900,28 @@ class WasmInstance:
     `handle_request()` and `handle_response(req_ctx, is_error)` call the guest's exports.
     `request(exchange, features)` is `host.begin(exchange, features)`, handle_request and
     `host.after_next()` when the guest said next; `response(req_ctx, is_error)` is
-    handle_response then `host.end()` (the host object is what `make_host` built). These are
-    the methods of the instance's `Core` (one C call each with the accelerator).
+    handle_response then `host.end()` (the host object is what `make_host` built). These run
+    the call to its end on the calling thread (Guest(threaded=True) calls them on a worker).
+
+    On the event loop, `start_request`/`start_response` do the same cooperatively: the guest
+    runs until it ends or the next epoch tick (~1 ms); if it did not end they return
+    SUSPENDED and `await finish()` runs the rest, one slice per event-loop turn, and returns
+    what the call returns. Either way `call_timeout` bounds the call's clock: its own slices
+    plus the non-guest work that ran on its thread while it waited (other guests' slices do
+    not count); past it the call fails with GuestTrap (503) and the instance is closed.
+    These are the methods of the instance's `Core` (one C call each with the accelerator).
     """
 
     __slots__ = ("_base", "_core", "_ctx", "_keep", "_memory", "_memory_addr", "_module_ref", "_size", "_store",
-                 "closed", "handle_request", "handle_response", "host", "name", "output_fn", "request", "response")
+                 "closed", "handle_request", "handle_response", "host", "name", "output_fn", "request", "response",
+                 "start_request", "start_response")
 
     handle_request: Callable[[], int]
     handle_response: Callable[[int, bool], None]
     request: Callable[[Any, int], int]
     response: Callable[[int, bool], None]
+    start_request: Callable[[Any, int], int]  # ctx_next, or SUSPENDED
+    start_response: Callable[[int, bool], int | None]  # None, or SUSPENDED
 
     def __init__(self, module: WasmModule, make_host: Callable[[WasmInstance], Any],
                  output: Callable[[int, bytes], None] | None) -> None:
@@ -703,13 +936,14 @@ class WasmInstance:
         self._store = _new_store(module)
         self._ctx = ctypes.cast(self._store._context(), _VP).value
         self.host = make_host(self)
-        core = self._core = Core(self, self._ctx, module._deadline_ticks)
+        core = self._core = Core(self, self._store, self._ctx, module.limits.call_timeout)
         core.host = self.host
         self.handle_request = core.handle_request
         self.handle_response = core.handle_response
         self.request = core.request
         self.response = core.response
-        _set_epoch_deadline(self._ctx, module._deadline_ticks)
+        self.start_request = core.start_request
+        self.start_response = core.start_response
         prev = set_current(core)  # a start section may call host functions
         try:
             self._start(module)
@@ -722,7 +956,9 @@ class WasmInstance:
 
     def _start(self, module: WasmModule) -> None:
         """Instantiate (running the start section), bind the exports, run `_initialize`/`_start`."""
-        exports = module._pre.instantiate(self._store).exports(self._store)
+        raw = ffi.wasmtime_instance_t()
+        self._core.instantiate(ctypes.cast(module._pre.ptr(), _VP).value, ctypes.addressof(raw))  # to its end
+        exports = wasmtime.Instance._from_raw(raw).exports(self._store)
         self._set_memory(exports[abi.EXPORT_MEMORY]._memory)  # type: ignore[union-attr]
         funcs = [exports.get(name) for name in _EXPORTS]
         self._keep = [f for f in funcs if isinstance(f, wasmtime.Func)]  # the addresses below stay valid
@@ -736,7 +972,7 @@ class WasmInstance:
     def _init_failure(self, exc: BaseException) -> GuestError | None:
         """Why initialization failed; None for proc_exit(0) (a start function's normal end)."""
         if isinstance(exc, GuestTrap):
-            code, message, where = exc.exit_code, exc.message, f" in {exc.export}"
+            code, message, where = exc.exit_code, exc.message, f" in {exc.export}" if exc.export else ""
         else:  # the start section trapped (raised by wasmtime's instantiate)
             code = getattr(exc, "code", None)
             message, where = (f"exited with code {code}" if code is not None else _first_line(exc)), ""
@@ -754,16 +990,34 @@ class WasmInstance:
     def release_gil(self, value: bool) -> None:
         self._core.release_gil = bool(value)
 
-    def _raise_trap(self, index: int) -> None:
-        """The running call trapped: raise it as GuestTrap (called by the Core)."""
-        core = self._core
-        trap, err = core.take_trap()
-        self.closed = True
-        raise self._trap_error(_EXPORTS[index], trap, err, core.trap_status)
+    async def finish(self) -> Any:
+        """The rest of a call that start_request/start_response left SUSPENDED; what the call returns.
 
-    def _trap_error(self, export: str, trap_ptr: int, err_ptr: int, status: int) -> GuestTrap:
+        Raises GuestTrap as the call would. If the awaiting task is cancelled, the call is
+        abandoned (wasmtime unwinds it) and the instance is closed: release it with discard.
+        """
+        core = self._core
+        try:
+            return await _scheduler().add(core)
+        except asyncio.CancelledError:
+            core.cancel()
+            self.closed = True
+            raise
+
+    def _raise_trap(self, index: int) -> None:
+        """The running call trapped or ran out of time: raise it as GuestTrap (called by the Core)."""
+        core = self._core
+        trap, err, timed_out = core.take_trap()
+        self.closed = True
+        export = _EXPORTS[index] if index < len(_EXPORTS) else ""  # past them: instantiation
+        raise self._trap_error(export, trap, err, core.trap_status, timed_out)
+
+    def _trap_error(self, export: str, trap_ptr: int, err_ptr: int, status: int, timed_out: bool) -> GuestTrap:
         exit_code = None
-        if err_ptr:
+        if timed_out:
+            message = f"exceeded the CPU time limit ({self._module_ref.limits.call_timeout:g} s)"
+            status = 503
+        elif err_ptr:
             exc = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err_ptr, ctypes.POINTER(ffi.wasmtime_error_t)))
             exit_code = getattr(exc, "code", None)
             message = f"exited with code {exit_code}" if exit_code is not None else _first_line(exc)

@@ -1,0 +1,189 @@
+"""Cooperative guest calls (issue 13), at the runtime's level: calls that yield to the event loop
+every epoch tick, their CPU limit, host functions inside them, cancellation, and the ctypes path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, WAT
+
+from http_wasm_asgi import Guest, GuestTrap, runtime
+from http_wasm_asgi.host import Exchange
+from http_wasm_asgi.runtime import SUSPENDED, WasmInstance
+
+SPIN = WAT / "spin_on_header.wat"
+CALLS = 300_000 if runtime.FAST_PATH else 30_000  # host calls of a "long" request (~50 ms of guest time)
+
+
+def exchange(headers: list[tuple[bytes, bytes]]) -> Exchange:
+    try:
+        return Exchange("GET", b"/", b"", headers, max_body_size=1 << 20)  # type: ignore[call-arg, arg-type]
+    except TypeError:  # an Exchange built from the ASGI scope
+        return Exchange({"method": "GET", "headers": headers, "path": "/"}, 1 << 20)  # type: ignore[arg-type]
+
+
+async def request(instance: WasmInstance, headers: list[tuple[bytes, bytes]]) -> tuple[int, Exchange, bool]:
+    """(ctx_next, the exchange, whether the call yielded), the way the middleware calls a guest."""
+    ex = exchange(headers)
+    ctx_next = instance.start_request(ex, 0)
+    yielded = ctx_next == SUSPENDED
+    if yielded:
+        ctx_next = await instance.finish()
+    return ctx_next, ex, yielded
+
+
+async def ticker(stop: asyncio.Event, lags: list[float], period: float = 0.001) -> None:
+    """How late the event loop wakes a coroutine that sleeps `period`."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        t = loop.time()
+        await asyncio.sleep(period)
+        lags.append(loop.time() - t - period)
+
+
+def test_a_quick_call_ends_in_its_first_slice() -> None:
+    instance = Guest(SPIN, name="quick").pool.try_acquire()
+    assert instance is not None
+
+    async def main() -> None:
+        inline = 0
+        for _ in range(100):  # one may start just before a tick (or after guests used up the loop's turn)
+            ctx_next, ex, yielded = await request(instance, [(b"x-id", b"a")])
+            assert ctx_next & 1 and ex.response_headers == ()
+            inline += not yielded
+            instance.host.end()
+        assert inline >= 95
+
+    asyncio.run(main())
+
+
+def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
+    """A guest making a million host calls: the loop is never held for more than a few ms."""
+    instance = Guest(SPIN, name="long").pool.try_acquire()
+    assert instance is not None
+
+    async def main() -> None:
+        stop, lags = asyncio.Event(), []
+        tick = asyncio.create_task(ticker(stop, lags))
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        ctx_next, ex, yielded = await request(instance, [(b"x-spin", str(CALLS).encode()), (b"x-id", b"mine")])
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await tick
+        assert yielded and ctx_next & 1
+        assert ex.response_headers == [(b"x-spun", b"mine")]
+        assert runtime.EPOCH_TICK_SECONDS * 10 < elapsed < 10
+        assert max(lags) < 0.02, f"the loop stalled {max(lags) * 1000:.1f} ms"
+        print(f"\n{CALLS} host calls in {elapsed * 1000:.0f} ms, ticker lag max {max(lags) * 1000:.2f} ms, "
+              f"median {sorted(lags)[len(lags) // 2] * 1000:.2f} ms over {len(lags)} ticks")
+
+    asyncio.run(main())
+
+
+def test_interleaved_slow_calls_keep_their_requests_apart() -> None:
+    guest = Guest(SPIN, name="apart", max_instances=4)
+    instances = [guest.pool.try_acquire() for _ in range(4)]
+
+    async def main() -> None:
+        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(CALLS // 15 + 7000 * i).encode()),  # type: ignore[arg-type]
+                                                    (b"x-id", f"req-{i}".encode())])
+                                     for i, inst in enumerate(instances)))
+        for i, (ctx_next, ex, yielded) in enumerate(got):
+            assert yielded and ctx_next & 1
+            assert ex.response_headers == [(b"x-spun", f"req-{i}".encode())]
+
+    asyncio.run(main())
+
+
+def test_a_spinning_call_fails_after_its_cpu_limit_and_the_instance_is_dropped() -> None:
+    instance = Guest(SPIN, name="spin", call_timeout=0.2).pool.try_acquire()
+    assert instance is not None
+
+    async def main() -> None:
+        start = time.perf_counter()
+        with pytest.raises(GuestTrap) as info:
+            await request(instance, [(b"x-spin", b"forever")])
+        elapsed = time.perf_counter() - start
+        assert info.value.status == 503 and "CPU time limit (0.2 s)" in str(info.value)
+        assert 0.15 < elapsed < 1.0, elapsed
+        assert instance.closed
+
+    asyncio.run(main())
+
+
+def test_spinning_calls_do_not_use_up_each_others_budget() -> None:
+    """Three calls of 0.15 s of guest time each, side by side, with a limit of 0.25 s: all end well."""
+    guest = Guest(SPIN, name="budget", call_timeout=0.25, max_instances=4)
+    instances = [guest.pool.try_acquire() for _ in range(3)]
+    probe = guest.pool.try_acquire()
+    assert probe is not None
+
+    async def main() -> None:
+        start = time.perf_counter()
+        await request(probe, [(b"x-spin", str(CALLS).encode()), (b"x-id", b"p")])
+        per_call = time.perf_counter() - start
+        n = int(CALLS * 0.15 / per_call)
+        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n).encode()), (b"x-id", b"x")])  # type: ignore[arg-type]
+                                     for inst in instances))
+        assert all(ctx_next & 1 for ctx_next, _, _ in got)
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_suspended_call_drops_the_instance_without_leaking() -> None:
+    guest = Guest(SPIN, name="cancel", max_instances=1)
+
+    async def one() -> None:
+        instance = await guest.pool.acquire()
+        task = asyncio.ensure_future(request(instance, [(b"x-spin", b"forever")]))
+        await asyncio.sleep(0.003)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert instance.closed
+        guest.pool.release(instance, discard=True)
+
+    async def main() -> None:
+        for _ in range(20):
+            await one()
+        before = _rss()
+        for _ in range(200):
+            await one()
+        assert _rss() - before < 16 * 2**20
+        assert guest.pool.size == 0
+
+    asyncio.run(main())
+
+
+def test_calls_run_to_their_end_on_a_worker_thread() -> None:
+    """Guest(threaded=True) and instantiation: the same store, driven to the end on the calling thread."""
+    instance = Guest(SPIN, name="threaded", threaded=True).pool.try_acquire()
+    assert instance is not None
+
+    async def main() -> None:
+        ex = exchange([(b"x-spin", b"50000"), (b"x-id", b"t")])
+        ctx_next = await asyncio.to_thread(instance.request, ex, 0)
+        assert ctx_next & 1 and ex.response_headers == [(b"x-spun", b"t")]
+
+    asyncio.run(main())
+    instance2 = asyncio.run(asyncio.to_thread(Guest(SPIN, name="init-elsewhere").new_instance))
+    assert not instance2.closed
+
+
+@pytest.mark.skipif(not runtime.FAST_PATH, reason="runs the ctypes path from the accelerated one")
+def test_the_ctypes_path_is_cooperative_too() -> None:
+    env = dict(os.environ, HTTP_WASM_ASGI_NO_FASTPATH="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
