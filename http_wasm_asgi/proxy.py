@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -59,28 +59,29 @@ class _WriteTimeout(Exception):
     """The upstream took no part of the request body for longer than the write timeout."""
 
 
-def _named_by_connection(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """The header names a `connection` header lists (hop-by-hop too); usually none."""
-    return frozenset(token.strip().lower() for k, v in headers if k.lower() == b"connection"
-                     for token in v.split(b","))
+def _tokens(value: bytes) -> set[bytes]:
+    """The header names a `connection` header lists: hop-by-hop as well."""
+    return {token.strip().lower() for token in value.split(b",")}
 
 
 def request_headers(scope: Scope) -> list[tuple[str, str]]:
     """The headers to send upstream: the client's minus hop-by-hop ones, with fresh x-forwarded-*."""
-    raw: Sequence[tuple[bytes, bytes]] = scope["headers"]
-    named = _named_by_connection(raw)
     headers: list[tuple[str, str]] = []
     chain: list[bytes] = []
     host: bytes | None = None
-    for key, value in raw:
+    named: set[bytes] = set()
+    for key, value in scope["headers"]:
         name = key.lower()
-        if name in _NOT_FORWARDED or name in named:
-            if name == b"x-forwarded-for":
-                chain += [part.strip() for part in value.split(b",") if part.strip()]
-            elif name == b"host" and host is None:
-                host = value
-        else:
+        if name not in _NOT_FORWARDED:
             headers.append((key.decode("latin-1"), value.decode("latin-1")))
+        elif name == b"x-forwarded-for":
+            chain += [part.strip() for part in value.split(b",") if part.strip()]
+        elif name == b"host" and host is None:
+            host = value
+        elif name == b"connection":
+            named |= _tokens(value)
+    if named - _NOT_FORWARDED:  # rare: `connection` names more than the usual hop-by-hop headers
+        headers = [(k, v) for k, v in headers if k.lower().encode("latin-1") not in named]
     client = scope.get("client")
     if client:
         address = str(client[0]).encode()
@@ -94,10 +95,19 @@ def request_headers(scope: Scope) -> list[tuple[str, str]]:
     return headers
 
 
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers for the client: minus hop-by-hop ones and the server's own."""
-    named = _named_by_connection(raw)
-    return [(k, v) for k, v in raw if (name := k.lower()) not in _NOT_RETURNED and name not in named]
+    headers: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for key, value in raw:
+        name = key.lower()
+        if name not in _NOT_RETURNED:
+            headers.append((key, value))
+        elif name == b"connection":
+            named |= _tokens(value)
+    if named - _NOT_RETURNED:
+        headers = [(k, v) for k, v in headers if k.lower() not in named]
+    return headers
 
 
 def _failure(exc: BaseException) -> tuple[int, str]:
