@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/http-wasm-asgi: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,guests]'
+	$(BIN)/pip install -q -e '.[test,guests,examples]'
 	touch $@
 
 install: $(BIN)/http-wasm-asgi

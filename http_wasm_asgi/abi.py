@@ -60,6 +60,11 @@ class Feature(IntFlag):
     TRAILERS = 4
 
 
+def feature_names(features: int) -> list[str]:
+    """The names of the feature bits set in `features`, as the ABI spells them (e.g. buffer_request)."""
+    return [str(feature.name).lower() for feature in Feature if feature and features & feature]
+
+
 class HeaderKind(IntEnum):
     REQUEST = 0
     RESPONSE = 1

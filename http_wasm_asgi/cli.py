@@ -15,6 +15,7 @@ from typing import Any
 
 from uvicorn import config as uvicorn_config
 
+from .abi import feature_names
 from .config import LOG_LEVELS, ChainConfig, ConfigError, build_middleware, load_app, load_config
 from .errors import GuestError
 
@@ -60,8 +61,7 @@ def _describe(guest: Any, seconds: float | None = None) -> str:
     info = guest.info
     imports = ", ".join(f"{m}.{n}" for m, n, _ in info.imports) or "(none)"
     exports = ", ".join(n for n, _ in info.exports)
-    features = [name for bit, name in ((1, "buffer_request"), (2, "buffer_response"), (4, "trailers"))
-                if guest.features & bit]
+    features = feature_names(guest.features)
     lines = [f"guest {guest.name!r}",
              f"  size:      {info.size} bytes (sha256 {info.sha256[:16]})",
              f"  imports:   {imports}",
@@ -198,16 +198,7 @@ Python traceback. Compiled guests are cached in $HTTP_WASM_ASGI_CACHE_DIR (defau
 ~/.cache/http-wasm-asgi; empty turns the cache off)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="http-wasm-asgi", description="Run chains of http-wasm guests (WebAssembly HTTP middleware) in front "
-        "of an ASGI app or, as a sidecar, in front of an HTTP service.", epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the Python traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_serve(sub: Any, debug: argparse.ArgumentParser) -> None:
     serve = sub.add_parser(
         "serve", parents=[debug], help="serve a chain (config file) on uvicorn",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
@@ -224,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", type=_url, metavar="URL",
                        help="proxy to this HTTP service instead of the config's app or upstream (sidecar mode)")
     serve.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="http-wasm-asgi", description="Run chains of http-wasm guests (WebAssembly HTTP middleware) in front "
+        "of an ASGI app or, as a sidecar, in front of an HTTP service.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub, debug)
     check = sub.add_parser(
         "check", parents=[debug], help="load, compile and instantiate every guest of a config",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,

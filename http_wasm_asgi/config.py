@@ -31,16 +31,18 @@ from typing import Any
 
 import yaml
 
+from .asgi import ASGIApp
 from .errors import GuestError
 from .guest import Guest
-from .middleware import HttpWasmMiddleware
+from .middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
 from .proxy import ProxyApp, UpstreamTimeout
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "max_body_size", "log_level")
 SERVER_KEYS = ("host", "port", "workers")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
-GUEST_KEYS = ("name", "path", "config", "max_instances", "reuse_instances", "pool_timeout", "call_timeout",
-              "memory_limit", "threaded", "wasi")
+GUEST_KEYS = ("name", "path", "config", "max_instances", "min_instances", "max_idle", "idle_timeout",
+              "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout", "memory_limit",
+              "snapshot", "threaded", "wasi")
 WASI_KEYS = ("env", "dirs")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -74,7 +76,7 @@ class ChainConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    max_body_size: int = 16 * 1024 * 1024
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_level: str = "info"
     guests: list[GuestSpec] = field(default_factory=list)
 
@@ -238,49 +240,65 @@ def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> Gu
     where = f"guests[{index}]"
     entry = _expect(file, where, entry, dict, "a mapping with at least 'path'")
     _keys(file, f"{where}.", entry, GUEST_KEYS)
-    if "path" not in entry:
-        raise ConfigError(file, f"{where}.path", "is missing; fix: set it to the guest's .wasm (or .wat) file, "
-                                                 "relative to the config file's folder")
-    rel = _expect(file, f"{where}.path", entry["path"], str, "a file path")
-    guest_path = file.parent / rel
-    if not guest_path.is_file():
-        folder = os.fspath(file.parent) or "."
-        raise ConfigError(file, f"{where}.path", f"file {rel!r} not found (looked for {os.fspath(guest_path)!r}); "
-                                                 f"fix: paths are relative to the config file's folder ({folder!r})")
+    guest_path = _guest_path(file, where, entry)
     name = _expect(file, f"{where}.name", entry.get("name", guest_path.stem), str, "a name")
     if name in names:
         raise ConfigError(file, f"{where}.name", f"duplicate guest name {name!r} (also guests[{names[name]}]); fix: "
                                                  "give each guest a unique 'name'")
     names[name] = index
+    options = _guest_options(file, where, entry)
+    if "wasi" in entry:
+        options.update(_wasi_options(file, f"{where}.wasi", entry["wasi"]))
+    return GuestSpec(name, guest_path, options)
+
+
+def _guest_path(file: Path, where: str, entry: dict[str, Any]) -> Path:
+    if "path" not in entry:
+        raise ConfigError(file, f"{where}.path", "is missing; fix: set it to the guest's .wasm (or .wat) file, "
+                                                 "relative to the config file's folder")
+    rel = _expect(file, f"{where}.path", entry["path"], str, "a file path")
+    guest_path: Path = file.parent / rel
+    if not guest_path.is_file():
+        folder = os.fspath(file.parent) or "."
+        raise ConfigError(file, f"{where}.path", f"file {rel!r} not found (looked for {os.fspath(guest_path)!r}); "
+                                                 f"fix: paths are relative to the config file's folder ({folder!r})")
+    return guest_path
+
+
+def _guest_options(file: Path, where: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The Guest() keyword arguments of one guests[] entry (all but the path, name and wasi)."""
     options: dict[str, Any] = {}
     if "config" in entry:
         guest_config = _guest_config(file, f"{where}.config", entry["config"])
         if guest_config is not None:
             options["config"] = guest_config
-    if "max_instances" in entry:
-        options["max_instances"] = _integer(file, f"{where}.max_instances", entry["max_instances"], 1, 1_000_000,
-                                            "a number of instances (1 or more)")
-    for key in ("reuse_instances", "threaded"):
+    for key, low in (("max_instances", 1), ("min_instances", 1), ("max_idle", 0)):
+        if key in entry:
+            options[key] = _integer(file, f"{where}.{key}", entry[key], low, 1_000_000,
+                                    f"a number of instances ({low} or more)")
+    for key in ("reuse_instances", "snapshot", "threaded"):
         if key in entry:
             options[key] = _expect(file, f"{where}.{key}", entry[key], bool, "true or false")
-    for key in ("pool_timeout", "call_timeout"):
+    for key in ("pool_timeout", "call_timeout", "init_timeout", "idle_timeout"):
         if key in entry:
             options[key] = _number(file, f"{where}.{key}", entry[key])
-    if "memory_limit" in entry:
-        options["memory_limit"] = _size(file, f"{where}.memory_limit", entry["memory_limit"])
-    if "wasi" in entry:
-        wasi = _expect(file, f"{where}.wasi", entry["wasi"], dict, "a mapping with env and/or dirs")
-        _keys(file, f"{where}.wasi.", wasi, WASI_KEYS)
-        env = _expect(file, f"{where}.wasi.env", wasi.get("env") or {}, dict, "a mapping of names to strings")
-        dirs = _expect(file, f"{where}.wasi.dirs", wasi.get("dirs") or {}, dict,
-                       "a mapping of guest paths to host folders")
-        for guest_dir, host_dir in dirs.items():
-            if not (file.parent / str(host_dir)).is_dir():
-                raise ConfigError(file, f"{where}.wasi.dirs.{guest_dir}", f"folder {host_dir!r} not found; fix: "
-                                  "host folders are relative to the config file's folder")
-        options["wasi_env"] = {str(k): str(v) for k, v in env.items()}
-        options["wasi_dirs"] = {str(k): str(file.parent / str(v)) for k, v in dirs.items()}
-    return GuestSpec(name, guest_path, options)
+    for key in ("memory_limit", "memory_budget"):
+        if key in entry:
+            options[key] = _size(file, f"{where}.{key}", entry[key])
+    return options
+
+
+def _wasi_options(file: Path, where: str, value: Any) -> dict[str, Any]:
+    wasi = _expect(file, where, value, dict, "a mapping with env and/or dirs")
+    _keys(file, f"{where}.", wasi, WASI_KEYS)
+    env = _expect(file, f"{where}.env", wasi.get("env") or {}, dict, "a mapping of names to strings")
+    dirs = _expect(file, f"{where}.dirs", wasi.get("dirs") or {}, dict, "a mapping of guest paths to host folders")
+    for guest_dir, host_dir in dirs.items():
+        if not (file.parent / str(host_dir)).is_dir():
+            raise ConfigError(file, f"{where}.dirs.{guest_dir}", f"folder {host_dir!r} not found; fix: "
+                              "host folders are relative to the config file's folder")
+    return {"wasi_env": {str(k): str(v) for k, v in env.items()},
+            "wasi_dirs": {str(k): str(file.parent / str(v)) for k, v in dirs.items()}}
 
 
 def import_app(spec: str, base: Path | None = None) -> Any:
@@ -296,11 +314,12 @@ def import_app(spec: str, base: Path | None = None) -> Any:
     return obj
 
 
-def load_app(config: ChainConfig) -> Any:
+def load_app(config: ChainConfig) -> ASGIApp:
     """The ASGI app behind the chain: the imported `app`, or a proxy to `upstream`."""
     if config.app is not None:
         try:
-            return import_app(config.app, config.file.parent)
+            app: ASGIApp = import_app(config.app, config.file.parent)
+            return app
         except (ImportError, AttributeError) as exc:
             raise ConfigError(config.file, "app", f"cannot import {config.app!r}: {exc}; fix: run from the folder "
                                                   "that contains the module, or put it next to the config file") \
@@ -314,13 +333,13 @@ def load_app(config: ChainConfig) -> Any:
     return ProxyApp(config.upstream, timeout=config.upstream_timeout)
 
 
-def build_middleware(config: ChainConfig, app: Any = None) -> Any:
+def build_middleware(config: ChainConfig, app: ASGIApp | None = None) -> HttpWasmMiddleware:
     """HttpWasmMiddleware for a loaded config; `app` overrides the file's app/upstream."""
     if app is None:
         app = load_app(config)
     return HttpWasmMiddleware(app, config.load_guests(), max_body_size=config.max_body_size)
 
 
-def middleware_from_config(path: str | os.PathLike[str], app: Any = None) -> Any:
+def middleware_from_config(path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
     """HttpWasmMiddleware for a config file; `app` overrides the file's app/upstream."""
     return build_middleware(load_config(path), app)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +20,21 @@ from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
 from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
 from .pool import InstancePool
 from .runtime import Limits, WasiOptions, WasmInstance, WasmModule
+from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
 
 runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
 
 GuestSource = str | os.PathLike[str] | bytes | bytearray
 GuestConfig = bytes | str | Mapping[str, Any] | None
 
+log = logging.getLogger("http_wasm_asgi")  # the host's own lines; a guest's go to its own logger
 DEFAULT_LOGGER = "http_wasm_asgi.guest"
+DEFAULT_LIMITS = Limits()
+DEFAULT_MAX_INSTANCES = 1024  # a count cap: what instances cost is bounded by memory_budget
+DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # linear memory of one guest's instances, beyond a shared snapshot
+DEFAULT_IDLE_TIMEOUT = 60.0  # seconds an instance may stay idle before it is closed (down to min_instances)
+INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memory (store, tables), for the budget
+SNAPSHOT_FORMAT = 2  # bump when what a snapshot captures changes: old cache entries are then ignored
 _USE_DEFAULT: Any = object()
 
 
@@ -38,11 +51,67 @@ def encode_config(config: GuestConfig) -> bytes:
     raise TypeError(f"config must be bytes, str or a mapping, not {type(config).__name__}")
 
 
+def _read_source(source: GuestSource, name: str | None) -> tuple[Path | None, str, bytes]:
+    """(path, name, module bytes) of a guest given as a file or as bytes; the name defaults to the file's stem."""
+    if isinstance(source, bytes | bytearray):
+        return None, name or "guest", bytes(source)
+    path = Path(source)
+    name = name or path.stem
+    try:
+        return path, name, path.read_bytes()
+    except OSError as exc:
+        raise GuestError(name, f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """How a guest's instances start: from a snapshot taken after its init, or by running init each time."""
+
+    used: bool
+    detail: str  # where the snapshot came from ("built", "disk"), or why there is none
+    init_seconds: float = 0.0  # what the guest's init took (when the snapshot was built)
+    image_bytes: int = 0  # linear memory captured after init: mapped copy-on-write by every instance
+    exports: tuple[tuple[str, str], ...] = ()  # the original module's exports (name, type), init ones included
+
+
+def _snapshot_refusal(wasm: bytes, wasi: WasiOptions) -> str | None:
+    """Why this guest's state after init cannot be captured, or None."""
+    if wasi.dirs:
+        return "WASI directories are preopened: files opened during init cannot be captured"
+    return refusal(wasm)
+
+
+def _read_snapshot(files: tuple[Path, Path]) -> tuple[bytes, dict[str, Any]] | None:
+    """A snapshot from the disk cache (missing or unreadable: None, it is built again)."""
+    try:
+        meta = json.loads(files[1].read_text())
+        keys = ("features", "init_seconds", "image_bytes", "exports", "init_log")
+        return files[0].read_bytes(), {k: meta[k] for k in keys}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_snapshot(files: tuple[Path, Path], wasm: bytes, meta: dict[str, Any]) -> None:
+    """Both files, each replaced atomically; the metadata last, so a reader never sees it without its module."""
+    with contextlib.suppress(OSError):
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        for path, data in ((files[0], wasm), (files[1], json.dumps(meta).encode())):
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+
 class Guest:
     """An http-wasm guest: validated and compiled here, instantiated per request from a pool.
 
     Raises `GuestError` (naming the guest and the problem) when the module is
     not a usable http-wasm guest, or when its initialization fails.
+
+    By default the guest's init runs once, at load: its memory and globals are captured in a
+    snapshot module, and every instance starts from it in microseconds (`snapshot=False` runs
+    init per instance). The pool holds up to `max_instances` instances while their memory
+    stays within `memory_budget`, keeps `min_instances` ready and closes instances idle for
+    `idle_timeout` seconds (or beyond `max_idle`).
     """
 
     def __init__(
@@ -51,55 +120,57 @@ class Guest:
         *,
         name: str | None = None,
         config: GuestConfig = None,
-        max_instances: int = 64,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
+        min_instances: int = 1,
+        max_idle: int | None = None,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
         reuse_instances: bool = True,
         pool_timeout: float = 10.0,
-        call_timeout: float = 1.0,
-        memory_limit: int = 64 * 1024 * 1024,
+        call_timeout: float = DEFAULT_LIMITS.call_timeout,
+        init_timeout: float = DEFAULT_LIMITS.init_timeout,
+        memory_limit: int = DEFAULT_LIMITS.memory_bytes,
+        snapshot: bool = True,
         logger: str | logging.Logger | None = None,
         wasi_env: Mapping[str, str] | None = None,
         wasi_dirs: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike[str] | None = _USE_DEFAULT,
         threaded: bool = False,
     ) -> None:
-        if isinstance(source, bytes | bytearray):
-            wasm = bytes(source)
-            self.path: Path | None = None
-            self.name = name or "guest"
-        else:
-            self.path = Path(source)
-            self.name = name or self.path.stem
-            try:
-                wasm = self.path.read_bytes()
-            except OSError as exc:
-                raise GuestError(self.name, f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
-        if isinstance(logger, logging.Logger):
-            log = logger
-        else:
-            log = logging.getLogger(f"{logger or DEFAULT_LOGGER}.{self.name}")
-        self.logger = log
+        self.path, self.name, wasm = _read_source(source, name)
+        self.logger = logger if isinstance(logger, logging.Logger) else \
+            logging.getLogger(f"{logger or DEFAULT_LOGGER}.{self.name}")
         try:
             self.config = encode_config(config)
         except TypeError as exc:
             raise GuestError(self.name, str(exc)) from None
+        if max_instances < 1:
+            raise GuestError(self.name, f"max_instances must be at least 1, got {max_instances}")
         self.reuse_instances = reuse_instances
-        # Guest calls run on the event loop by default (fastest); threaded=True runs them on worker
-        # threads, so a slow or spinning guest does not hold up other requests.
-        self.threaded = threaded
-        self.context = GuestContext(self.name, self.config, log)
-        cache = runtime.default_cache_dir() if cache_dir is _USE_DEFAULT else (
-            Path(cache_dir) if cache_dir else None)
-        self.module = WasmModule(
-            self.name, wasm, _HOST_FUNCTIONS, cache_dir=cache,
-            wasi=WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {})),
-            limits=Limits(call_timeout=call_timeout, memory_bytes=memory_limit))
-        self.info = self.module.info
+        self.threaded = threaded  # guest calls on worker threads (else on the event loop: fastest)
+        self.context = GuestContext(self.name, self.config, self.logger)
+        self.module, self.snapshot = self._load(
+            wasm, snapshot, runtime.default_cache_dir() if cache_dir is _USE_DEFAULT else
+            (Path(cache_dir) if cache_dir else None),
+            WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {})),
+            Limits(call_timeout=call_timeout, init_timeout=init_timeout, memory_bytes=memory_limit))
+        # what the guest declares (a snapshot module lacks the init exports it was built without)
+        self.info = dataclasses.replace(self.module.info, size=len(wasm), sha256=hashlib.sha256(wasm).hexdigest(),
+                                        exports=self.snapshot.exports or self.module.info.exports)
         # Guests that may read the request body get it buffered before handle_request:
         # a host function cannot wait for the client.
         self.reads_request_body = self.info.imports_host("read_body")
-        self.pool: InstancePool[WasmInstance] = InstancePool(
-            self.new_instance, max_size=max_instances, timeout=pool_timeout, reuse=reuse_instances)
-        self.pool.put(self.new_instance())  # fail fast, and learn the init-time features
+        self.pool = self._make_pool(max_size=max_instances, timeout=pool_timeout, reuse=reuse_instances,
+                                    min_size=max(min_instances, 1), max_idle=max_idle, idle_timeout=idle_timeout,
+                                    budget=memory_budget)
+        self.pool.fill()  # fail fast, and learn the init-time features
+
+    def _make_pool(self, **bounds: Any) -> InstancePool[WasmInstance]:
+        """The instance pool; an instance costs its linear memory beyond the snapshot's shared image."""
+        image = self.snapshot.image_bytes
+        return InstancePool(self.new_instance, name=self.name, create_inline=self.snapshot.used,
+                            cost=lambda instance: max(instance.memory_size() - image, 0) + INSTANCE_OVERHEAD,
+                            **bounds)
 
     @property
     def features(self) -> int:
@@ -107,8 +178,15 @@ class Guest:
         return int(self.context.features)
 
     def new_instance(self) -> WasmInstance:
+        return self._instantiate(self.module)
+
+    def _make_host(self, instance: WasmInstance) -> GuestHost:
+        return GuestHost(instance, self.context)
+
+    def _instantiate(self, module: WasmModule) -> WasmInstance:
+        """A new instance of `module` (running its init, if it has one); errors carry what the guest printed."""
         try:
-            instance = self.module.instantiate(lambda mem: GuestHost(mem, self.context), self.context.output)
+            instance = module.instantiate(self._make_host, self.context.output)
             instance.release_gil = self.threaded
             return instance
         except GuestError as exc:
@@ -118,6 +196,88 @@ class Guest:
             raise
         finally:
             self.context.flush_output()
+
+    # -- loading: a snapshot after init when it is safe, else init per instance --
+    def _load(self, wasm: bytes, enabled: bool, cache_dir: Path | None, wasi: WasiOptions,
+              limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
+        binary = runtime.wasm_binary(self.name, wasm)
+        reason = _snapshot_refusal(binary, wasi) if enabled else "turned off (snapshot: false)"
+        if reason is None:
+            try:
+                return self._from_snapshot(binary, cache_dir, wasi, limits)
+            except (GuestError, SnapshotError) as exc:
+                reason = str(exc)
+        if enabled:
+            log.info("guest %r: no snapshot, each instance runs the guest's init: %s", self.name, reason)
+        module = WasmModule(self.name, binary, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits)
+        return module, SnapshotInfo(False, reason)
+
+    def _from_snapshot(self, wasm: bytes, cache_dir: Path | None, wasi: WasiOptions,
+                       limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
+        """The guest's snapshot module: from the disk cache, or built now (init runs once, here).
+
+        Processes starting together (N workers) build it once: the first holds the entry's lock.
+        """
+        key = hashlib.sha256(b"\0".join([
+            f"http-wasm-asgi snapshot {SNAPSHOT_FORMAT}".encode(), hashlib.sha256(wasm).digest(), self.config,
+            json.dumps(sorted(wasi.env.items())).encode()])).hexdigest()
+        if cache_dir is None:
+            return self._build_snapshot(wasm, None, key, wasi, limits)
+        files = (cache_dir / f"snapshot-{key}.wasm", cache_dir / f"snapshot-{key}.json")
+        with runtime.cache_entry_lock(files[0]):
+            cached = _read_snapshot(files)
+            if cached is None:
+                return self._build_snapshot(wasm, files, key, wasi, limits)
+        snap, meta = cached
+        self.context.features = int(meta["features"])
+        for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
+            self.context.say(int(level), str(message))
+        module = WasmModule(self.name, snap, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits,
+                            cache_key=key)
+        return module, SnapshotInfo(True, "disk", float(meta["init_seconds"]), int(meta["image_bytes"]),
+                                    tuple((str(n), str(t)) for n, t in meta["exports"]))
+
+    def _build_snapshot(self, wasm: bytes, files: tuple[Path, Path] | None, key: str, wasi: WasiOptions,
+                        limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
+        said = self.context.transcript = []
+        try:
+            snap, memory, seconds, exports = self._take_snapshot(wasm, wasi, limits)
+        finally:
+            self.context.transcript = None
+        module = WasmModule(self.name, snap, _HOST_FUNCTIONS, cache_dir=files[0].parent if files else None,
+                            wasi=wasi, limits=limits, cache_key=key)
+        instance = module.instantiate(self._make_host, None)  # verify once: a fresh instance starts as captured
+        try:
+            if instance.read(0, instance.memory_size()) != memory:
+                raise SnapshotError("a fresh instance of the snapshot does not hold the captured memory")
+        finally:
+            instance.close()
+        if files:
+            _write_snapshot(files, snap, {"features": self.context.features, "init_seconds": seconds,
+                                          "image_bytes": len(memory), "exports": exports, "init_log": said})
+        log.info("guest %r: snapshot after init (%.0f ms, %.1f MiB of memory); instances start from it",
+                 self.name, seconds * 1000, len(memory) / 2**20)
+        return module, SnapshotInfo(True, "built", seconds, len(memory), exports)
+
+    def _take_snapshot(self, wasm: bytes, wasi: WasiOptions,
+                       limits: Limits) -> tuple[bytes, bytes, float, tuple[tuple[str, str], ...]]:
+        """Run the guest's init once in an instrumented copy.
+
+        Returns the snapshot module, the captured memory, the init's seconds and the guest's own exports.
+        """
+        instrumented = instrument(wasm)
+        probe = WasmModule(self.name, instrumented.wasm, _HOST_FUNCTIONS, cache_dir=None, wasi=wasi, limits=limits)
+        start = time.perf_counter()
+        instance = self._instantiate(probe)
+        seconds = time.perf_counter() - start
+        try:
+            memory, values = instance.capture(instrumented.memory_export,
+                                              [g.export for g in instrumented.globals])
+        finally:
+            instance.close()
+        globals_ = {g.index: value for g, value in zip(instrumented.globals, values, strict=True)}
+        exports = tuple(e for e in probe.info.exports if not e[0].startswith(SNAPSHOT_EXPORT_PREFIX))
+        return rewrite(wasm, memory, globals_), memory, seconds, exports
 
     def close(self) -> None:
         self.pool.close()

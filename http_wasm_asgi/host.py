@@ -14,10 +14,9 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, ClassVar, Final, Protocol, cast
-from urllib.parse import unquote_to_bytes
+from typing import ClassVar, Final, Protocol, cast
 
-from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len
+from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len, feature_names
 from .errors import HostTrap
 
 Headers = list[tuple[bytes, bytes]]
@@ -34,14 +33,11 @@ _VALUE_CHARS: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # RFC
 HEADER_BYTES: Final = (_TOKEN_CHARS, _VALUE_CHARS)  # allowed in names, in values (the accelerator's tables)
 _EDGE_SPACE: Final = (b" ", b"\t")  # field values neither start nor end with whitespace
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
-_PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
-                     "3": b"HTTP/3.0"}
 # Plain ints on the hot path: IntFlag arithmetic costs a Python call per operation.
 BUFFER_REQUEST: Final = int(Feature.BUFFER_REQUEST)
 BUFFER_RESPONSE: Final = int(Feature.BUFFER_RESPONSE)
 TRAILERS: Final = int(Feature.TRAILERS)
 ALWAYS_SUPPORTED: Final = BUFFER_REQUEST | BUFFER_RESPONSE
-_FEATURE_NAMES: Final = {BUFFER_REQUEST: "buffer_request", BUFFER_RESPONSE: "buffer_response", TRAILERS: "trailers"}
 
 
 class Memory(Protocol):
@@ -65,80 +61,56 @@ PHASES: Final = (_PHASE_INIT, _PHASE_REQUEST, _PHASE_RESPONSE)
 class Exchange:
     """One HTTP request and its response, as every guest of a chain sees it.
 
-    Starts as a view of the ASGI scope; copies what a guest changes.
+    Built by the server binding from what the server gave (the request line parts as bytes,
+    headers as (lowercased name, value) pairs); copies what a guest changes. Rare fields
+    (trailers, bodies, a rewritten URI) start as shared immutable values.
     """
 
-    # What every request uses (and the accelerator reads) is a slot set here; the rest are
-    # class-level defaults until something changes them (then they live in the instance dict).
-    __slots__ = ("__dict__", "headers_changed", "max_body_size", "method", "request_headers", "response_headers",
-                 "scope", "status")
+    __slots__ = ("client", "headers_changed", "max_body_size", "method", "path", "protocol", "query",
+                 "request_body", "request_body_more", "request_body_replaced", "request_headers",
+                 "request_trailers", "response_body", "response_body_replaced", "response_headers",
+                 "response_trailers", "status", "trailers_supported", "uri")
     # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
     NATIVE_SLOTS: ClassVar = ("headers_changed", "method", "request_headers", "response_headers", "status")
 
-    uri: bytes | None = None  # set when a guest rewrites it
-    # Header lists start as a shared empty, immutable value and become lists on first write
-    # (mutable_headers): most requests never touch them.
-    request_trailers: Headers = NO_HEADERS
-    response_trailers: Headers = NO_HEADERS
-    request_body: bytes | None = None  # None: untouched, the app reads the stream
-    request_body_more = False  # the stream goes on past request_body (over the cap)
-    request_body_replaced = False
-    response_body: bytes | bytearray = b""
-    response_body_replaced = False
-
-    def __init__(self, scope: dict[str, Any], max_body_size: int) -> None:
-        self.scope = scope
+    def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, *, protocol: bytes = b"HTTP/1.1",
+                 client: tuple[str, int] | None = None, trailers_supported: bool = False,
+                 max_body_size: int) -> None:
+        self.method = method
+        self.path = path  # encoded, without the query
+        self.query = query  # encoded, without '?'
+        self.uri: bytes | None = None  # set when a guest rewrites it
+        self.protocol = protocol  # e.g. b"HTTP/1.1"
+        self.client = client  # (host, port) of the peer, if the server knows it
+        self.trailers_supported = trailers_supported  # the server can send response trailers
         self.max_body_size = max_body_size
-        self.method: str = scope["method"]
-        self.request_headers: Headers = scope["headers"]
+        self.request_headers = headers
         self.headers_changed = False
+        # Header lists start as a shared empty, immutable value and become lists on first write
+        # (mutable_headers): most requests never touch them.
+        self.request_trailers = NO_HEADERS
         self.response_headers = NO_HEADERS
+        self.response_trailers = NO_HEADERS
         self.status = 200
-
-    @property
-    def trailers_supported(self) -> bool:
-        extensions = self.scope.get("extensions")
-        return extensions is not None and "http.response.trailers" in extensions
+        self.request_body: bytes | None = None  # None: untouched, the next handler reads the stream
+        self.request_body_more = False  # the stream goes on past request_body (over the cap)
+        self.request_body_replaced = False
+        self.response_body: bytes | bytearray = b""
+        self.response_body_replaced = False
 
     # -- request line --
     def get_uri(self) -> bytes:
         if self.uri is not None:
             return self.uri
-        scope = self.scope
-        path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query = scope.get("query_string") or b""
-        uri = path + b"?" + query if query else path
+        uri = self.path + b"?" + self.query if self.query else self.path
         return uri or b"/"
 
-    def protocol(self) -> bytes:
-        return _PROTOCOLS.get(self.scope.get("http_version", "1.1"), b"HTTP/1.1")
-
     def source_addr(self) -> bytes:
-        client = self.scope.get("client")
+        client = self.client
         if not client:
             raise HostTrap("the server gave no client address")
         host, port = client[0], client[1]
         return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
-
-    def request_changed(self) -> bool:
-        return self.uri is not None or self.headers_changed or self.method != self.scope["method"] \
-            or self.request_body_replaced
-
-    def app_scope(self) -> dict[str, Any]:
-        """The scope the next handler sees, with every change the guests made."""
-        scope = dict(self.scope)
-        scope["method"] = self.method
-        if self.uri is not None:
-            raw_path, _, query = self.uri.partition(b"?")
-            scope["raw_path"] = raw_path
-            scope["path"] = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-            scope["query_string"] = query
-        headers = self.request_headers
-        if self.request_body_replaced:
-            headers = [(k, v) for k, v in headers if k not in (b"content-length", b"transfer-encoding")]
-            headers.append((b"content-length", str(len(self.request_body or b"")).encode()))
-        scope["headers"] = headers
-        return scope
 
     # -- headers --
     def headers(self, kind: int) -> Headers:
@@ -201,7 +173,16 @@ class GuestContext:
         self.logger = logger
         self.features = 0  # Feature bits enabled at init
         self.recent_output: deque[str] = deque(maxlen=20)
+        # While set (a snapshot's init), every line the guest logs or prints, whatever the log level:
+        # replayed when the snapshot is reused, as if init ran again.
+        self.transcript: list[tuple[int, str]] | None = None
         self._partial: dict[int, bytes] = {}
+
+    def say(self, level: int, message: str) -> None:
+        """One line of the guest's (its `log` calls and its stdout/stderr) to its logger."""
+        if self.transcript is not None:
+            self.transcript.append((level, message))
+        self.logger.log(level, "%s", message)
 
     def output(self, fd: int, data: bytes) -> None:
         """Guest stdout/stderr (WASI) becomes log lines: INFO for stdout, WARNING for stderr."""
@@ -220,7 +201,7 @@ class GuestContext:
     def _emit(self, fd: int, line: bytes) -> None:
         message = line.decode("utf-8", "replace").rstrip("\r")
         self.recent_output.append(message)
-        self.logger.log(logging.INFO if fd == 1 else logging.WARNING, "%s", message)
+        self.say(logging.INFO if fd == 1 else logging.WARNING, message)
 
 
 class GuestHost:
@@ -267,6 +248,14 @@ class GuestHost:
     def end(self) -> None:
         self.exchange = None
         self.phase = _PHASE_INIT
+
+    def pass_on_request_body(self) -> None:
+        """After next: what a guest read of the request body without buffer_request is consumed (the
+        ABI's streaming rule), so the next handler gets only the rest."""
+        exchange = self.exchange
+        if exchange is not None and self.request_read and not self.features & BUFFER_REQUEST \
+                and not exchange.request_body_replaced and exchange.request_body is not None:
+            exchange.request_body = exchange.request_body[self.request_read:]
 
     def request(self, function: str) -> Exchange:
         exchange = self.exchange
@@ -319,7 +308,7 @@ def _before_next(h: GuestHost, what: str) -> None:
 
 def _before_next_or(h: GuestHost, feature: int, what: str) -> None:
     if h.phase != _PHASE_REQUEST and not h.features & feature:
-        raise HostTrap(f"can't {what} after next unless {_FEATURE_NAMES[feature]} is enabled")
+        raise HostTrap(f"can't {what} after next unless {feature_names(feature)[0]} is enabled")
 
 
 def _mutable_headers(h: GuestHost, kind: int, what: str) -> Headers:
@@ -353,14 +342,14 @@ def get_config(h: GuestHost, buf: int, limit: int) -> int:
 
 def log(h: GuestHost, level: int, ptr: int, length: int) -> None:
     py_level = _PY_LEVELS.get(_signed(level))
-    logger = h.guest.logger
-    if py_level is None or not logger.isEnabledFor(py_level):
+    guest = h.guest
+    if py_level is None or (not guest.logger.isEnabledFor(py_level) and guest.transcript is None):
         return
     try:
         message = h.mem.read(ptr, length)
     except HostTrap:
         return  # the spec: a host that fails to log ignores the message
-    logger.log(py_level, "%s", message.decode("utf-8", "replace"))
+    guest.say(py_level, message.decode("utf-8", "replace"))
 
 
 def log_enabled(h: GuestHost, level: int) -> int:
@@ -405,7 +394,7 @@ def set_uri(h: GuestHost, ptr: int, length: int) -> None:
 
 def get_protocol_version(h: GuestHost, buf: int, limit: int) -> int:
     exchange = h.request("get_protocol_version")
-    return _write_limited(h, buf, limit, exchange.protocol())
+    return _write_limited(h, buf, limit, exchange.protocol)
 
 
 def get_source_addr(h: GuestHost, buf: int, limit: int) -> int:
@@ -539,6 +528,10 @@ def set_status_code(h: GuestHost, status: int) -> None:
         raise HostTrap(f"invalid status code {_signed(status)} (a final status is 200-599)")
     exchange.status = status
 
+
+# The host functions through which a guest sees the next handler's response (status, headers,
+# trailers): a chain that imports none of them lets an unbuffered response go straight through.
+RESPONSE_OBSERVERS: Final = frozenset({"get_status_code", "get_header_names", "get_header_values"})
 
 HOST_FUNCTIONS: Final[dict[str, Callable[..., int | None]]] = {
     f.__name__: f for f in (

@@ -5,6 +5,10 @@ g1.handle_request -> g2.handle_request -> g3.handle_request -> app
 -> g3.handle_response -> g2.handle_response -> g1.handle_response.
 A guest that returns next=0 answers the request itself; the guests before it
 still see its response in their handle_response.
+
+This module turns the ASGI scope into the host's `Exchange`, runs the guests'
+calls in order (`_Flow.request_phase`, `call_app`, `unwind`, `finish`) and turns
+the `Exchange` back into ASGI messages. ABI rules live in host.py, wasm in runtime.py.
 """
 
 from __future__ import annotations
@@ -14,23 +18,30 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
-from .abi import HeaderKind
+from .abi import HeaderKind, split_ctx_next
 from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
-from .host import BUFFER_REQUEST, BUFFER_RESPONSE, Exchange, GuestHost, merge_response_headers
+from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, GuestHost, merge_response_headers
 from .runtime import WasmInstance, accelerated
 
 merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
 
-DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
-_UNSAFE_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
-_RESPONSE_TRAILERS = int(HeaderKind.RESPONSE_TRAILERS)
+DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
+GUEST_THREADS: Final = 32  # worker threads of one middleware for Guest(threaded=True) calls
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+_UNSAFE_EXTENSIONS: Final = ("http.response.pathsend", "http.response.zerocopysend")
+_RESPONSE_TRAILERS: Final = int(HeaderKind.RESPONSE_TRAILERS)
+_PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
+                     "3": b"HTTP/3.0"}
 
 log = logging.getLogger("http_wasm_asgi")
+
+# A guest that returned next=1 and waits for handle_response: (guest, instance, host, req_ctx).
+Held = tuple[Guest, WasmInstance, GuestHost, int]
 
 
 class HttpWasmMiddleware:
@@ -51,137 +62,139 @@ class HttpWasmMiddleware:
         self.max_body_size = max_body_size
         # Whether a guest may look at the app's response (status, headers, trailers) in
         # handle_response: if none can, an unbuffered response goes straight to the client.
-        self._threaded = any(guest.threaded for guest in self.guests)
-        self._observes_response = any(
-            guest.info.imports_host(name) for guest in self.guests
-            for name in ("get_status_code", "get_header_names", "get_header_values"))
+        self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
+                                     for name in RESPONSE_OBSERVERS)
+        self.threads = _GuestThreads()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
-        """Build the chain described by a config file (YAML or TOML)."""
+        """Build the chain described by a config file (YAML or TOML).
+
+        The one import of a layer above this one (config), deferred to the call.
+        """
         from .config import middleware_from_config
 
-        middleware: HttpWasmMiddleware = middleware_from_config(path, app)
-        return middleware
+        return middleware_from_config(path, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.guests:
             await self.app(scope, receive, send)
             return
-        # The hot path (guests that neither trap, nor answer, nor buffer, nor run on threads) is
-        # this one coroutine: no per-guest objects but a tuple, no extra coroutine per step.
-        flow = _Flow(scope, self.max_body_size)  # type: ignore[arg-type]
-        flow.receive = receive
-        flow.send = send
-        flow.held = held = []
-        flow.started = flow.sent = False
-        buffered = False  # a held guest enabled buffer_response: the app's response is collected
+        flow = _Flow(self, scope, receive, send)
         try:
-            for guest in self.guests:
-                if guest.reads_request_body and flow.request_body is None:
-                    await flow._buffer_request_body()
-                pool = guest.pool
-                instance = pool.try_acquire() or await pool.acquire()
-                host = instance.host
-                try:  # host.begin, handle_request, host.after_next on next=1
-                    ctx_next = instance.request(flow, guest.context.features) if not guest.threaded else \
-                        await _in_thread(guest, instance, instance.request, flow, guest.context.features)
-                except GuestTrap as trap:
-                    flow._drop_trapped(guest, instance, host, trap)
-                    await flow._fail(trap.status)
-                    return
-                if not ctx_next & 1:  # next=0: this guest answered
-                    host.end()
-                    pool.release(instance)
-                    await flow._unwind(is_error=False)
-                    await flow._send_exchange(short_circuit=True)
-                    return
-                if host.request_read and not host.features & BUFFER_REQUEST \
-                        and not flow.request_body_replaced and flow.request_body is not None:
-                    flow.request_body = flow.request_body[host.request_read:]  # read means consumed
-                held.append((guest, instance, host, (ctx_next >> 32) & 0xFFFF_FFFF))
-                if host.features & BUFFER_RESPONSE:
-                    buffered = True
-
-            # -- the next handler --
-            app_send = flow._collect if buffered else flow._stream if self._observes_response or \
-                flow.response_headers else send
-            app_scope = scope
-            if flow.request_changed():
-                app_scope = flow.app_scope()
-            extensions = app_scope.get("extensions")
-            if extensions and ("http.response.pathsend" in extensions or
-                               "http.response.zerocopysend" in extensions):
-                app_scope = dict(app_scope)
-                app_scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
-            app_error: BaseException | None = None
-            try:
-                await self.app(app_scope, receive if flow.request_body is None else flow._replay_receive,
-                               app_send)
-            except _ResponseTooLarge:
-                flow.response_too_large = True
-            except Exception as exc:
-                app_error = exc
-            failed = app_error is not None or flow.response_too_large
-            if self._threaded:
-                await flow._unwind(is_error=failed)
-            else:
-                flow._unwind_here(failed)
-            if app_error is not None:
-                raise app_error
-            if flow.response_too_large or (buffered and flow.error_status is not None):
-                if flow.error_status is not None:
-                    await flow._fail(flow.error_status)
-                    return
-                log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", scope.get("method"),
-                          scope.get("path"), self.max_body_size)
-                await flow._fail(500)
-            elif buffered and flow.started:
-                await flow._send_exchange(short_circuit=False)
+            if await flow.request_phase():
+                await flow.call_app()
+                await flow.finish()
         except PoolTimeout as exc:
             log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
-            await flow._fail(503)
+            await flow.unwind(is_error=True)
+            await flow.respond_error(503)
         except GuestError as exc:  # a lazily created instance failed to initialize
             log.error("%s", exc)
-            await flow._fail(500)
+            await flow.unwind(is_error=True)
+            await flow.respond_error(500)
         finally:
-            if held:  # cancelled or failed half-way: let guests clean up, free the instances
-                await flow._unwind(is_error=True)
+            if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
+                await flow.unwind(is_error=True)
 
     def close(self) -> None:
+        """Drop every guest's instances and stop the worker threads."""
         for guest in self.guests:
             guest.close()
+        self.threads.close()
 
 
-class _Flow(Exchange):
-    """One request through the chain: the Exchange every guest sees, plus the ASGI plumbing."""
+def exchange_from_scope(scope: Scope, max_body_size: int) -> Exchange:
+    """The host's view of an ASGI request: request line parts as bytes, the scope's header list."""
+    extensions = scope.get("extensions")
+    return Exchange(scope["method"], scope.get("raw_path") or scope["path"].encode("utf-8"),
+                    scope.get("query_string") or b"", scope["headers"],
+                    protocol=_PROTOCOLS.get(scope.get("http_version", "1.1"), b"HTTP/1.1"),
+                    client=scope.get("client"),
+                    trailers_supported=extensions is not None and "http.response.trailers" in extensions,
+                    max_body_size=max_body_size)
 
-    __slots__ = ("held", "receive", "send", "sent", "started")  # set by HttpWasmMiddleware.__call__
 
-    # guests that returned next=1 and wait for handle_response: (guest, instance, host, req_ctx)
-    held: list[tuple[Guest, WasmInstance, GuestHost, int]]
-    receive: Receive
-    send: Send
-    started: bool  # the app sent http.response.start (to us or through us)
-    sent: bool  # http.response.start went to the client
-    # rarely set: class-level defaults
-    error_status: int | None = None  # a guest trapped on the way back
-    app_trailers = False
-    body_replayed = False
-    disconnected = False
-    response_too_large = False
+def scope_for_app(scope: Scope, exchange: Exchange) -> Scope:
+    """The scope the next handler sees: the server's, with every change the guests made."""
+    if exchange.uri is not None or exchange.headers_changed or exchange.method != scope["method"] \
+            or exchange.request_body_replaced:
+        scope = dict(scope)
+        scope["method"] = exchange.method
+        if exchange.uri is not None:
+            raw_path, _, query = exchange.uri.partition(b"?")
+            scope["raw_path"] = raw_path
+            scope["path"] = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+            scope["query_string"] = query
+        headers = exchange.request_headers
+        if exchange.request_body_replaced:
+            headers = [(k, v) for k, v in headers if k not in (b"content-length", b"transfer-encoding")]
+            headers.append((b"content-length", str(len(exchange.request_body or b"")).encode()))
+        scope["headers"] = headers
+    extensions = scope.get("extensions")
+    if extensions and ("http.response.pathsend" in extensions or "http.response.zerocopysend" in extensions):
+        scope = dict(scope)  # guests may rewrite the body: the app must send it as messages
+        scope["extensions"] = {k: v for k, v in extensions.items() if k not in _UNSAFE_EXTENSIONS}
+    return scope
 
-    async def _replay_receive(self) -> Message:
-        """The request body as the guests left it, then the rest of the stream (or disconnect)."""
-        if not self.body_replayed:
-            self.body_replayed = True
-            more = self.request_body_more and not self.request_body_replaced
-            return {"type": "http.request", "body": self.request_body or b"", "more_body": more}
-        if self.disconnected:
-            return {"type": "http.disconnect"}
-        return await self.receive()
 
-    async def _buffer_request_body(self) -> None:
+class _Flow:
+    """One request through the chain: its `Exchange`, the guests holding an instance, the ASGI plumbing."""
+
+    __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "disconnected", "error_status", "exchange",
+                 "held", "receive", "response_too_large", "scope", "send", "sent", "started")
+
+    def __init__(self, chain: HttpWasmMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        self.chain = chain
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.exchange = exchange_from_scope(scope, chain.max_body_size)
+        self.held: list[Held] = []
+        self.buffered = False  # a held guest enabled buffer_response: the app's response is collected
+        self.started = False  # the app sent http.response.start (to us or through us)
+        self.sent = False  # http.response.start went to the client
+        self.error_status: int | None = None  # a guest trapped on the way back
+        self.app_trailers = False  # the app announced response trailers
+        self.body_replayed = False
+        self.disconnected = False
+        self.response_too_large = False
+
+    # -- the way in --
+    async def request_phase(self) -> bool:
+        """handle_request of each guest in order; False when a guest answered (or failed) instead."""
+        exchange = self.exchange
+        for guest in self.chain.guests:
+            if guest.reads_request_body and exchange.request_body is None:
+                await self.buffer_request_body()
+            pool = guest.pool
+            instance = pool.try_acquire() or await pool.acquire()
+            host = instance.host
+            try:  # host.begin, handle_request, host.after_next on next=1
+                ctx_next = instance.request(exchange, guest.context.features) if not guest.threaded else \
+                    await self.chain.threads.run(guest, instance, instance.request, exchange, guest.context.features)
+            except GuestTrap as trap:
+                self.drop_trapped(guest, instance, host, trap)
+                await self.unwind(is_error=True)
+                await self.respond_error(trap.status)
+                return False
+            req_ctx, next_ = split_ctx_next(ctx_next)
+            if not next_:  # this guest answered
+                host.end()
+                pool.release(instance)
+                await self.unwind(is_error=False)
+                await self.send_exchange(short_circuit=True)
+                return False
+            if host.request_read:
+                host.pass_on_request_body()
+            self.held.append((guest, instance, host, req_ctx))
+            if host.features & BUFFER_RESPONSE:
+                self.buffered = True
+        return True
+
+    async def buffer_request_body(self) -> None:
+        """Read the request body (up to max_body_size) for a guest that may read it."""
+        exchange = self.exchange
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -196,116 +209,128 @@ class _Flow(Exchange):
                 chunks.append(body)
                 size += len(body)
             more = bool(message.get("more_body", False))
-            if size > self.max_body_size:
+            if size > exchange.max_body_size:
                 break
-        self.request_body = b"".join(chunks)
-        self.request_body_more = more
+        exchange.request_body = b"".join(chunks)
+        exchange.request_body_more = more
 
-    def _stream(self, message: Message) -> Awaitable[None]:
+    # -- the next handler --
+    async def call_app(self) -> None:
+        """Run the app with the guests' changes, then handle_response of every held guest."""
+        exchange = self.exchange
+        app_send = self.collect if self.buffered else self.stream \
+            if self.chain.observes_response or exchange.response_headers else self.send
+        receive = self.receive if exchange.request_body is None else self.replay_receive
+        app_error: Exception | None = None
+        try:
+            await self.chain.app(scope_for_app(self.scope, exchange), receive, app_send)
+        except _ResponseTooLarge:
+            self.response_too_large = True
+        except Exception as exc:
+            app_error = exc
+        await self.unwind(is_error=app_error is not None or self.response_too_large)
+        if app_error is not None:
+            raise app_error
+
+    async def replay_receive(self) -> Message:
+        """The request body as the guests left it, then the rest of the stream (or disconnect)."""
+        exchange = self.exchange
+        if not self.body_replayed:
+            self.body_replayed = True
+            more = exchange.request_body_more and not exchange.request_body_replaced
+            return {"type": "http.request", "body": exchange.request_body or b"", "more_body": more}
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        return await self.receive()
+
+    def stream(self, message: Message) -> Awaitable[None]:
         """Unbuffered: pass the app's response through, remembering what guests may read.
 
         Not a coroutine: it returns the server's send awaitable, so each message costs no extra
         coroutine (the app awaits what it gets, as with any ASGI send).
         """
         kind = message["type"]
+        exchange = self.exchange
         if kind == "http.response.start":
-            self.status = message["status"]
+            exchange.status = message["status"]
             headers = message.get("headers") or []
-            if self.response_headers:
+            if exchange.response_headers:
                 message = dict(message)
-                message["headers"] = headers = merge_response_headers(self.response_headers, headers)
-            self.response_headers = headers  # read-only from here: no copy
+                message["headers"] = headers = merge_response_headers(exchange.response_headers, headers)
+            exchange.response_headers = headers  # read-only from here: no copy
             self.started = self.sent = True
         elif kind == "http.response.trailers":
-            self.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
+            exchange.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
         return self.send(message)
 
-    async def _collect(self, message: Message) -> None:
+    async def collect(self, message: Message) -> None:
         """Buffered: keep the whole response for the guests' handle_response."""
         kind = message["type"]
+        exchange = self.exchange
         if kind == "http.response.start":
-            self.status = message["status"]
-            self.response_headers = merge_response_headers(self.response_headers, message.get("headers") or ())
+            exchange.status = message["status"]
+            exchange.response_headers = merge_response_headers(exchange.response_headers,
+                                                               message.get("headers") or ())
             self.app_trailers = bool(message.get("trailers", False))
             self.started = True
         elif kind == "http.response.body":
             body = message.get("body", b"")
-            held = self.response_body
-            if len(held) + len(body) > self.max_body_size:
+            held = exchange.response_body
+            if len(held) + len(body) > exchange.max_body_size:
                 raise _ResponseTooLarge
             if type(held) is not bytearray:
-                held = self.response_body = bytearray(held)
+                held = exchange.response_body = bytearray(held)
             held += body
         elif kind == "http.response.trailers":
-            self.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
+            exchange.mutable_headers(_RESPONSE_TRAILERS).extend(message.get("headers") or ())
         else:
             await self.send(message)  # e.g. http.response.early_hint: not ours to hold
 
     # -- the way back --
-    async def _unwind(self, *, is_error: bool) -> None:
-        """handle_response for every held guest, innermost first; frees their instances."""
-        held = self.held
-        while held:
-            guest, instance, host, req_ctx = held[-1]
-            if not guest.threaded:
-                is_error = self._unwind_here(is_error, 1)
-                continue
-            held.pop()
-            try:
-                await _in_thread(guest, instance, instance.response, req_ctx, is_error)
-            except GuestTrap as trap:
-                self._drop_trapped(guest, instance, host, trap)
-                self.error_status = trap.status  # a response not yet sent becomes this error
-                is_error = True
-                continue
-            guest.pool.release(instance)
+    async def unwind(self, *, is_error: bool) -> None:
+        """handle_response of every held guest, innermost first; frees their instances.
 
-    def _unwind_here(self, is_error: bool, count: int = -1) -> bool:
-        """handle_response on this thread for `count` (default: all) held guests, innermost first.
-
-        Returns is_error for the guests after them (a trap makes it True).
+        A guest that traps is dropped and makes is_error true for the guests before it; a
+        response not yet sent becomes its error status.
         """
         held = self.held
-        while held and count:
-            count -= 1
+        while held:
             guest, instance, host, req_ctx = held.pop()
-            try:
-                instance.response(req_ctx, is_error)  # handle_response, host.end()
+            try:  # handle_response, host.end()
+                if guest.threaded:
+                    await self.chain.threads.run(guest, instance, instance.response, req_ctx, is_error)
+                else:
+                    instance.response(req_ctx, is_error)
             except GuestTrap as trap:
-                self._drop_trapped(guest, instance, host, trap)
-                self.error_status = trap.status  # a response not yet sent becomes this error
+                self.drop_trapped(guest, instance, host, trap)
+                self.error_status = trap.status
                 is_error = True
             else:
                 guest.pool.release(instance)
-        return is_error
 
-    async def _send_exchange(self, *, short_circuit: bool) -> None:
+    async def finish(self) -> None:
+        """After the way back: send what the guests hold, or the error that replaced it."""
+        if self.response_too_large and self.error_status is None:
+            log.error("buffered response of %s %s exceeds max_body_size (%d bytes)", self.scope.get("method"),
+                      self.scope.get("path"), self.chain.max_body_size)
+            await self.respond_error(500)
+        elif self.response_too_large or (self.buffered and self.error_status is not None):
+            await self.respond_error(self.error_status or 500)
+        elif self.buffered and self.started:
+            await self.send_exchange(short_circuit=False)
+
+    async def send_exchange(self, *, short_circuit: bool) -> None:
         """Send the response the guests hold (a short-circuit or a buffered one)."""
         if self.error_status is not None:
-            await self._fail(self.error_status)
+            await self.respond_error(self.error_status)
             return
-        body = bytes(self.response_body)
-        headers = self.response_headers
-        bodiless_status = self.status in _NO_BODY_STATUS or self.status < 200
-        no_body = bodiless_status or self.scope.get("method") == "HEAD"
-        declared = [v for k, v in headers if k.lower() == b"content-length"]
-        if short_circuit or self.response_body_replaced or not declared or bodiless_status:
-            # a 204/304 has no body, so no framing headers either (the app's would announce one)
-            headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
-            if not no_body:
-                headers.append((b"content-length", str(len(body)).encode()))
-        else:
-            try:  # a guest that declares a shorter length means it: never leak what it cut
-                limit = int(declared[-1])
-            except ValueError:
-                limit = len(body)
-            if limit < len(body):
-                body = body[:max(limit, 0)]
-        if no_body:
-            body = b""
-        trailers = self.response_trailers if self.trailers_supported else []
-        send_trailers = bool(trailers) or (self.app_trailers and self.trailers_supported)
-        start: Message = {"type": "http.response.start", "status": self.status, "headers": headers}
+        exchange = self.exchange
+        status = exchange.status
+        headers, body = _framed(exchange, status, short_circuit=short_circuit,
+                                head=self.scope.get("method") == "HEAD")
+        trailers = exchange.response_trailers if exchange.trailers_supported else []
+        send_trailers = bool(trailers) or (self.app_trailers and exchange.trailers_supported)
+        start: Message = {"type": "http.response.start", "status": status, "headers": headers}
         if send_trailers:
             start["trailers"] = True
         self.sent = True
@@ -314,39 +339,72 @@ class _Flow(Exchange):
         if send_trailers:
             await self.send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
 
-    async def _fail(self, status: int) -> None:
-        """A short, generic error response; details went to the log."""
-        await self._unwind(is_error=True)
+    async def respond_error(self, status: int) -> None:
+        """A short, generic error response, unless the response is already on its way."""
         if self.sent:
-            return  # the response is already on its way: nothing more to say
+            return
         self.sent = True
         await send_error(self.send, status)
 
-    def _drop_trapped(self, guest: Guest, instance: WasmInstance, host: GuestHost, trap: GuestTrap) -> None:
+    def drop_trapped(self, guest: Guest, instance: WasmInstance, host: GuestHost, trap: GuestTrap) -> None:
         """A guest call trapped: the instance is thrown away (never reused) and the cause logged."""
         host.end()
         guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
 
 
-_WORKERS: ThreadPoolExecutor | None = None
+def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
+            head: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a response the host sends itself, with honest framing."""
+    body = bytes(exchange.response_body)
+    headers = exchange.response_headers
+    bodiless_status = status in _NO_BODY_STATUS or status < 200
+    no_body = bodiless_status or head
+    declared = [v for k, v in headers if k.lower() == b"content-length"]
+    if short_circuit or exchange.response_body_replaced or not declared or bodiless_status:
+        # a 204/304 has no body, so no framing headers either (the app's would announce one)
+        headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+        if not no_body:
+            headers.append((b"content-length", str(len(body)).encode()))
+    else:
+        try:  # a guest that declares a shorter length means it: never leak what it cut
+            limit = int(declared[-1])
+        except ValueError:
+            limit = len(body)
+        if limit < len(body):
+            body = body[:max(limit, 0)]
+    return list(headers), b"" if no_body else body
 
 
-async def _in_thread(guest: Guest, instance: WasmInstance, call: Callable[..., Any], *args: Any) -> Any:
-    """Run a guest call on a worker thread (Guest(threaded=True)) so the event loop stays free.
+class _GuestThreads:
+    """Worker threads for Guest(threaded=True) calls, so a slow guest does not hold the event loop.
 
-    If the request is cancelled meanwhile, the call still runs to its end (it cannot be
-    stopped half-way); the instance is then discarded, never handed to another request.
+    Owned by one middleware: started on first use, stopped by its close().
     """
-    global _WORKERS
-    if _WORKERS is None:
-        _WORKERS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="http-wasm-guest")
-    future = asyncio.get_running_loop().run_in_executor(_WORKERS, call, *args)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(lambda _: guest.pool.release(instance, discard=True))
-        raise _Abandoned from None
+
+    def __init__(self, max_workers: int = GUEST_THREADS) -> None:
+        self.max_workers = max_workers
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, guest: Guest, instance: WasmInstance, call: Callable[..., Any], *args: Any) -> Any:
+        """Run a guest call on a worker thread.
+
+        If the request is cancelled meanwhile, the call still runs to its end (it cannot be
+        stopped half-way); the instance is then discarded, never handed to another request.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="http-wasm-guest")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda _: guest.pool.release(instance, discard=True))
+            raise _Abandoned from None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 class _Abandoned(asyncio.CancelledError):

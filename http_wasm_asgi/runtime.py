@@ -648,15 +648,18 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "http-wasm-asgi"
 
 
-def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.Module, float, str, str]:
+def _compile(name: str, wasm: bytes, cache_dir: Path | None,
+             cache_key: str | None = None) -> tuple[wasmtime.Module, float, str, str]:
     """Compile once per process, and once per machine with the disk cache.
 
-    Returns (module, seconds, source, sha256 of the wasm); source is "compiled", "disk" or "memory".
+    Returns (module, seconds, source, key); source is "compiled", "disk" or "memory"; the key
+    is the sha256 of the wasm unless the caller names the entry (`cache_key`, e.g. a snapshot's,
+    derived from what it was built from: no need to hash a large module again).
     Processes starting together (N workers) compile a module once: the first takes a lock on
     the cache entry, the others wait for it and load what it wrote.
     """
     engine = _get_engine()
-    key = hashlib.sha256(wasm).hexdigest()
+    key = cache_key or hashlib.sha256(wasm).hexdigest()
     cached = _module_cache.get(key)
     if cached is not None:
         return cached, 0.0, "memory", key
@@ -665,14 +668,15 @@ def _compile(name: str, wasm: bytes, cache_dir: Path | None) -> tuple[wasmtime.M
     lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if cache_dir is not None:
         path = cache_dir / f"{key}-{_cache_tag()}.cwasm"
-        module = _load_cached(engine, path)
+        module = _load_cached(engine, path, mapped=cache_key is not None)
         if module is None:
-            lock = _entry_lock(path)
+            lock = cache_entry_lock(path)
     else:
         module = None
     with lock:
         if module is None and path is not None:
-            module = _load_cached(engine, path)  # another process may have written it while we waited
+            # another process may have written it while we waited
+            module = _load_cached(engine, path, mapped=cache_key is not None)
         if module is not None:
             _module_cache[key] = module
             return module, time.perf_counter() - start, "disk", key
@@ -695,13 +699,20 @@ def _cache_tag() -> str:
     return hashlib.sha256(f"{wasmtime_version()};{ENGINE_FINGERPRINT}".encode()).hexdigest()[:12]
 
 
-def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+def _load_cached(engine: wasmtime.Engine, path: Path, mapped: bool) -> wasmtime.Module | None:
     """The module of a cache entry, or None (missing, stale or corrupt: it is simply rebuilt).
 
-    Read into memory, not mapped (deserialize_file): a cache file replaced or truncated later
-    must not pull pages out from under a live module. Deserialized straight from our buffer
-    (wasmtime-py's deserialize copies it once more first).
+    `mapped` (snapshots): mapped from the file (deserialize_file), so the module's copy-on-write
+    memory image (the guest's initialized heap) is the file's pages, shared by every instance and
+    every worker process. The host only ever replaces entries whole (os.replace: a mapped old
+    file lives on until unmapped); a file rewritten in place under a live mapping would crash the
+    process, so ordinary modules are read into memory instead.
     """
+    if mapped:
+        try:
+            return wasmtime.Module.deserialize_file(engine, str(path)) if path.is_file() else None
+        except (wasmtime.WasmtimeError, OSError):
+            return None
     try:
         with open(path, "rb") as f:
             data = bytearray(os.fstat(f.fileno()).st_size)
@@ -719,7 +730,7 @@ def _load_cached(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
 
 
 @contextlib.contextmanager
-def _entry_lock(path: Path) -> Iterator[None]:
+def cache_entry_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on one cache entry across processes (best effort: none where flock is missing)."""
     try:
         import fcntl
@@ -742,7 +753,9 @@ class Limits:
     """Per-instance resource limits."""
 
     call_timeout: float = 1.0  # seconds of CPU per guest call (epoch based)
-    memory_bytes: int = 64 * 1024 * 1024  # linear memory cap
+    init_timeout: float = 10.0  # seconds of CPU for the guest's init (start function, _initialize/_start)
+    # linear memory cap: a cap, not a reservation; generous enough for a WAF's rule set (~75-100 MiB)
+    memory_bytes: int = 256 * 1024 * 1024
     table_elements: int = 1_000_000  # table size cap (a table.grow bomb is memory too)
 
 
@@ -785,26 +798,32 @@ def _signature(params: tuple[str, ...], results: tuple[str, ...]) -> str:
     return f"func({', '.join(params)}) -> ({', '.join(results)})"
 
 
+def wasm_binary(name: str, wasm: bytes) -> bytes:
+    """The module's binary; WebAssembly text is accepted too (tests, hand-written guests)."""
+    if not isinstance(wasm, bytes | bytearray | memoryview):
+        raise GuestError(name, f"expected the module's bytes, got {type(wasm).__name__}")
+    wasm = bytes(wasm)
+    if wasm[:4] == b"\0asm":
+        return wasm
+    try:
+        return bytes(wasmtime.wat2wasm(wasm.decode("utf-8")))
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise GuestError(name, "not a WebAssembly module (no \\0asm header) and not valid "
+                               f"WebAssembly text: {detail}") from None
+
+
 class WasmModule:
     """A validated guest module, linked against the host functions, ready to instantiate."""
 
     def __init__(self, name: str, wasm: bytes, host_functions: Mapping[str, HostFunction],
                  *, cache_dir: Path | None = None, wasi: WasiOptions | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, cache_key: str | None = None) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.wasi = wasi or WasiOptions()
-        if not isinstance(wasm, bytes | bytearray | memoryview):
-            raise GuestError(name, f"expected the module's bytes, got {type(wasm).__name__}")
-        wasm = bytes(wasm)
-        if wasm[:4] != b"\0asm":
-            try:  # WebAssembly text is accepted too (tests, hand-written guests)
-                wasm = bytes(wasmtime.wat2wasm(wasm.decode("utf-8")))
-            except Exception as exc:
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise GuestError(name, "not a WebAssembly module (no \\0asm header) and not valid "
-                                       f"WebAssembly text: {detail}") from None
-        self._module, seconds, source, sha256 = _compile(name, wasm, cache_dir)
+        wasm = wasm_binary(name, wasm)
+        self._module, seconds, source, sha256 = _compile(name, wasm, cache_dir, cache_key)
         imports = tuple((i.module, i.name or "", _describe(i.type)) for i in self._module.imports)
         exports = tuple((e.name, _describe(e.type)) for e in self._module.exports)
         self.info = ModuleInfo(len(wasm), sha256, imports, exports,
@@ -913,8 +932,8 @@ class WasmInstance:
     """
 
     __slots__ = ("_base", "_core", "_ctx", "_keep", "_memory", "_memory_addr", "_module_ref", "_size", "_store",
-                 "closed", "handle_request", "handle_response", "host", "name", "output_fn", "request", "response",
-                 "start_request", "start_response")
+                 "_store_exports", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
+                 "request", "response", "start_request", "start_response")
 
     handle_request: Callable[[], int]
     handle_response: Callable[[int, bool], None]
@@ -936,7 +955,7 @@ class WasmInstance:
         self._store = _new_store(module)
         self._ctx = ctypes.cast(self._store._context(), _VP).value
         self.host = make_host(self)
-        core = self._core = Core(self, self._store, self._ctx, module.limits.call_timeout)
+        core = self._core = Core(self, self._store, self._ctx, module.limits.init_timeout)  # init's own limit
         core.host = self.host
         self.handle_request = core.handle_request
         self.handle_response = core.handle_response
@@ -945,6 +964,7 @@ class WasmInstance:
         self.start_request = core.start_request
         self.start_response = core.start_response
         prev = set_current(core)  # a start section may call host functions
+        core.release_gil = True  # init may run on a pool thread: the event loop's thread keeps going
         try:
             self._start(module)
         except (GuestTrap, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -953,12 +973,14 @@ class WasmInstance:
                 raise failure from None
         finally:
             set_current(prev)
+            core.release_gil = False
+        core.budget = module.limits.call_timeout
 
     def _start(self, module: WasmModule) -> None:
         """Instantiate (running the start section), bind the exports, run `_initialize`/`_start`."""
         raw = ffi.wasmtime_instance_t()
         self._core.instantiate(ctypes.cast(module._pre.ptr(), _VP).value, ctypes.addressof(raw))  # to its end
-        exports = wasmtime.Instance._from_raw(raw).exports(self._store)
+        exports = self._store_exports = wasmtime.Instance._from_raw(raw).exports(self._store)
         self._set_memory(exports[abi.EXPORT_MEMORY]._memory)  # type: ignore[union-attr]
         funcs = [exports.get(name) for name in _EXPORTS]
         self._keep = [f for f in funcs if isinstance(f, wasmtime.Func)]  # the addresses below stay valid
@@ -979,7 +1001,39 @@ class WasmInstance:
         if code == 0:
             self.closed = False
             return None
-        return GuestError(self.name, f"failed to initialize{where}: {message}")
+        limits = self._module_ref.limits
+        if (isinstance(exc, GuestTrap) and exc.status == 503) or \
+                getattr(exc, "trap_code", None) == wasmtime.TrapCode.INTERRUPT:
+            message = (f"exceeded the CPU time limit for init ({limits.init_timeout:g} s); fix: raise "
+                       "init_timeout (init_timeout: ... in the guest's config, Guest(init_timeout=...))")
+        return GuestError(self.name, f"failed to initialize{where}: {message}{self.memory_hint(message)}")
+
+    def memory_hint(self, message: str) -> str:
+        """When a failure looks like the memory_limit at work: what the guest has, the limit and the fix."""
+        limit = self._module_ref.limits.memory_bytes
+        size = self.memory_size() if self._memory_addr else 0
+        if size <= limit // 2 and not any(word in message.lower() for word in ("memory", "alloc")):
+            return ""
+        have = f"linear memory is {size / 2**20:.1f} MiB, " if size else ""
+        return (f" ({have}memory_limit is {limit / 2**20:.0f} MiB: memory past it is refused; fix: raise "
+                f"memory_limit (memory_limit: ... in the guest's config, Guest(memory_limit=...)))")
+
+    def capture(self, memory_export: str | None, global_exports: Sequence[str]) -> tuple[bytes, list[int | float]]:
+        """The whole linear memory and the values of these exported globals (a snapshot after init)."""
+        exports = self._store_exports
+        memory = exports.get(memory_export) if memory_export else None
+        data = b""
+        if isinstance(memory, wasmtime.Memory):
+            size = memory.data_len(self._store)
+            data = self.read(0, size) if memory_export == abi.EXPORT_MEMORY else \
+                bytes(memory.read(self._store, 0, size))
+        values: list[int | float] = []
+        for name in global_exports:
+            item = exports.get(name)
+            if not isinstance(item, wasmtime.Global):
+                raise GuestError(self.name, f"snapshot: export {name!r} is not a global")
+            values.append(item.value(self._store))
+        return data, values
 
     @property
     def release_gil(self) -> bool:
@@ -1085,6 +1139,7 @@ class WasmInstance:
         self.host = None
         self._core.close()  # no call can reach the dropped store; breaks the core <-> instance cycle
         self.handle_request = self.handle_response = self.request = self.response = _closed
+        self._store_exports = None  # type: ignore[assignment]
         self._store = None  # type: ignore[assignment]
 
 

@@ -973,6 +973,42 @@ def _i32_offset(offset: int) -> bytes:
     return b"\x41" + _sleb(offset - (1 << 32) if offset >= 1 << 31 else offset) + b"\x0b"
 
 
+def _set_globals(module: _Module, globals: Mapping[int, int | float]) -> None:
+    """Every defined mutable global gets its captured value as constant initializer."""
+    mutable = dict(_mutable_globals(module))
+    missing = sorted(set(mutable) - set(globals))
+    extra = sorted(set(globals) - set(mutable))
+    if missing or extra:
+        raise SnapshotError(f"globals do not match the module's defined mutable globals {sorted(mutable)}: "
+                            f"missing {missing}, not mutable or not defined {extra}")
+    first = module.imported(_GLOBAL_KIND)
+    for index, kind in mutable.items():
+        module.globals[index - first].init = _const(kind, globals[index])
+    if mutable:
+        module.replace(_GLOBAL, _encode_vec(module.globals))
+
+
+def _set_memory(module: _Module, memory: bytes | bytearray, *, gap: int,
+                max_segments: int) -> list[tuple[int, int]]:
+    """The memory's minimum becomes the captured size; returns the layout of its data segments."""
+    if not module.memories:
+        if memory:
+            raise SnapshotError("the module has no memory, but a captured memory was given")
+        return []
+    limits = module.memories[0]
+    pages, rest = divmod(len(memory), PAGE_SIZE)
+    if rest:
+        raise SnapshotError(f"captured memory is {len(memory)} bytes: not a whole number of 64 KiB pages")
+    if pages < limits.minimum:
+        raise SnapshotError(f"captured memory has {pages} pages, fewer than the memory's minimum "
+                            f"{limits.minimum}: memory cannot shrink")
+    if limits.maximum is not None and pages > limits.maximum:
+        raise SnapshotError(f"captured memory has {pages} pages, more than the memory's maximum {limits.maximum}")
+    limits.minimum = pages
+    module.replace(_MEMORY, _encode_vec(module.memories))
+    return layout(memory, gap=gap, max_segments=max_segments)
+
+
 def rewrite(wasm: bytes, memory: bytes | bytearray, globals: Mapping[int, int | float], *,
             drop_exports: Iterable[str] = (EXPORT_INITIALIZE, EXPORT_START), gap: int = DEFAULT_GAP,
             max_segments: int = DEFAULT_MAX_SEGMENTS) -> bytes:
@@ -998,41 +1034,13 @@ def rewrite(wasm: bytes, memory: bytes | bytearray, globals: Mapping[int, int | 
     if reason:
         raise SnapshotError(f"cannot snapshot: {reason}")
 
-    mutable = dict(_mutable_globals(module))
-    missing = sorted(set(mutable) - set(globals))
-    extra = sorted(set(globals) - set(mutable))
-    if missing or extra:
-        raise SnapshotError(f"globals do not match the module's defined mutable globals {sorted(mutable)}: "
-                            f"missing {missing}, not mutable or not defined {extra}")
-    first = module.imported(_GLOBAL_KIND)
-    for index, kind in mutable.items():
-        module.globals[index - first].init = _const(kind, globals[index])
-    if mutable:
-        module.replace(_GLOBAL, _encode_vec(module.globals))
-
+    _set_globals(module, globals)
     # Data indices matter only to memory.init and data.drop, which need a DataCount section: with one, the old
     # active segments (applied at instantiation, dropped since) stay as empty passive ones; without, they go.
     keep_indices = module.data_count is not None
     data = [seg if seg.flags == 1 else _Data(1, 0, b"", b"") for seg in module.data
             if keep_indices or seg.flags == 1]
-    if module.memories:
-        limits = module.memories[0]
-        pages, rest = divmod(len(memory), PAGE_SIZE)
-        if rest:
-            raise SnapshotError(f"captured memory is {len(memory)} bytes: not a whole number of 64 KiB pages")
-        if pages < limits.minimum:
-            raise SnapshotError(f"captured memory has {pages} pages, fewer than the memory's minimum "
-                                f"{limits.minimum}: memory cannot shrink")
-        if limits.maximum is not None and pages > limits.maximum:
-            raise SnapshotError(f"captured memory has {pages} pages, more than the memory's maximum "
-                                f"{limits.maximum}")
-        limits.minimum = pages
-        module.replace(_MEMORY, _encode_vec(module.memories))
-        segments = layout(memory, gap=gap, max_segments=max_segments)
-    elif memory:
-        raise SnapshotError("the module has no memory, but a captured memory was given")
-    else:
-        segments = []
+    segments = _set_memory(module, memory, gap=gap, max_segments=max_segments)
     # The data section is handed to `encode` as pieces that point into memory: one copy of the captured bytes.
     view = memoryview(memory)
     data_parts: list[bytes | memoryview] = [_uleb(len(data) + len(segments)), *(seg.encode() for seg in data)]

@@ -260,7 +260,7 @@ async def test_guest_writing_a_request_body_over_max_body_size(client: Any, capl
 @pytest.mark.parametrize(("file", "message"), [
     ("imports_env_memory.wat", "imports env.memory (memory), which this host cannot provide"),
     ("unknown_wasi_function.wat", "unknown import: `wasi_snapshot_preview1::system`"),
-    ("huge_memory.wat", "memory minimum size of 2000 pages exceeds memory limits"),
+    ("huge_memory.wat", "memory minimum size of 5000 pages exceeds memory limits"),
 ])
 def test_imports_and_declarations_the_host_refuses(file: str, message: str) -> None:
     with pytest.raises(GuestError) as info:

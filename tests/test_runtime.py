@@ -40,17 +40,17 @@ def test_ctypes_fallback_path_passes_the_abi_tests() -> None:
 def test_compile_cache_on_disk(tmp_path: Path) -> None:
     wasm = (WAT / "copy_header.wat").read_bytes()
     runtime._module_cache.clear()  # as in a fresh process
-    cold = Guest(wasm, name="cached", cache_dir=tmp_path)
+    cold = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)
     assert cold.info.compiled_from == "compiled"
     assert len(list(tmp_path.glob("*.cwasm"))) == 1
     runtime._module_cache.clear()  # a new process would start here
-    warm = Guest(wasm, name="cached", cache_dir=tmp_path)
+    warm = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)
     assert warm.info.compiled_from == "disk"
     entry = next(tmp_path.glob("*.cwasm"))
     (tmp_path / "corrupt.tmp").write_bytes(b"corrupt")
     os.replace(tmp_path / "corrupt.tmp", entry)  # replaced whole, as the cache does (a live module may map it)
     runtime._module_cache.clear()
-    again = Guest(wasm, name="cached", cache_dir=tmp_path)  # a corrupt entry is rebuilt, not fatal
+    again = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)  # a corrupt entry is rebuilt, not fatal
     assert again.info.compiled_from == "compiled"
 
 
