@@ -26,7 +26,7 @@ from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, GuestHost, merge_response_headers
-from .runtime import WasmInstance, accelerated
+from .runtime import SUSPENDED, WasmInstance, accelerated
 
 merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
 
@@ -171,8 +171,13 @@ class _Flow:
             instance = pool.try_acquire() or await pool.acquire()
             host = instance.host
             try:  # host.begin, handle_request, host.after_next on next=1
-                ctx_next = instance.request(exchange, guest.context.features) if not guest.threaded else \
-                    await self.chain.threads.run(guest, instance, instance.request, exchange, guest.context.features)
+                if guest.threaded:
+                    ctx_next = await self.chain.threads.run(guest, instance, instance.request, exchange,
+                                                            guest.context.features)
+                else:  # in slices: a guest that runs past its first ~1 ms lets other requests in
+                    ctx_next = instance.start_request(exchange, guest.context.features)
+                    if ctx_next == SUSPENDED:
+                        ctx_next = await _finish_call(guest, instance)
             except GuestTrap as trap:
                 self.drop_trapped(guest, instance, host, trap)
                 await self.unwind(is_error=True)
@@ -299,8 +304,8 @@ class _Flow:
             try:  # handle_response, host.end()
                 if guest.threaded:
                     await self.chain.threads.run(guest, instance, instance.response, req_ctx, is_error)
-                else:
-                    instance.response(req_ctx, is_error)
+                elif instance.start_response(req_ctx, is_error) == SUSPENDED:
+                    await _finish_call(guest, instance)
             except GuestTrap as trap:
                 self.drop_trapped(guest, instance, host, trap)
                 self.error_status = trap.status
@@ -374,6 +379,18 @@ def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
         if limit < len(body):
             body = body[:max(limit, 0)]
     return list(headers), b"" if no_body else body
+
+
+async def _finish_call(guest: Guest, instance: WasmInstance) -> Any:
+    """The rest of a guest call that yielded, one slice per event-loop turn.
+
+    A request cancelled meanwhile (the client left) abandons the call: its instance is dropped.
+    """
+    try:
+        return await instance.finish()
+    except asyncio.CancelledError:
+        guest.pool.release(instance, discard=True)
+        raise
 
 
 class _GuestThreads:
