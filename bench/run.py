@@ -528,6 +528,11 @@ def main() -> int:
     else:
         end_to_end(report, smoke, rounds, args.seconds or (2 if smoke else 10))
         workers_scaling(report, smoke, 1 if smoke else 3, args.seconds or (2 if smoke else 5))
+        import sidecar  # bench/sidecar.py (issue 14): the sidecar vs its upstream, 20 MiB bodies through it
+        sidecar_checks = sidecar.checks(smoke)
+        report.header("Sidecar (issue 14): bench/sidecar.py", "target", "measured", "goal", "")
+        for label, value, goal, ok in sidecar_checks:
+            report.check(label, value, goal, ok)
     startup(report, smoke)
     asyncio.run(bodies(report, smoke))
     memory(report, smoke)

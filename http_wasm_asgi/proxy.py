@@ -25,7 +25,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"expect"})
 
 # Headers aiohttp would add on its own: the upstream gets only what the client sent (aiohttp still
-# adds `host`, and `content-length: 0` to a POST, PUT or PATCH without a body).
+# adds `host`, and `content-length: 0` to a POST, PUT, PATCH or DELETE without a body).
 _CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent", "content-type")
 # The server running this app (uvicorn, hypercorn) adds its own `date` and `server`: never send two.
 _SERVER_SUPPLIED = frozenset({b"date", b"server"})
