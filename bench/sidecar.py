@@ -16,8 +16,9 @@ rounds (order alternating) against servers that stay up, so machine drift hits a
 variant's rate is the median of its rounds, the sidecar's share the median of the per-round
 shares. CPU per request is the server process tree's user+system time over the requests wrk
 counted. Every variant has an upstream process of its own (all alike): its CPU per request is shown
-too, and TIME_WAIT counts the sockets to or from that upstream's port left in TIME_WAIT after the
-variant's rounds (connections opened and closed: a proxy without keep-alive leaves thousands).
+too, and TIME_WAIT counts the sockets to or from that upstream's port that entered TIME_WAIT during
+the variant's runs (upstream connections closed under load: a proxy without keep-alive leaves one
+per request).
 
 Bodies: 20 MiB up (the upstream counts it) and 20 MiB down (the upstream sends it), through the
 sidecar and directly, against a raw ASGI upstream in this file; median of a few transfers.
@@ -295,15 +296,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def time_wait(port: int) -> int:
-    """Sockets in TIME_WAIT on 127.0.0.1 with `port` at either end."""
+def time_wait(port: int, within: float) -> int:
+    """Sockets with `port` at either end that entered TIME_WAIT in the last `within` seconds."""
+    hz, linger = 100, 60  # /proc/net/tcp counts the TIME_WAIT timer down in 1/100 s from 60 s
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
                 ports = {int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)}
-                count += fields[3] == "06" and port in ports
+                left = int(fields[5].split(":")[1], 16) / hz
+                count += fields[3] == "06" and port in ports and left > linger - within
     return count
 
 
@@ -343,7 +346,7 @@ class Variant:
         self.rates.append(rate)
         self.errors += errors
         if not self.direct:  # wrk's own connections to a directly hit upstream end in TIME_WAIT too
-            self.time_wait = max(self.time_wait, time_wait(self.upstream_port))
+            self.time_wait += time_wait(self.upstream_port, seconds)
 
 
 def drive(variants: list[Variant], rounds: int, seconds: float) -> None:
