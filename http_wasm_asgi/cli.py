@@ -68,10 +68,18 @@ def _describe(guest: Any, seconds: float | None = None) -> str:
              f"  exports:   {exports}",
              f"  features at start: {', '.join(features) or 'none'}",
              f"  WASI:      {'yes' if info.uses_wasi else 'no'}",
-             f"  compile:   {info.compile_seconds * 1000:.1f} ms ({info.compiled_from})"]
+             f"  compile:   {info.compile_seconds * 1000:.1f} ms ({info.compiled_from})",
+             f"  snapshot:  {_snapshot_line(guest.snapshot)}"]
     if seconds is not None:
         lines.append(f"  ready in:  {seconds * 1000:.1f} ms (compile + first instance)")
     return "\n".join(lines)
+
+
+def _snapshot_line(snapshot: Any) -> str:
+    if not snapshot.used:
+        return f"no: {snapshot.detail} (each instance runs the guest's init)"
+    return (f"yes ({snapshot.detail}): init took {snapshot.init_seconds * 1000:.1f} ms, image "
+            f"{snapshot.image_bytes / 2**20:.1f} MiB mapped copy-on-write by every instance")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -233,14 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Validate CONFIG, import its app, and compile and instantiate every guest in it.\n"
         "Prints per guest: size, imports, exports, features enabled at start, WASI yes/no and\n"
-        "compile time. Exits non-zero on any problem (the upstream, if any, is not contacted).")
+        "compile time, and whether instances start from a snapshot taken after init. Exits non-zero on\n"
+        "any problem (the upstream, if any, is not contacted).")
     check.add_argument("config", help="chain config file (.yaml, .yml or .toml)")
     check.set_defaults(func=cmd_check)
     inspect = sub.add_parser(
         "inspect", parents=[debug], help="describe one guest module",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Compile and instantiate GUEST; print its size, imports, exports, features enabled\n"
-        "at start, WASI yes/no and compile time. Exits non-zero if it is not a usable guest.")
+        "at start, WASI yes/no and compile time, and whether instances start from a snapshot taken\n"
+        "after init. Exits non-zero if it is not a usable guest.")
     inspect.add_argument("guest", help=".wasm (or .wat) file")
     inspect.add_argument("--config", dest="guest_config", metavar="TEXT",
                          help="config given to the guest (its get_config), as text")

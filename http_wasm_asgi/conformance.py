@@ -188,15 +188,15 @@ def _guest_logger() -> Iterator[tuple[logging.Logger, _Collect]]:
 
 
 def run(guest: GuestSource, case_ids: Sequence[str] | None = None, *, timeout: float = 10.0,
-        on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+        on_result: Callable[[CaseResult], None] | None = None, **options: Any) -> list[CaseResult]:
     """Run the cases (all, or `case_ids`) against the conformance guest `guest` (a path or the module's bytes).
 
-    `on_result` is called with each result as soon as it is known. Raises GuestError when the guest
-    does not load, ValueError for an unknown case id.
+    `on_result` is called with each result as soon as it is known; `options` go to `Guest` (e.g.
+    snapshot=False). Raises GuestError when the guest does not load, ValueError for an unknown case id.
     """
     cases = select(case_ids)
     with _guest_logger() as (logger, collect):
-        loaded = Guest(guest, name="conformance", config=load_suite().config, logger=logger)
+        loaded = Guest(guest, name="conformance", config=load_suite().config, logger=logger, **options)
         app = HttpWasmMiddleware(cast(ASGIApp, echo_app), guests=[loaded])
         results = []
         with serve(app) as url, httpx.Client(base_url=url, timeout=timeout, follow_redirects=False) as client:

@@ -35,6 +35,7 @@ DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # linear memory of one guest's insta
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds an instance may stay idle before it is closed (down to min_instances)
 INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memory (store, tables), for the budget
 SNAPSHOT_FORMAT = 2  # bump when what a snapshot captures changes: old cache entries are then ignored
+MEMORY_PROBE_LIMIT = 4 * 1024 * 1024 * 1024  # after an init that failed: what it needed (up to 4x the limit)
 _USE_DEFAULT: Any = object()
 
 
@@ -52,13 +53,14 @@ def encode_config(config: GuestConfig) -> bytes:
 
 
 def _read_source(source: GuestSource, name: str | None) -> tuple[Path | None, str, bytes]:
-    """(path, name, module bytes) of a guest given as a file or as bytes; the name defaults to the file's stem."""
+    """(path, name, module binary) of a guest given as a file or as bytes (binary or text); the name defaults
+    to the file's stem."""
     if isinstance(source, bytes | bytearray):
-        return None, name or "guest", bytes(source)
+        return None, name or "guest", runtime.wasm_binary(name or "guest", bytes(source))
     path = Path(source)
     name = name or path.stem
     try:
-        return path, name, path.read_bytes()
+        return path, name, runtime.wasm_binary(name, path.read_bytes())
     except OSError as exc:
         raise GuestError(name, f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
 
@@ -97,7 +99,9 @@ def _write_snapshot(files: tuple[Path, Path], wasm: bytes, meta: dict[str, Any])
         files[0].parent.mkdir(parents=True, exist_ok=True)
         for path, data in ((files[0], wasm), (files[1], json.dumps(meta).encode())):
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the guest's state
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.replace(tmp, path)
 
 
@@ -163,7 +167,7 @@ class Guest:
         self.pool = self._make_pool(max_size=max_instances, timeout=pool_timeout, reuse=reuse_instances,
                                     min_size=max(min_instances, 1), max_idle=max_idle, idle_timeout=idle_timeout,
                                     budget=memory_budget)
-        self.pool.fill()  # fail fast, and learn the init-time features
+        self._fill(wasm)  # fail fast, and learn the init-time features
 
     def _make_pool(self, **bounds: Any) -> InstancePool[WasmInstance]:
         """The instance pool; an instance costs its linear memory beyond the snapshot's shared image."""
@@ -190,6 +194,7 @@ class Guest:
             instance.release_gil = self.threaded
             return instance
         except GuestError as exc:
+            self.context.flush_output()
             printed = " | ".join(self.context.recent_output)
             if printed:
                 raise GuestError(self.name, f"{exc.problem}; guest output: {printed}") from None
@@ -197,10 +202,40 @@ class Guest:
         finally:
             self.context.flush_output()
 
+    def _fill(self, wasm: bytes) -> None:
+        """The first instances, at load: a guest that cannot start fails here, saying why."""
+        try:
+            self.pool.fill()
+        except GuestError as exc:
+            raise GuestError(self.name, exc.problem + self._memory_needed(wasm, self.module)) from None
+
+    def _memory_needed(self, wasm: bytes, module: WasmModule) -> str:
+        """After a failed init: whether memory_limit was the cause (init is run again without it)."""
+        limit = module.limits.memory_bytes
+        probe_limit = min(max(4 * limit, 1 << 30), MEMORY_PROBE_LIMIT)
+        if limit >= probe_limit:
+            return ""
+        roomy = WasmModule(self.name, wasm, _HOST_FUNCTIONS, wasi=module.wasi,
+                           limits=dataclasses.replace(module.limits, memory_bytes=probe_limit))
+        saved, self.context.logger = self.context.logger, logging.getLogger(f"{self.logger.name}.memory-probe")
+        self.context.logger.disabled = True  # the probe's output is not the guest's log
+        try:
+            instance = roomy.instantiate(self._make_host, None)
+        except GuestError:
+            return ""  # it fails with more memory too: memory_limit is not the cause
+        finally:
+            self.context.logger = saved
+            self.context.recent_output.clear()
+        needed = instance.memory_size()
+        instance.close()
+        return (f" (it needs {needed / 2**20:.1f} MiB of linear memory at init, memory_limit is "
+                f"{limit / 2**20:.0f} MiB; fix: raise memory_limit (memory_limit: ... in the guest's config, "
+                f"Guest(memory_limit=...)))")
+
     # -- loading: a snapshot after init when it is safe, else init per instance --
     def _load(self, wasm: bytes, enabled: bool, cache_dir: Path | None, wasi: WasiOptions,
               limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
-        binary = runtime.wasm_binary(self.name, wasm)
+        binary = wasm
         reason = _snapshot_refusal(binary, wasi) if enabled else "turned off (snapshot: false)"
         if reason is None:
             try:

@@ -536,6 +536,22 @@ def _fd_write(mem: WasmInstance, fd: int, iovs: int, iovs_len: int, nwritten: in
     return 0
 
 
+# --- WASI clocks: one clock for every instance (a snapshot's runtime read it before this instance began) ---
+_CLOCKS: Final[dict[int, Callable[[], int]]] = {0: time.time_ns, 1: time.monotonic_ns, 2: time.process_time_ns,
+                                                3: time.thread_time_ns}  # realtime, monotonic, process, thread
+
+
+def _clock_time_get(mem: WasmInstance, clock_id: int, _precision: int, result: int) -> int:
+    """wasmtime's monotonic clock starts again in each WASI context; a guest restored from a snapshot
+    saw the clock of the instance that ran its init, so it would see time go backwards. The host's
+    monotonic clock is the same for every instance and every process of the machine."""
+    clock = _CLOCKS.get(clock_id)
+    if clock is None:
+        return 28  # EINVAL
+    mem.write(result, struct.pack("<Q", clock()))
+    return 0
+
+
 
 # --- cooperative calls: the event loop's scheduler of suspended guest calls ---
 class _Slices:
@@ -688,7 +704,9 @@ def _compile(name: str, wasm: bytes, cache_dir: Path | None,
         if path is not None:
             with contextlib.suppress(OSError):
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(module.serialize())
+                # owner-only: a snapshot's image is the guest's memory after init (its config, secrets)
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    f.write(module.serialize())
                 os.replace(tmp, path)  # readers see the old file or the whole new one
     _module_cache[key] = module
     return module, elapsed, "compiled", key
@@ -879,6 +897,9 @@ class WasmModule:
             linker.allow_shadowing = True
             self._define(linker, abi.WASI_MODULE, "fd_write", _fd_write, (abi.I32,) * 4, (abi.I32,),
                          on_instance=True)
+            if (abi.WASI_MODULE, "clock_time_get") in {(m, n) for m, n, _ in self.info.imports}:
+                self._define(linker, abi.WASI_MODULE, "clock_time_get", _clock_time_get,
+                             (abi.I32, abi.I64, abi.I32), (abi.I32,), on_instance=True)
         for name in {n for m, n, _ in self.info.imports if m == abi.HOST_MODULE}:
             params, results = abi.HOST_FUNCTIONS[name]
             self._define(linker, abi.HOST_MODULE, name, host_functions[name], params, results)
