@@ -87,10 +87,12 @@ class Ticker:
 
 
 TICKER = Ticker()
-CREATIONS: list[tuple[float, bool]] = []  # (seconds, created on the event loop's thread)
+CREATIONS: list[tuple[float, float, bool]] = []  # (seconds, CPU seconds of the thread, on the event loop's thread)
 PEAK = {"pool_size": 0}
 IN_USE_AT_CREATION: list[int] = []
 INFLIGHT = {"now": 0, "peak": 0}  # requests inside the app (not /_stats)
+SERVER_INFLIGHT = {"now": 0, "peak": 0}  # requests inside the middleware
+CLIENTS: set[tuple[Any, ...]] = set()  # client addresses seen: connections opened
 GUEST: Guest | None = None
 
 
@@ -102,9 +104,11 @@ def stats() -> dict[str, Any]:
         pool = GUEST.pool
         snap = GUEST.snapshot
         got.update(pool_size=pool.size, pool_in_use=pool.in_use, pool_idle=pool.idle, pool_peak=PEAK["pool_size"],
-                   created=len(CREATIONS), created_on_loop=sum(on_loop for _, on_loop in CREATIONS),
-                   create_ms=[round(s * 1000, 3) for s, _ in CREATIONS], in_use_at_creation=IN_USE_AT_CREATION,
-                   app_inflight_peak=INFLIGHT["peak"],
+                   created=len(CREATIONS), created_on_loop=sum(on_loop for *_, on_loop in CREATIONS),
+                   create_ms=[round(s * 1000, 3) for s, *_ in CREATIONS],
+                   create_cpu_ms=[round(c * 1000, 3) for _, c, _ in CREATIONS], in_use_at_creation=IN_USE_AT_CREATION,
+                   app_inflight_peak=INFLIGHT["peak"], server_inflight_peak=SERVER_INFLIGHT["peak"],
+                   connections=len(CLIENTS),
                    snapshot={"used": snap.used, "detail": snap.detail, "init_seconds": snap.init_seconds,
                              "image_bytes": snap.image_bytes})
     return got
@@ -118,7 +122,8 @@ async def inner(scope: Any, receive: Any, send: Any) -> None:
                 TICKER.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                print("heavy_app stats:", json.dumps(stats()), flush=True)
+                summary = {k: v for k, v in stats().items() if not isinstance(v, list)}
+                print("heavy_app stats:", json.dumps(summary), flush=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     TICKER.start()
@@ -151,9 +156,9 @@ def _timed(create: Any, loop_thread: int) -> Any:
     """The pool's instance factory, timed: how long each creation took and on which thread."""
 
     def timed_create() -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         instance = create()
-        CREATIONS.append((time.perf_counter() - start, threading.get_ident() == loop_thread))
+        CREATIONS.append((time.perf_counter() - start, time.thread_time() - cpu, threading.get_ident() == loop_thread))
         if GUEST is not None:
             PEAK["pool_size"] = max(PEAK["pool_size"], GUEST.pool.size)
             IN_USE_AT_CREATION.append(GUEST.pool.in_use)
@@ -183,3 +188,15 @@ if GUEST is not None:
     # uvicorn runs the app on its main thread: creations there are on the event loop
     GUEST.pool._create = _timed(GUEST.pool._create, threading.main_thread().ident or 0)  # type: ignore[method-assign]
     app = HttpWasmMiddleware(inner, [GUEST])
+    _wrapped = app
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # counts the requests inside the server
+        if scope["type"] != "http":
+            return await _wrapped(scope, receive, send)
+        CLIENTS.add(tuple(scope.get("client") or ()))
+        SERVER_INFLIGHT["now"] += 1
+        SERVER_INFLIGHT["peak"] = max(SERVER_INFLIGHT["peak"], SERVER_INFLIGHT["now"])
+        try:
+            return await _wrapped(scope, receive, send)
+        finally:
+            SERVER_INFLIGHT["now"] -= 1

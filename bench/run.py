@@ -533,6 +533,11 @@ def main() -> int:
         report.header("Sidecar (issue 14): bench/sidecar.py", "target", "measured", "goal", "")
         for label, value, goal, ok in sidecar_checks:
             report.check(label, value, goal, ok)
+        import heavy  # bench/heavy.py (issue 12): the WAF guest behind a 20 ms app, cold starts (--smoke: 100 rules)
+        heavy_checks = heavy.checks(smoke)
+        report.header("Heavy guests (issue 12): bench/heavy.py", "target", "measured", "goal", "")
+        for label, value, goal, ok in heavy_checks:
+            report.check(label, value, goal, ok)
     startup(report, smoke)
     asyncio.run(bodies(report, smoke))
     memory(report, smoke)
