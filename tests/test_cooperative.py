@@ -63,11 +63,17 @@ def test_a_quick_call_ends_in_its_first_slice() -> None:
 
 
 def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
-    """A guest making a million host calls: the loop is never held for more than a few ms."""
-    instance = Guest(SPIN, name="long").pool.try_acquire()
-    assert instance is not None
+    """A guest making a million host calls: the loop is never held for more than a few ms.
 
-    async def main() -> None:
+    The guest gets a generous CPU limit (a loaded machine may stretch the call), and up to three tries:
+    a loop held by the call is late by about the call's length every time, while a machine too busy to
+    wake the ticker in time (another process got the CPU) is not late the same way three times running.
+    """
+    guest = Guest(SPIN, name="long", call_timeout=30, max_instances=3)
+
+    async def attempt() -> tuple[float, float, list[float]]:
+        instance = guest.pool.try_acquire()
+        assert instance is not None
         stop, lags = asyncio.Event(), []
         tick = asyncio.create_task(ticker(stop, lags))
         await asyncio.sleep(0.01)
@@ -78,20 +84,29 @@ def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
         await tick
         assert yielded and ctx_next & 1
         assert ex.response_headers == [(b"x-spun", b"mine")]
-        assert runtime.EPOCH_TICK_SECONDS * 10 < elapsed < 10
-        assert max(lags) < 0.02, f"the loop stalled {max(lags) * 1000:.1f} ms"
-        print(f"\n{CALLS} host calls in {elapsed * 1000:.0f} ms, ticker lag max {max(lags) * 1000:.2f} ms, "
-              f"median {sorted(lags)[len(lags) // 2] * 1000:.2f} ms over {len(lags)} ticks")
+        assert runtime.EPOCH_TICK_SECONDS * 10 < elapsed < 30
+        return max(lags), elapsed, lags
+
+    async def main() -> None:
+        worst: list[float] = []
+        for _ in range(3):
+            stall, elapsed, lags = await attempt()
+            worst.append(stall)
+            print(f"\n{CALLS} host calls in {elapsed * 1000:.0f} ms, ticker lag max {stall * 1000:.2f} ms, "
+                  f"median {sorted(lags)[len(lags) // 2] * 1000:.2f} ms over {len(lags)} ticks")
+            if stall < 0.02:
+                return
+        raise AssertionError(f"the loop stalled {', '.join(f'{w * 1000:.1f}' for w in worst)} ms")
 
     asyncio.run(main())
 
 
 def test_interleaved_slow_calls_keep_their_requests_apart() -> None:
-    guest = Guest(SPIN, name="apart", max_instances=4)
+    guest = Guest(SPIN, name="apart", max_instances=4, call_timeout=30)  # a loaded machine may stretch them
     instances = [guest.pool.try_acquire() for _ in range(4)]
 
     async def main() -> None:
-        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(CALLS // 15 + 7000 * i).encode()),  # type: ignore[arg-type]
+        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(CALLS // 4 + CALLS // 40 * i).encode()),  # type: ignore[arg-type]
                                                     (b"x-id", f"req-{i}".encode())])
                                      for i, inst in enumerate(instances)))
         for i, (ctx_next, ex, yielded) in enumerate(got):
@@ -118,21 +133,36 @@ def test_a_spinning_call_fails_after_its_cpu_limit_and_the_instance_is_dropped()
 
 
 def test_spinning_calls_do_not_use_up_each_others_budget() -> None:
-    """Three calls of ~0.1 s of guest time each, side by side (0.3 s together), with a limit of 0.25 s: all end
-    well (a wall-clock limit would fail them)."""
-    guest = Guest(SPIN, name="budget", call_timeout=0.25, max_instances=4)
-    instances = [guest.pool.try_acquire() for _ in range(3)]
-    probe = guest.pool.try_acquire()
-    assert probe is not None
+    """Ten calls of ~0.15 s of guest time each, side by side, with a limit of 1 s: all end well although
+    the guest time they used together is past the limit (so a limit that counted the others' slices, or
+    the wall clock, would fail them). The speed of a host call is measured first, on a guest with a
+    generous limit. A call's clock also counts the time its process did not run (a loaded machine), hence
+    a limit with room for that: each call's clock reads ~0.25 s at the end on a quiet machine. Should the
+    calls have used less than the limit together (the machine got faster), they run again, twice as long
+    (up to 3 times).
+    """
+    budget, calls = 1.0, 10
+    probe = Guest(SPIN, name="calibrate", call_timeout=30).pool.try_acquire()
+    guest = Guest(SPIN, name="budget", call_timeout=budget, max_instances=calls)
+    instances = [guest.pool.try_acquire() for _ in range(calls)]
+    assert probe is not None and all(instances)
 
     async def main() -> None:
-        start = time.perf_counter()
-        await request(probe, [(b"x-spin", str(CALLS).encode()), (b"x-id", b"p")])
-        per_call = time.perf_counter() - start
-        n = int(CALLS * 0.1 / per_call)
-        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n).encode()), (b"x-id", b"x")])  # type: ignore[arg-type]
-                                     for inst in instances))
-        assert all(ctx_next & 1 for ctx_next, _, _ in got)
+        speeds = []
+        for _ in range(3):
+            await request(probe, [(b"x-spin", str(CALLS // 4).encode()), (b"x-id", b"p")])
+            speeds.append(probe._core.used / (CALLS // 4))  # type: ignore[union-attr]  # its guest time
+        n = int(0.15 / sorted(speeds)[1])  # host calls for ~0.15 s of guest time
+        for _ in range(4):
+            got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n).encode()), (b"x-id", b"x")])  # type: ignore[arg-type]
+                                         for inst in instances))
+            assert all(ctx_next & 1 for ctx_next, _, _ in got)
+            used = [inst._core.used for inst in instances]  # type: ignore[union-attr]
+            if sum(used) > budget:
+                assert max(used) < budget
+                return
+            n *= 2
+        raise AssertionError(f"the calls used {sum(used):.2f} s together: not past the limit, this proved nothing")
 
     asyncio.run(main())
 
