@@ -708,6 +708,8 @@ def _compile(name: str, wasm: bytes, cache_dir: Path | None,
                 with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                     f.write(module.serialize())
                 os.replace(tmp, path)  # readers see the old file or the whole new one
+            if cache_key is not None:  # a snapshot: this process maps the image like the others, not a copy
+                module = _load_cached(engine, path, mapped=True) or module
     _module_cache[key] = module
     return module, elapsed, "compiled", key
 
