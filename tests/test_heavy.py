@@ -50,7 +50,7 @@ async def test_a_guest_whose_init_leaves_80_mib_loads_with_defaults_and_runs_fro
         assert r.headers["x-heavy-spin"] == expected_spin()
     start = time.perf_counter()
     instance = guest.new_instance()  # no init: the snapshot's memory is mapped, not rebuilt
-    assert time.perf_counter() - start < 0.2  # the init alone takes ~0.25 s of CPU
+    assert time.perf_counter() - start < guest.snapshot.init_seconds / 2  # the init took ~0.25 s
     assert instance.memory_size() == 80 * MiB
     instance.close()
 
@@ -162,7 +162,7 @@ async def test_a_fresh_instance_per_request_is_cheap_from_a_snapshot() -> None:
     start = time.perf_counter()
     for _ in range(5):
         assert (await get(app)).headers["x-heavy-sample"] == expected_sample()
-    assert time.perf_counter() - start < 1.0  # five inits would take 1.25 s of CPU
+    assert time.perf_counter() - start < 2 * guest.snapshot.init_seconds  # five inits would take 5x
     assert guest.pool.size == 0
 
 
@@ -191,7 +191,8 @@ async def test_instances_without_a_snapshot_are_created_off_the_event_loop() -> 
     stop.set()
     await tick
     assert [r.status_code for r in responses] == [200] * 4 and guest.pool.size == 4  # three new ones
-    assert max(lags) < 0.15, f"the loop stalled {max(lags) * 1000:.0f} ms (an init takes ~250 ms)"
+    # on the loop, the three inits would hold it for ~0.75 s in a row
+    assert max(lags) < 0.4, f"the loop stalled {max(lags) * 1000:.0f} ms (an init takes ~250 ms)"
 
 
 async def test_idle_instances_are_closed_after_a_burst() -> None:
@@ -268,7 +269,7 @@ def test_clients_that_stop_reading_do_not_starve_a_light_guest_with_defaults() -
             start = time.perf_counter()
             r = httpx.get(url + "/", timeout=5)
             assert r.status_code == 200 and r.headers["x-seen"] == "yes"
-            assert time.perf_counter() - start < 1.0
+            assert time.perf_counter() - start < 2.0  # waiting for an instance would be pool_timeout (10 s)
         finally:
             for sock in stalled:
                 sock.close()
