@@ -594,29 +594,42 @@ class _Slices:
         self.handle = self.loop.call_soon(self._turn) if delay <= 0 else self.loop.call_later(delay, self._turn)
 
     def _turn(self) -> None:
+        """Short calls' slices until the turn's guest time (TURN_SECONDS) is used, or one long call's.
+
+        Calls deferred before their first slice (their turn was used up) mostly end at once: many
+        of them fit in one turn, instead of each waiting for a loop iteration of its own.
+        """
         self.handle = None
-        long = not self.short
-        core, future = (self.long if long else self.short).popleft()
-        if not future.done():  # else its request was cancelled (WasmInstance.finish drops the call)
-            start = self.loop.time()
-            try:
-                result = core.resume()
-            except BaseException as exc:  # the awaiting request gets it
-                future.set_exception(exc)
-            else:
-                if result == SUSPENDED:
-                    self._queue(core, future)
-                else:
-                    future.set_result(result)
-            activity = _quick_calls() + self.short_turns
-            if long:
-                busy = activity != self.activity  # others are being served: keep to LONG_SHARE
-                self.activity = activity
-                if busy:
-                    self.long_after = self.loop.time() + (self.loop.time() - start) * (1 - LONG_SHARE) / LONG_SHARE
-            else:
-                self.short_turns += 1
+        end = self.loop.time() + TURN_SECONDS
+        while self.short or self.long:
+            long = not self.short
+            self._slice(long)
+            if long or self.loop.time() >= end:
+                break
         self._schedule()
+
+    def _slice(self, long: bool) -> None:
+        core, future = (self.long if long else self.short).popleft()
+        if future.done():  # its request was cancelled (WasmInstance.finish drops the call)
+            return
+        start = self.loop.time()
+        try:
+            result = core.resume()
+        except BaseException as exc:  # the awaiting request gets it
+            future.set_exception(exc)
+        else:
+            if result == SUSPENDED:
+                self._queue(core, future)
+            else:
+                future.set_result(result)
+        activity = _quick_calls() + self.short_turns
+        if long:
+            busy = activity != self.activity  # others are being served: keep to LONG_SHARE
+            self.activity = activity
+            if busy:
+                self.long_after = self.loop.time() + (self.loop.time() - start) * (1 - LONG_SHARE) / LONG_SHARE
+        else:
+            self.short_turns += 1
 
     short_turns = 0
 
