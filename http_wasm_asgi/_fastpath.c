@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 4 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 5 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -119,7 +119,7 @@ static _Thread_local int holds_gil;  /* the running guest call kept the GIL */
 static _Thread_local long long thread_slices_ns; /* every slice ever run on this thread */
 static _Thread_local long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
 static _Thread_local unsigned long long quick_calls; /* cooperative calls done in their first slice */
-static long long turn_ns = 1000000, turn_window_ns = 2000000; /* set_turn() */
+static long long turn_ns = 1000000, turn_window_ns = 2000000, long_ns = 10000000; /* set_turn() */
 
 static inline long long now_ns(void) {
     struct timespec ts;
@@ -256,8 +256,9 @@ static int raise_trap(Core *self) {
 
 /* One slice of the running call: poll its future once (it runs until done or the next epoch tick).
  *
- * The call's clock is its own slices plus the time other (non-guest) work ran on this thread while it
- * was suspended; other calls' slices do not count. Past the budget the call is cancelled (503). */
+ * The call's clock is its own slices plus, once it is long (long_ns of its own guest time), the time
+ * other (non-guest) work ran on this thread while it was suspended; other calls' slices never count,
+ * and a short call is never timed out for waiting on a busy loop. Past the budget it is cancelled (503). */
 static int slice(Core *self, long long t0) {
     Core *prev = current;
     int prev_holds = holds_gil;
@@ -284,7 +285,9 @@ static int slice(Core *self, long long t0) {
         p_delete(self->future);
         self->future = NULL;
         rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
-    } else if ((t1 - self->start_ns) - (thread_slices_ns - self->others0 - self->own_ns) >= self->budget_ns) {
+    } else if (self->own_ns >= self->budget_ns ||
+               (self->own_ns >= long_ns &&
+                (t1 - self->start_ns) - (thread_slices_ns - self->others0 - self->own_ns) >= self->budget_ns)) {
         cancel_call(self);
         self->timed_out = 1;
         self->trap_status = 503;
@@ -615,13 +618,15 @@ static PyObject *set_current(PyObject *self, PyObject *arg) {
 /* quick_calls() -> cooperative calls on this thread that ended in their first slice (a counter) */
 static PyObject *quick_calls_count(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(quick_calls); }
 
-/* set_turn(turn seconds, window seconds): the guest time the event loop gives guests per turn */
+/* set_turn(turn seconds, window seconds, long seconds): the guest time the event loop gives guests per
+ * turn, and the guest time after which a call is long (its clock then counts the time it waited) */
 static PyObject *set_turn(PyObject *self, PyObject *args) {
-    double turn, window;
-    if (!PyArg_ParseTuple(args, "dd", &turn, &window))
+    double turn, window, longer;
+    if (!PyArg_ParseTuple(args, "ddd", &turn, &window, &longer))
         return NULL;
     turn_ns = (long long)(turn * 1e9);
     turn_window_ns = (long long)(window * 1e9);
+    long_ns = (long long)(longer * 1e9);
     Py_RETURN_NONE;
 }
 
@@ -1285,7 +1290,7 @@ static PyMethodDef methods[] = {
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
     {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"quick_calls", quick_calls_count, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
-    {"set_turn", set_turn, METH_VARARGS, "set_turn(turn, window): guest seconds per event-loop turn."},
+    {"set_turn", set_turn, METH_VARARGS, "set_turn(turn, window, long): guest seconds per event-loop turn."},
     {"start_ticker", start_ticker, METH_VARARGS, "Start the native epoch ticker."},
     {NULL, NULL, 0, NULL},
 };

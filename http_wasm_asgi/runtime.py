@@ -73,12 +73,13 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 4  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 5  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
 TURN_NS: Final = int(TURN_SECONDS * 1e9)
 LONG_CALL_SECONDS: Final = 0.01  # a suspended call that used more is "long": it yields to shorter ones ...
+LONG_CALL_NS: Final = int(LONG_CALL_SECONDS * 1e9)  # ... and its clock counts the time it waited
 LONG_SHARE: Final = 0.1  # ... and gets at most this share of the loop while other requests are served
 _EMPTY: Final = b""
 
@@ -164,7 +165,7 @@ def _load_accelerator() -> Any:
         "wasmtime_call_future_delete", "wasmtime_context_epoch_deadline_async_yield_and_update",
         "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new", "wasmtime_engine_increment_epoch",
         "wasmtime_memory_data_size")), _host_error)
-    _fastpath.set_turn(TURN_SECONDS, 2 * TURN_SECONDS)
+    _fastpath.set_turn(TURN_SECONDS, 2 * TURN_SECONDS, LONG_CALL_SECONDS)
     return _fastpath
 
 
@@ -202,8 +203,10 @@ class PyCore:
     (handle_response, host.end). Cooperative calls: `start_request`/`start_response` return
     SUSPENDED when the guest did not finish in its first slice (or the event loop's turn was
     used up); `resume()` runs one more slice, `cancel()` abandons the call.
-    A call's clock is its own slices plus the non-guest time that ran on its thread while it was
-    suspended; past `budget` seconds it is cancelled (`take_trap` says timed out, status 503).
+    A call's clock is its own slices plus, once it is long (LONG_CALL_SECONDS of guest time), the
+    non-guest time that ran on its thread while it was suspended (a short call is never timed out
+    for waiting on a busy loop); past `budget` seconds it is cancelled (`take_trap` says timed
+    out, status 503).
     A trap is kept (`take_trap`) and raised by `owner._raise_trap(index)`. `trap_status` is the
     HTTP status of the running call's trap (a host function may set it); `host` is what Python
     host functions get first; `used` the seconds of guest time of the running (or last) call.
@@ -280,7 +283,9 @@ class PyCore:
             if self._trap.value or self._err.value:
                 return self._raise()
             return _DONE
-        if (t1 - self._start_ns) - (local.slices - self._others0 - self._own) >= self.budget * 1e9:
+        budget = self.budget * 1e9  # the clock: as in _fastpath.c's slice()
+        if self._own >= budget or (self._own >= LONG_CALL_NS and
+                                   (t1 - self._start_ns) - (local.slices - self._others0 - self._own) >= budget):
             self.cancel()
             self.timed_out = True
             self.trap_status = 503
@@ -961,9 +966,10 @@ class WasmInstance:
     On the event loop, `start_request`/`start_response` do the same cooperatively: the guest
     runs until it ends or the next epoch tick (~1 ms); if it did not end they return
     SUSPENDED and `await finish()` runs the rest, one slice per event-loop turn, and returns
-    what the call returns. Either way `call_timeout` bounds the call's clock: its own slices
-    plus the non-guest work that ran on its thread while it waited (other guests' slices do
-    not count); past it the call fails with GuestTrap (503) and the instance is closed.
+    what the call returns. Either way `call_timeout` bounds the call's clock: its own slices,
+    plus, once it has used LONG_CALL_SECONDS of guest time, the non-guest work that ran on its
+    thread while it waited (other guests' slices never count); past it the call fails with
+    GuestTrap (503) and the instance is closed.
     These are the methods of the instance's `Core` (one C call each with the accelerator).
     """
 
