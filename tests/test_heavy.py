@@ -133,8 +133,9 @@ def test_the_snapshot_comes_from_the_disk_cache_and_replays_what_init_said(
     again = Guest(ZIG / "wasi_hello.wasm", cache_dir=tmp_path)
     assert again.snapshot.detail == "disk" and again.snapshot.image_bytes == built.snapshot.image_bytes
     assert [r.getMessage() for r in caplog.records if r.name.endswith(".wasi_hello")] == ["wasi_hello: initialized"]
+    # the compiled snapshot may come from this process's memory (an earlier test): its .cwasm is elsewhere
     stored = [*tmp_path.glob("snapshot-*.wasm"), *tmp_path.glob("snapshot-*.json"), *tmp_path.glob("*.cwasm")]
-    assert len(stored) >= 3 and all(p.stat().st_mode & 0o077 == 0 for p in stored)  # the guest's state: owner only
+    assert len(stored) >= 2 and all(p.stat().st_mode & 0o077 == 0 for p in stored)  # the guest's state: owner only
 
 
 def test_processes_starting_together_build_the_snapshot_once(tmp_path: Path) -> None:
