@@ -195,8 +195,8 @@ def _port(text: str) -> int:
 
 
 def _url(text: str) -> str:
-    if not re.match(r"https?://[^/\s]+", text):
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    if not re.match(r"https?://[^/\s]+|unix:/\S+", text):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL or unix:/path.sock, got {text!r}")
     return text
 
 
@@ -221,7 +221,8 @@ def _add_serve(sub: Any, debug: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                        help="uvicorn and guest log level (overrides log_level; default info)")
     serve.add_argument("--upstream", type=_url, metavar="URL",
-                       help="proxy to this HTTP service instead of the config's app or upstream (sidecar mode)")
+                       help="proxy to this HTTP service (http(s)://host:port or unix:/path.sock) instead of the "
+                       "config's app or upstream (sidecar mode)")
     serve.set_defaults(func=cmd_serve)
 
 
