@@ -170,6 +170,14 @@ async def test_a_fresh_instance_per_request_is_cheap_from_a_snapshot() -> None:
 # --- the pool: off the loop, bounded by cost, trimmed -----------------------------------------------
 
 
+def slow(seconds: float) -> Any:
+    """The echo app after `seconds` of waiting (a database call): requests overlap, instances pile up."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(seconds)
+        await echo_app(scope, receive, send)
+    return app
+
+
 async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -181,11 +189,7 @@ async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
 async def test_instances_without_a_snapshot_are_created_off_the_event_loop() -> None:
     guest = Guest(HEAVY, snapshot=False, max_instances=4)
 
-    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(0.05)
-        await echo_app(scope, receive, send)
-
-    app = HttpWasmMiddleware(slow_app, guests=[guest])
+    app = HttpWasmMiddleware(slow(0.05), guests=[guest])
     stop, lags = asyncio.Event(), []
     tick = asyncio.create_task(ticker(stop, lags))
     responses = await asyncio.gather(*(get(app) for _ in range(4)))
@@ -199,11 +203,7 @@ async def test_instances_without_a_snapshot_are_created_off_the_event_loop() -> 
 async def test_idle_instances_are_closed_after_a_burst() -> None:
     guest = Guest(ZIG / "auth.wasm", config=b"t", idle_timeout=0.2)
 
-    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(0.05)
-        await echo_app(scope, receive, send)
-
-    app = HttpWasmMiddleware(slow_app, guests=[guest])
+    app = HttpWasmMiddleware(slow(0.05), guests=[guest])
     token = {"authorization": "Bearer t"}
     assert [r.status_code for r in await asyncio.gather(*(get(app, headers=token) for _ in range(8)))] == [200] * 8
     assert guest.pool.size == 8
@@ -214,11 +214,7 @@ async def test_idle_instances_are_closed_after_a_burst() -> None:
 async def test_max_idle_keeps_only_that_many_idle() -> None:
     guest = Guest(ZIG / "auth.wasm", config=b"t", max_idle=2)
 
-    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(0.05)
-        await echo_app(scope, receive, send)
-
-    app = HttpWasmMiddleware(slow_app, guests=[guest])
+    app = HttpWasmMiddleware(slow(0.05), guests=[guest])
     await asyncio.gather(*(get(app, headers={"authorization": "Bearer t"}) for _ in range(6)))
     assert guest.pool.idle == 2 and guest.pool.size == 2
 
@@ -227,11 +223,7 @@ async def test_the_memory_budget_makes_requests_wait_and_says_so(caplog: pytest.
     caplog.set_level(logging.WARNING, logger="http_wasm_asgi")
     guest = Guest(ZIG / "auth.wasm", config=b"t", memory_budget=1, pool_timeout=0.3)
 
-    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(0.6)
-        await echo_app(scope, receive, send)
-
-    app = HttpWasmMiddleware(slow_app, guests=[guest])
+    app = HttpWasmMiddleware(slow(0.6), guests=[guest])
     first, second = await asyncio.gather(*(get(app, headers={"authorization": "Bearer t"}) for _ in range(2)))
     assert sorted([first.status_code, second.status_code]) == [200, 503]
     assert guest.pool.size == 1 and guest.pool.budget_waits >= 1
