@@ -538,6 +538,11 @@ def main() -> int:
         report.header("Heavy guests (issue 12): bench/heavy.py", "target", "measured", "goal", "")
         for label, value, goal, ok in heavy_checks:
             report.check(label, value, goal, ok)
+        import cooperative  # bench/cooperative.py (issue 13): 2 spinning requests/s vs normal traffic; per call
+        cooperative_checks = cooperative.checks(smoke)
+        report.header("Cooperative calls (issue 13): bench/cooperative.py", "target", "measured", "goal", "")
+        for label, value, goal, ok in cooperative_checks:
+            report.check(label, value, goal, ok)
     startup(report, smoke)
     asyncio.run(bodies(report, smoke))
     memory(report, smoke)
