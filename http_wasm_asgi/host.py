@@ -73,9 +73,9 @@ class Exchange:
     # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
     NATIVE_SLOTS: ClassVar = ("headers_changed", "method", "request_headers", "response_headers", "status")
 
-    def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, *, protocol: bytes = b"HTTP/1.1",
-                 client: tuple[str, int] | None = None, trailers_supported: bool = False,
-                 max_body_size: int) -> None:
+    def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, max_body_size: int,
+                 protocol: bytes = b"HTTP/1.1", client: tuple[str, int] | None = None,
+                 trailers_supported: bool = False) -> None:
         self.method = method
         self.path = path  # encoded, without the query
         self.query = query  # encoded, without '?'

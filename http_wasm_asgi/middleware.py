@@ -84,7 +84,8 @@ class HttpWasmMiddleware:
         try:
             if await flow.request_phase():
                 await flow.call_app()
-                await flow.finish()
+                if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
+                    await flow.finish()
         except PoolTimeout as exc:
             log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
             await flow.unwind(is_error=True)
@@ -108,11 +109,9 @@ def exchange_from_scope(scope: Scope, max_body_size: int) -> Exchange:
     """The host's view of an ASGI request: request line parts as bytes, the scope's header list."""
     extensions = scope.get("extensions")
     return Exchange(scope["method"], scope.get("raw_path") or scope["path"].encode("utf-8"),
-                    scope.get("query_string") or b"", scope["headers"],
-                    protocol=_PROTOCOLS.get(scope.get("http_version", "1.1"), b"HTTP/1.1"),
-                    client=scope.get("client"),
-                    trailers_supported=extensions is not None and "http.response.trailers" in extensions,
-                    max_body_size=max_body_size)
+                    scope.get("query_string") or b"", scope["headers"], max_body_size,
+                    _PROTOCOLS.get(scope.get("http_version", "1.1"), b"HTTP/1.1"), scope.get("client"),
+                    extensions is not None and "http.response.trailers" in extensions)
 
 
 def scope_for_app(scope: Scope, exchange: Exchange) -> Scope:
