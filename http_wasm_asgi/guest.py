@@ -76,13 +76,6 @@ class SnapshotInfo:
     exports: tuple[tuple[str, str], ...] = ()  # the original module's exports (name, type), init ones included
 
 
-def _snapshot_refusal(wasm: bytes, wasi: WasiOptions) -> str | None:
-    """Why this guest's state after init cannot be captured, or None."""
-    if wasi.dirs:
-        return "WASI directories are preopened: files opened during init cannot be captured"
-    return refusal(wasm)
-
-
 def _read_snapshot(files: tuple[Path, Path]) -> tuple[bytes, dict[str, Any]] | None:
     """A snapshot from the disk cache (missing or unreadable: None, it is built again)."""
     try:
@@ -236,8 +229,11 @@ class Guest:
     def _load(self, wasm: bytes, enabled: bool, cache_dir: Path | None, wasi: WasiOptions,
               limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
         binary = wasm
-        reason = _snapshot_refusal(binary, wasi) if enabled else "turned off (snapshot: false)"
-        if reason is None:
+        if not enabled:
+            reason = "turned off (snapshot: false)"
+        elif wasi.dirs:
+            reason = "WASI directories are preopened: files opened during init cannot be captured"
+        else:
             try:
                 return self._from_snapshot(binary, cache_dir, wasi, limits)
             except (GuestError, SnapshotError) as exc:
@@ -259,10 +255,13 @@ class Guest:
         if cache_dir is None:
             return self._build_snapshot(wasm, None, key, wasi, limits)
         files = (cache_dir / f"snapshot-{key}.wasm", cache_dir / f"snapshot-{key}.json")
+        refused = cache_dir / f"snapshot-{key}.refused"  # the reason, kept: the check reads every function
         with runtime.cache_entry_lock(files[0]):
             cached = _read_snapshot(files)
             if cached is None:
-                return self._build_snapshot(wasm, files, key, wasi, limits)
+                with contextlib.suppress(OSError):
+                    raise SnapshotError(refused.read_text())
+                return self._build_snapshot(wasm, files, key, wasi, limits, refused)
         snap, meta = cached
         self.context.features = int(meta["features"])
         for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
@@ -273,7 +272,13 @@ class Guest:
                                     tuple((str(n), str(t)) for n, t in meta["exports"]))
 
     def _build_snapshot(self, wasm: bytes, files: tuple[Path, Path] | None, key: str, wasi: WasiOptions,
-                        limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
+                        limits: Limits, refused: Path | None = None) -> tuple[WasmModule, SnapshotInfo]:
+        reason = refusal(wasm)
+        if reason is not None:
+            if refused is not None:
+                with contextlib.suppress(OSError):
+                    refused.write_text(reason)
+            raise SnapshotError(reason)
         said = self.context.transcript = []
         try:
             snap, memory, seconds, exports = self._take_snapshot(wasm, wasi, limits)
