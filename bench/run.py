@@ -1,6 +1,8 @@
-"""Benchmark: what the wasm hop costs, measured side by side in one run, against the targets of issue 5.
+"""Benchmark: what the wasm hop costs, measured side by side in one run, against the targets of issues 5,
+10 (serve --workers), 12 (heavy guests, bench/heavy.py), 13 (cooperative calls, bench/cooperative.py) and 14
+(the sidecar, bench/sidecar.py).
 
-    python bench/run.py            # full run (about 4 minutes; the end-to-end part needs `wrk`)
+    python bench/run.py            # full run (about 20 minutes; the end-to-end parts need `wrk`)
     python bench/run.py --smoke    # a few iterations of everything: keeps the script working in CI
 
 Prints a table per target and PASS/FAIL for each, then a summary; the full run exits 1 when a
