@@ -19,7 +19,7 @@ from .errors import GuestError
 from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
 from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
 from .pool import InstancePool
-from .runtime import Limits, WasiOptions, WasmInstance, WasmModule
+from .runtime import Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
 from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
 
 runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
@@ -146,14 +146,11 @@ class Guest:
         self.reuse_instances = reuse_instances
         self.threaded = threaded  # guest calls on worker threads (else on the event loop: fastest)
         self.context = GuestContext(self.name, self.config, self.logger)
-        self.module, self.snapshot = self._load(
+        self.module, self.snapshot, self.info = self._load(
             wasm, snapshot, runtime.default_cache_dir() if cache_dir is _USE_DEFAULT else
             (Path(cache_dir) if cache_dir else None),
             WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {})),
             Limits(call_timeout=call_timeout, init_timeout=init_timeout, memory_bytes=memory_limit))
-        # what the guest declares (a snapshot module lacks the init exports it was built without)
-        self.info = dataclasses.replace(self.module.info, size=len(wasm), sha256=hashlib.sha256(wasm).hexdigest(),
-                                        exports=self.snapshot.exports or self.module.info.exports)
         # Guests that may read the request body get it buffered before handle_request:
         # a host function cannot wait for the client.
         self.reads_request_body = self.info.imports_host("read_body")
@@ -227,30 +224,39 @@ class Guest:
 
     # -- loading: a snapshot after init when it is safe, else init per instance --
     def _load(self, wasm: bytes, enabled: bool, cache_dir: Path | None, wasi: WasiOptions,
-              limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
-        binary = wasm
+              limits: Limits) -> tuple[WasmModule, SnapshotInfo, ModuleInfo]:
+        """The module instances start from, how, and what the guest declares (its own size, hash and
+        exports: a snapshot module lacks the init exports it was built without)."""
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        module, snapshot = self._module(wasm, sha256, enabled, cache_dir, wasi, limits)
+        info = dataclasses.replace(module.info, size=len(wasm), sha256=sha256,
+                                   exports=snapshot.exports or module.info.exports)
+        return module, snapshot, info
+
+    def _module(self, wasm: bytes, sha256: str, enabled: bool, cache_dir: Path | None, wasi: WasiOptions,
+                limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
         if not enabled:
             reason = "turned off (snapshot: false)"
         elif wasi.dirs:
             reason = "WASI directories are preopened: files opened during init cannot be captured"
         else:
             try:
-                return self._from_snapshot(binary, cache_dir, wasi, limits)
+                return self._from_snapshot(wasm, sha256, cache_dir, wasi, limits)
             except (GuestError, SnapshotError) as exc:
                 reason = str(exc)
         if enabled:
             log.info("guest %r: no snapshot, each instance runs the guest's init: %s", self.name, reason)
-        module = WasmModule(self.name, binary, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits)
+        module = WasmModule(self.name, wasm, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits)
         return module, SnapshotInfo(False, reason)
 
-    def _from_snapshot(self, wasm: bytes, cache_dir: Path | None, wasi: WasiOptions,
+    def _from_snapshot(self, wasm: bytes, sha256: str, cache_dir: Path | None, wasi: WasiOptions,
                        limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
         """The guest's snapshot module: from the disk cache, or built now (init runs once, here).
 
         Processes starting together (N workers) build it once: the first holds the entry's lock.
         """
         key = hashlib.sha256(b"\0".join([
-            f"http-wasm-asgi snapshot {SNAPSHOT_FORMAT}".encode(), hashlib.sha256(wasm).digest(), self.config,
+            f"http-wasm-asgi snapshot {SNAPSHOT_FORMAT}".encode(), sha256.encode(), self.config,
             json.dumps(sorted(wasi.env.items())).encode()])).hexdigest()
         if cache_dir is None:
             return self._build_snapshot(wasm, None, key, wasi, limits)
@@ -259,9 +265,11 @@ class Guest:
         with runtime.cache_entry_lock(files[0]):
             cached = _read_snapshot(files)
             if cached is None:
-                with contextlib.suppress(OSError):
-                    raise SnapshotError(refused.read_text())
-                return self._build_snapshot(wasm, files, key, wasi, limits, refused)
+                try:
+                    reason = refused.read_text()
+                except OSError:  # never checked (or the cache was cleared)
+                    return self._build_snapshot(wasm, files, key, wasi, limits, refused)
+                raise SnapshotError(reason)
         snap, meta = cached
         self.context.features = int(meta["features"])
         for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
