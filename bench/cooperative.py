@@ -40,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # benchutil, also when uvicorn imports this module as bench.cooperative
+
+from benchutil import free_port, wait_port, wrk_seconds  # noqa: E402
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime  # noqa: E402
 from http_wasm_asgi.host import Exchange  # noqa: E402
@@ -100,7 +103,7 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
     if shutil.which("wrk") is None:
         print("wrk not found (apt-get install wrk): attack part skipped")
         return [("1. attack", "skipped", "wrk not found", True)]
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "bench.cooperative:make_app",
                                "--port", str(port), "--log-level", "critical", "--no-access-log"],
@@ -109,7 +112,7 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
     attacked: list[tuple[float, float]] = []
     spins: list[list[Any]] = []
     try:
-        _wait_port(port)
+        wait_port(port)
         _wrk(port, 1)  # warm-up
         for r in range(rounds):
             for variant in (("alone", "attack") if r % 2 == 0 else ("attack", "alone")):
@@ -150,35 +153,7 @@ def _wrk(port: int, seconds: int) -> tuple[float, float]:
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
     p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
-    return rate, _wrk_seconds(p99)
-
-
-def _wrk_seconds(text: str) -> float:
-    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * scale
-    return float(text)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
+    return rate, wrk_seconds(p99)
 
 
 # --- 2. per call: synchronous vs sliced ---------------------------------------------------------------

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from benchutil import cpu_seconds, free_port, pss_mib, wait_port, wrk_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -84,23 +85,6 @@ class Report:
 
 
 # --- measuring a process ----------------------------------------------------------------------------
-def pss_mib(pid: int) -> float:
-    """Proportional set size: a page shared by N processes (or mapped copy-on-write) counts 1/N."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) / 1024 if match else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
 
 def worker_pids(pid: int) -> list[int]:
     """uvicorn's worker processes under `pid` (spawned by multiprocessing)."""
@@ -145,25 +129,6 @@ class Sampler:
 
 
 # --- servers and clients ----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"server did not listen within {timeout:.0f} s")
-
-
 class Server:
     """A fresh server process; `started` is the seconds from spawn to the port answering."""
 
@@ -224,17 +189,9 @@ def wrk(port: int, seconds: float, connections: int = CONNECTIONS) -> dict[str, 
             "timeouts": int(errors.group(4)) if errors else 0,
             "errors": (sum(int(errors.group(i)) for i in (1, 2, 3)) if errors else 0) +
                       (int(non2xx.group(1)) if non2xx else 0),
-            "max_latency": seconds_of(latency[2]),
-            "p99": seconds_of(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+            "max_latency": wrk_seconds(latency[2]),
+            "p99": wrk_seconds(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
             "output": out}
-
-
-def seconds_of(text: str) -> float:
-    """wrk's durations: '628.00us', '1.20ms', '2.00s', '1.00m'."""
-    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * scale
-    return float(text)
 
 
 @contextlib.contextmanager

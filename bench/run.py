@@ -34,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from benchutil import cpu_seconds, free_port, wait_port, wrk_seconds  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.middleware.base import BaseHTTPMiddleware  # noqa: E402
@@ -229,16 +230,16 @@ def end_to_end(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
 
 def _serve_and_drive(variant: str, seconds: int) -> tuple[float, float]:
     """(requests per second, server CPU microseconds per request) for one wrk run against a fresh server."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, PYTHONPATH=str(ROOT))
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.e2e_app:app", "--port", str(port),
                                "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
     try:
-        _wait_port(port)
+        wait_port(port, timeout=20)
         _wrk(port, 1)  # warm-up: caches, first instances, allocator
-        cpu0 = _cpu_seconds(server.pid)
+        cpu0 = cpu_seconds(server.pid)
         out = _wrk(port, seconds)
-        cpu1 = _cpu_seconds(server.pid)
+        cpu1 = cpu_seconds(server.pid)
         rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
         total = next(int(line.split()[0]) for line in out.splitlines() if "requests in" in line)
         return rate, (cpu1 - cpu0) / max(total, 1) * 1e6
@@ -250,35 +251,6 @@ def _serve_and_drive(variant: str, seconds: int) -> tuple[float, float]:
 def _wrk(port: int, seconds: int) -> str:
     return subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "x-id: abc", f"http://127.0.0.1:{port}/"],
                           capture_output=True, text=True, check=True).stdout
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 # --- target 3c: serve --workers N -------------------------------------------------------------------
@@ -308,14 +280,14 @@ def workers_scaling(report: Report, smoke: bool, rounds: int, seconds: int) -> N
 
 def _serve_chain(workers: int, seconds: int) -> tuple[float, float]:
     """(req/s at c=64, p50 seconds at c=1) of the example chain served by the command."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "http-wasm-asgi"), "serve", "examples/chain.yaml",
                                "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
                               cwd=ROOT, start_new_session=True)
     auth = ["-H", "authorization: Bearer demo-token"]
     url = f"http://127.0.0.1:{port}/whoami"
     try:
-        _wait_port(port)
+        wait_port(port, timeout=20)
         subprocess.run(["wrk", "-t2", "-c64", "-d1s", *auth, url], capture_output=True, check=True)  # warm-up
         out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", *auth, url], capture_output=True, text=True,
                              check=True).stdout
@@ -323,18 +295,10 @@ def _serve_chain(workers: int, seconds: int) -> tuple[float, float]:
         out = subprocess.run(["wrk", "-t1", "-c1", f"-d{max(1, seconds // 2)}s", "--latency", *auth, url],
                              capture_output=True, text=True, check=True).stdout
         median = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("50%"))
-        return rate, _wrk_seconds(median)
+        return rate, wrk_seconds(median)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(15)
-
-
-def _wrk_seconds(text: str) -> float:
-    """wrk's latency figures: '628.00us', '1.20ms', '2.00s'."""
-    for unit, scale in (("us", 1e-6), ("ms", 1e-3), ("s", 1.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * scale
-    return float(text)
 
 
 # --- target 4: start-up -----------------------------------------------------------------------------

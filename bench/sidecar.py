@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from benchutil import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -236,23 +237,6 @@ _CHUNK = hashlib.sha256(b"chunk").digest() * (MiB // 32)
 # --- processes, measurement ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
 @contextlib.contextmanager
 def server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A server process (its own session, output shown if it fails to start), stopped with its workers afterwards."""
@@ -261,7 +245,7 @@ def server(args: list[str], port: int, env: dict[str, str] | None = None) -> Ite
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         try:
             try:
-                _wait_port(port, proc)
+                wait_port(port, proc, 60)
             except RuntimeError:
                 log.seek(0)
                 sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
