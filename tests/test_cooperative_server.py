@@ -185,8 +185,10 @@ def test_a_client_that_leaves_mid_call_frees_its_instance() -> None:
         port = int(base.rsplit(":", 1)[1])
         for _ in range(3):
             before = idle_instance(guest)
-            _send_spin_and_leave(port, lambda: guest.pool.in_use == 1)
-            assert not before.closed and guest.pool.in_use == 1
+            sent = time.perf_counter()
+            left = _send_spin_and_leave(port, lambda: guest.pool.in_use == 1)
+            if left - sent < CALL_TIMEOUT * 0.9:  # else a stalled machine let its CPU limit end it already
+                assert not before.closed and guest.pool.in_use == 1  # not dropped at the disconnect
             freed = _wait(lambda: guest.pool.in_use == 0, CALL_TIMEOUT * 5)
             assert freed < CALL_TIMEOUT * 2.5
             assert_replaced(guest, before)
