@@ -179,7 +179,8 @@ def _wait(condition: Any, timeout: float) -> float:
 def test_a_client_that_leaves_mid_call_frees_its_instance() -> None:
     """uvicorn does not cancel a request whose client left: the suspended call goes on until its CPU limit,
     then the instance is dropped (never handed to another request) and nothing stays checked out."""
-    guest = Guest(SPIN)
+    limit = 3 * CALL_TIMEOUT  # room to start four spinning calls before the first one's limit ends it
+    guest = Guest(SPIN, call_timeout=limit)
     app = Catch(HttpWasmMiddleware(echo_app, [guest]))
     with serve(app) as base:
         port = int(base.rsplit(":", 1)[1])
@@ -187,15 +188,15 @@ def test_a_client_that_leaves_mid_call_frees_its_instance() -> None:
             before = idle_instance(guest)
             sent = time.perf_counter()
             left = _send_spin_and_leave(port, lambda: guest.pool.in_use == 1)
-            if left - sent < CALL_TIMEOUT * 0.9:  # else a stalled machine let its CPU limit end it already
+            if left - sent < limit * 0.9:  # else a stalled machine let its CPU limit end it already
                 assert not before.closed and guest.pool.in_use == 1  # not dropped at the disconnect
-            freed = _wait(lambda: guest.pool.in_use == 0, CALL_TIMEOUT * 5)
-            assert freed < CALL_TIMEOUT * 2.5
+            freed = _wait(lambda: guest.pool.in_use == 0, limit * 5)
+            assert freed < limit * 2.5
             assert_replaced(guest, before)
         # several at once, then the server still serves with what is left
         closes = [_send_spin_and_leave(port, lambda n=n: guest.pool.in_use == n) for n in range(1, 5)]
-        _wait(lambda: guest.pool.in_use == 0, CALL_TIMEOUT * 5)
-        assert time.perf_counter() - closes[0] < CALL_TIMEOUT * 5
+        _wait(lambda: guest.pool.in_use == 0, limit * 5)
+        assert time.perf_counter() - closes[0] < limit * 5
         assert guest.pool.size == guest.pool.idle
         assert httpx.get(base + "/", headers={"x-id": "after"}).status_code == 200
     assert not app.errors
