@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install guests check-guests lint bench
+.PHONY: demo test install system-deps guests check-guests lint bench
 
 $(BIN)/http-wasm-asgi: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,18 @@ lint: install
 	$(BIN)/ruff check http_wasm_asgi tests guests bench
 	$(BIN)/mypy --strict http_wasm_asgi
 
-test: install check-guests lint
+# Real servers the tests start on 127.0.0.1 (Prometheus, an OCI registry), from Debian when missing.
+SYSTEM_PACKAGES := prometheus:prometheus docker-registry:docker-registry
+
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: install system-deps check-guests lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python bench/run.py --smoke
 
