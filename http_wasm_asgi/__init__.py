@@ -4,7 +4,9 @@
     app = HttpWasmMiddleware(app, guests=[Guest("guests/auth.wasm", config=b"secret")])
 
 The core (`Guest`, `HttpWasmMiddleware`) needs only wasmtime; config files (PyYAML) and the
-sidecar proxy (aiohttp) load on first use of `load_config`/`ConfigError`.
+sidecar proxy (aiohttp) load on first use of `load_config`/`ConfigError`. Everything but the
+exceptions is imported when first asked for (PEP 562): the pytest plugin, loaded by every pytest
+run once the package is installed, must not load wasmtime.
 """
 
 from __future__ import annotations
@@ -12,22 +14,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import GuestError, GuestTrap, HostTrap, PoolTimeout
-from .guest import Guest
-from .middleware import HttpWasmMiddleware
 
 if TYPE_CHECKING:
     from .config import ConfigError, load_config
+    from .guest import Guest
+    from .middleware import HttpWasmMiddleware
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
            "load_config"]
 __version__ = "0.1.0"
 
-_FROM_CONFIG = ("ConfigError", "load_config")
-
 
 def __getattr__(name: str) -> Any:
-    """PEP 562: the config layer is imported when first asked for."""
-    if name in _FROM_CONFIG:
+    """PEP 562: the core and the config layer are imported when first asked for."""
+    if name == "Guest":
+        from .guest import Guest
+
+        return Guest
+    if name == "HttpWasmMiddleware":
+        from .middleware import HttpWasmMiddleware
+
+        return HttpWasmMiddleware
+    if name in ("ConfigError", "load_config"):
         from . import config
 
         return getattr(config, name)

@@ -19,8 +19,9 @@ from .errors import GuestError
 from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
 from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
 from .pool import InstancePool
-from .runtime import Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
+from .runtime import HostFunction, Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
 from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
+from .tracing import HostCallSink, sink_for, traced
 
 runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
 
@@ -109,6 +110,10 @@ class Guest:
     init per instance). The pool holds up to `max_instances` instances while their memory
     stays within `memory_budget`, keeps `min_instances` ready and closes instances idle for
     `idle_timeout` seconds (or beyond `max_idle`).
+
+    `trace` records every host function call (`tracing.HostCall`): a callable gets each one, True
+    logs them to `http_wasm_asgi.trace.<name>` at TRACE; the default traces only when that logger
+    is enabled for TRACE at load. Untraced guests (the default) pay nothing for it.
     """
 
     def __init__(
@@ -133,8 +138,10 @@ class Guest:
         wasi_dirs: Mapping[str, str] | None = None,
         cache_dir: str | os.PathLike[str] | None = _USE_DEFAULT,
         threaded: bool = False,
+        trace: bool | HostCallSink | None = None,
     ) -> None:
         self.path, self.name, wasm = _read_source(source, name)
+        self.traced, self.host_functions = self._link_time_tracing(trace)
         self.logger = logger if isinstance(logger, logging.Logger) else \
             logging.getLogger(f"{logger or DEFAULT_LOGGER}.{self.name}")
         try:
@@ -158,6 +165,12 @@ class Guest:
                                     min_size=max(min_instances, 1), max_idle=max_idle, idle_timeout=idle_timeout,
                                     budget=memory_budget)
         self._fill(wasm)  # fail fast, and learn the init-time features
+
+    def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[bool, Mapping[str, HostFunction]]:
+        """Host-call tracing is chosen here, at link time: an untraced guest links the host functions
+        themselves (native ones with the accelerator), a traced one wrappers that report each call."""
+        sink = sink_for(self.name, trace)
+        return (False, _HOST_FUNCTIONS) if sink is None else (True, traced(_HOST_FUNCTIONS, self.name, sink))
 
     def _make_pool(self, **bounds: Any) -> InstancePool[WasmInstance]:
         """The instance pool; an instance costs its linear memory beyond the snapshot's shared image."""
@@ -246,7 +259,7 @@ class Guest:
                 reason = str(exc)
         if enabled:
             log.info("guest %r: no snapshot, each instance runs the guest's init: %s", self.name, reason)
-        module = WasmModule(self.name, wasm, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits)
+        module = WasmModule(self.name, wasm, self.host_functions, cache_dir=cache_dir, wasi=wasi, limits=limits)
         return module, SnapshotInfo(False, reason)
 
     def _from_snapshot(self, wasm: bytes, sha256: str, cache_dir: Path | None, wasi: WasiOptions,
@@ -274,7 +287,7 @@ class Guest:
         self.context.features = int(meta["features"])
         for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
             self.context.say(int(level), str(message))
-        module = WasmModule(self.name, snap, _HOST_FUNCTIONS, cache_dir=cache_dir, wasi=wasi, limits=limits,
+        module = WasmModule(self.name, snap, self.host_functions, cache_dir=cache_dir, wasi=wasi, limits=limits,
                             cache_key=key)
         return module, SnapshotInfo(True, "disk", float(meta["init_seconds"]), int(meta["image_bytes"]),
                                     tuple((str(n), str(t)) for n, t in meta["exports"]))
@@ -292,7 +305,7 @@ class Guest:
             snap, memory, seconds, exports = self._take_snapshot(wasm, wasi, limits)
         finally:
             self.context.transcript = None
-        module = WasmModule(self.name, snap, _HOST_FUNCTIONS, cache_dir=files[0].parent if files else None,
+        module = WasmModule(self.name, snap, self.host_functions, cache_dir=files[0].parent if files else None,
                             wasi=wasi, limits=limits, cache_key=key)
         instance = module.instantiate(self._make_host, None)  # verify once: a fresh instance starts as captured
         try:
@@ -314,7 +327,8 @@ class Guest:
         Returns the snapshot module, the captured memory, the init's seconds and the guest's own exports.
         """
         instrumented = instrument(wasm)
-        probe = WasmModule(self.name, instrumented.wasm, _HOST_FUNCTIONS, cache_dir=None, wasi=wasi, limits=limits)
+        probe = WasmModule(self.name, instrumented.wasm, self.host_functions, cache_dir=None, wasi=wasi,
+                           limits=limits)
         start = time.perf_counter()
         instance = self._instantiate(probe)
         seconds = time.perf_counter() - start
