@@ -21,7 +21,7 @@ from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
 from .pool import InstancePool
 from .runtime import HostFunction, Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
 from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
-from .tracing import HostCallSink, sink_for, traced
+from .tracing import HostCallSink, sinks_for, traced
 
 runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
 
@@ -141,7 +141,7 @@ class Guest:
         trace: bool | HostCallSink | None = None,
     ) -> None:
         self.path, self.name, wasm = _read_source(source, name)
-        self.traced, self.host_functions = self._link_time_tracing(trace)
+        self.trace_sinks, self.host_functions = self._link_time_tracing(trace)
         self.logger = logger if isinstance(logger, logging.Logger) else \
             logging.getLogger(f"{logger or DEFAULT_LOGGER}.{self.name}")
         try:
@@ -166,11 +166,18 @@ class Guest:
                                     budget=memory_budget)
         self._fill(wasm)  # fail fast, and learn the init-time features
 
-    def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[bool, Mapping[str, HostFunction]]:
+    def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[list[HostCallSink] | None,
+                                                                             Mapping[str, HostFunction]]:
         """Host-call tracing is chosen here, at link time: an untraced guest links the host functions
-        themselves (native ones with the accelerator), a traced one wrappers that report each call."""
-        sink = sink_for(self.name, trace)
-        return (False, _HOST_FUNCTIONS) if sink is None else (True, traced(_HOST_FUNCTIONS, self.name, sink))
+        themselves (native ones with the accelerator), a traced one wrappers that report each call to
+        `trace_sinks` (a list: a test client adds its own)."""
+        sinks = sinks_for(self.name, trace)
+        return (None, _HOST_FUNCTIONS) if sinks is None else (sinks, traced(_HOST_FUNCTIONS, self.name, sinks))
+
+    @property
+    def traced(self) -> bool:
+        """Whether this guest's host calls are traced (chosen at load)."""
+        return self.trace_sinks is not None
 
     def _make_pool(self, **bounds: Any) -> InstancePool[WasmInstance]:
         """The instance pool; an instance costs its linear memory beyond the snapshot's shared image."""

@@ -37,7 +37,7 @@ from .asgi import Message, Receive, Scope, Send
 from .errors import GuestTrap
 from .guest import Guest, GuestConfig, GuestSource
 from .middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
-from .tracing import TRACE, TRACE_LOGGER, HostCall
+from .tracing import TRACE_LOGGER, HostCall, HostCallSink
 
 __all__ = ["AppRequest", "GuestClient", "GuestLog", "RecordingApp", "Result", "echo_app", "recent_results",
            "serve"]
@@ -255,9 +255,7 @@ class _Recorder(logging.Handler):
             return
         self._last = record
         args = record.args if isinstance(record.args, tuple) else ()
-        if record.levelno == TRACE and args and isinstance(args[0], HostCall):
-            self.calls.append(args[0])
-        elif record.name in self.guest_loggers:
+        if record.name in self.guest_loggers:
             self.logs.append(GuestLog(self.guest_loggers[record.name], record.levelname, record.getMessage()))
         elif record.levelno >= logging.ERROR and record.name.startswith(_HOST_LOGGER) and \
                 not record.name.startswith(TRACE_LOGGER):
@@ -301,6 +299,7 @@ class GuestClient:
         self._recorder = _Recorder({})
         self._saved: list[tuple[logging.Logger, int]] = []
         self._own: list[Guest] = []
+        self._sinks: list[list[HostCallSink]] = []  # trace sinks of the guests given, with the recorder's added
         self._stack = contextlib.ExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
         try:
@@ -337,7 +336,9 @@ class GuestClient:
             return guest
         self._recorder.guest_loggers[guest.logger.name] = guest.name
         self._watch(guest.logger, log_level)
-        self._watch(logging.getLogger(f"{TRACE_LOGGER}.{guest.name}"), TRACE)
+        if guest.trace_sinks is not None:
+            guest.trace_sinks.append(self._recorder.host_call)
+            self._sinks.append(guest.trace_sinks)
         return guest
 
     # -- requests --
@@ -397,6 +398,9 @@ class GuestClient:
             logger.removeHandler(self._recorder)
             logger.setLevel(level)
         self._saved.clear()
+        for sinks in self._sinks:
+            sinks.remove(self._recorder.host_call)
+        self._sinks.clear()
         for guest in self._own:
             guest.close()
         chain = getattr(self, "chain", None)

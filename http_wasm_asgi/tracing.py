@@ -63,25 +63,27 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def sink_for(guest: str, trace: bool | HostCallSink | None) -> HostCallSink | None:
+def sinks_for(guest: str, trace: bool | HostCallSink | None) -> list[HostCallSink] | None:
     """Where a guest's host calls go: a callable as given, True: its trace logger, None: the logger when it is
-    enabled for TRACE now (at load), False: nowhere (untraced)."""
+    enabled for TRACE now (at load), False: nowhere (None: untraced). More sinks may join the list later."""
     if callable(trace):
-        return trace
+        return [trace]
     logger = logging.getLogger(f"{TRACE_LOGGER}.{guest}")
-    if trace is None and not logger.isEnabledFor(TRACE):
-        return None
-    if trace is False:
+    if trace is False or (trace is None and not logger.isEnabledFor(TRACE)):
         return None
 
     def log_call(call: HostCall) -> None:
         logger.log(TRACE, "%s", call)
 
-    return log_call
+    return [log_call]
 
 
-def traced(functions: Mapping[str, HostFunction], guest: str, sink: HostCallSink) -> dict[str, HostFunction]:
-    """The host functions, each wrapped to report its calls to `sink`."""
+def traced(functions: Mapping[str, HostFunction], guest: str, sinks: list[HostCallSink]) -> dict[str, HostFunction]:
+    """The host functions, each wrapped to report its calls to every sink in `sinks` (as it is at the time)."""
+    def sink(call: HostCall) -> None:
+        for each in sinks:
+            each(call)
+
     return {name: _wrap(name, fn, guest, sink) for name, fn in functions.items()}
 
 
