@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from driver import BUF, Program
+from driver import Program
 
 from http_wasm_asgi import Guest, host, runtime
 from http_wasm_asgi.abi import Feature, HeaderKind
@@ -264,5 +264,5 @@ def test_json_configs_reach_the_guest() -> None:
 def test_bad_input_is_refused_clearly() -> None:
     with pytest.raises(TypeError, match="at least one guest"):
         GuestClient()
-    with pytest.raises(Exception, match="missing.wasm"):
+    with pytest.raises(Exception, match=r"missing\.wasm"):
         GuestClient("missing.wasm")
