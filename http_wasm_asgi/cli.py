@@ -178,6 +178,45 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _request(args: argparse.Namespace) -> Any:
+    """The request after `--` (default GET /), or None after printing what is wrong with it."""
+    from .devtools import parse_request
+
+    try:
+        return parse_request(args.request)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .devtools import trace
+
+    request = _request(args)
+    if request is None:
+        return 2
+    text, result = trace(args.guest, args.guest_config, request)
+    print(text)
+    return 1 if result.trapped else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .devtools import bench, trace
+
+    request = _request(args)
+    if request is None:
+        return 2
+    _, result = trace(args.guest, args.guest_config, request)  # the request as the guest answers it, once
+    if result.trapped:
+        print(f"error: the request traps, nothing to measure: {result.traps[0]} (see: http-wasm-asgi trace)",
+              file=sys.stderr)
+        return 1
+    cost = bench(args.guest, args.guest_config, request, requests=args.requests, rounds=args.rounds)
+    print(f"guest {args.guest}: {request.method} {request.target}, in-process, against the app alone")
+    print(cost.report())
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -266,11 +305,56 @@ def build_parser() -> argparse.ArgumentParser:
     conform.add_argument("--case", action="append", metavar="ID",
                          help="run only this case (repeatable), e.g. --case get_uri/encoded")
     conform.set_defaults(func=cmd_conformance)
+    _add_guest_tools(sub, debug)
     return parser
 
 
+_REQUEST_HELP = """the request, after --: METHOD URL [-H 'name: value']... [-d BODY | -d @FILE]; URL is a path
+(/a?b=1) or http://host/path (its host is the host header); default: GET /"""
+
+
+def _add_guest_tools(sub: Any, debug: argparse.ArgumentParser) -> None:
+    """`trace` and `bench`: a guest author's tools (http_wasm_asgi.devtools)."""
+    trace = sub.add_parser(
+        "trace", parents=[debug], help="one request through a guest, with every host call it made",
+        usage="http-wasm-asgi trace GUEST [--config TEXT] [-- METHOD URL [-H 'k: v']... [-d BODY]]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_REQUEST_HELP,
+        description="Send one request through GUEST in front of an echo app (in-process) and print what the\n"
+        "client sent and got, what the app saw, the guest's log lines, whether it trapped, and every host\n"
+        "function call (arguments decoded, result, time). Exits 1 if the guest trapped.\n\n"
+        "example: http-wasm-asgi trace guests/zig/auth.wasm --config s3cret -- GET /x \\\n"
+        "             -H 'authorization: Bearer s3cret'")
+    bench = sub.add_parser(
+        "bench", parents=[debug], help="what a guest adds to a request (median us) and its memory per instance",
+        usage="http-wasm-asgi bench GUEST [--config TEXT] [--requests N] [-- METHOD URL [-H 'k: v']... [-d BODY]]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_REQUEST_HELP,
+        description="Time the request in-process (as bench/run.py does) through GUEST in front of a minimal app\n"
+        "and through the app alone, in interleaved rounds; print the medians and the guest's added cost per\n"
+        "request, then the linear memory and RSS per instance (32 new instances).")
+    for parser in (trace, bench):
+        parser.add_argument("guest", help=".wasm (or .wat) file")
+        parser.add_argument("--config", dest="guest_config", metavar="TEXT", help="the guest's config, as text")
+        parser.set_defaults(request=[])
+    bench.add_argument("--requests", type=_positive, default=20000, help="timed requests per variant (20000)")
+    bench.add_argument("--rounds", type=_positive, default=10, help="interleaved rounds (10)")
+    trace.set_defaults(func=cmd_trace)
+    bench.set_defaults(func=cmd_bench)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; for `trace` and `bench`, what follows `--` is the request (any dashes in it too)."""
+    parser = build_parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        args = parser.parse_args(argv[:cut])
+        if hasattr(args, "request"):
+            args.request = argv[cut + 1:]
+            return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         status = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

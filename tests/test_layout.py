@@ -30,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"asgi", "errors", "guest", "middleware", "proxy"},
     "testing": {"asgi", "errors", "guest", "middleware", "tracing"},
     "pytest_plugin": {"testing"},  # imported inside fixtures only: pytest loads the plugin in every session
+    "devtools": {"asgi", "guest", "middleware", "testing"},
     "conformance": {"asgi", "guest", "middleware", "testing"},
-    "cli": {"abi", "config", "errors", "guest", "conformance"},
+    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools"},
     "__init__": {"errors", "guest", "middleware"},
     "__main__": {"cli"},
 }
