@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from .config import ConfigError, load_config
     from .guest import Guest
     from .middleware import HttpWasmMiddleware
+    from .routes import Route
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
-           "load_config"]
+           "Route", "load_config"]
 __version__ = "0.1.0"
 
 
@@ -35,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from .middleware import HttpWasmMiddleware
 
         return HttpWasmMiddleware
+    if name == "Route":
+        from .routes import Route
+
+        return Route
     if name in ("ConfigError", "load_config"):
         from . import config
 

@@ -18,6 +18,7 @@ from uvicorn import config as uvicorn_config
 from .abi import feature_names
 from .config import LOG_LEVELS, ChainConfig, ConfigError, build_middleware, load_app, load_config
 from .errors import GuestError
+from .routes import Route
 
 _ENV_CONFIG = "HTTP_WASM_ASGI_CONFIG"
 _ENV_UPSTREAM = _ENV_CONFIG + "_UPSTREAM"
@@ -47,7 +48,7 @@ def _load_chain(path: str, upstream: str | None) -> Any:
 def _log_chain(config: ChainConfig, middleware: Any) -> None:
     target = f"app {config.app}" if config.app else f"upstream {config.upstream}"
     guests = ", ".join(f"{g.name} ({g.info.compiled_from} in {g.info.compile_seconds * 1000:.1f} ms)"
-                       for g in middleware.guests) or "no guests"
+                       for g in middleware.all_guests) or "no guests"
     log.info("process %d: chain loaded in front of %s: %s", os.getpid(), target, guests)
 
 
@@ -93,13 +94,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         guest = config.load_guest(index)
         print(_describe(guest, time.perf_counter() - start))
         guest.close()
+    _print_routes(config)
     print("ok")
+    return 0
+
+
+def _print_routes(config: ChainConfig) -> None:
+    """The route table of a config with `routes:` (first match wins), one line per route."""
+    if config.routes is None:
+        return
+    print("routes (first match wins):")
+    width = max((len(spec.key) for spec in config.routes), default=0)
+    for spec in config.routes:
+        guests = ", ".join(config.guests[i].name for i in spec.guests) or "(no guests: straight to the app)"
+        print(f"  {spec.key.ljust(width)}  {Route(**spec.match).describe()}  ->  {guests}")
+    print(f"  {'no match'.ljust(width)}  ->  (no guests: straight to the app)")
+
+
+def _inspect_config(path: str) -> int:
+    """`inspect CONFIG`: its guests (name and source) and its route table, without loading them."""
+    config = load_config(path)
+    print(f"{path}: {len(config.guests)} guest(s)")
+    for spec in config.guests:
+        print(f"  guest {spec.name!r}: {spec.path}")
+    _print_routes(config)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .guest import Guest
 
+    if args.guest.lower().endswith((".yaml", ".yml", ".toml")):
+        return _inspect_config(args.guest)
     start = time.perf_counter()
     guest = Guest(args.guest, config=args.guest_config.encode() if args.guest_config else None)
     print(_describe(guest, time.perf_counter() - start))
@@ -290,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Compile and instantiate GUEST; print its size, imports, exports, features enabled\n"
         "at start, WASI yes/no and compile time, and whether instances start from a snapshot taken\n"
-        "after init. Exits non-zero if it is not a usable guest.")
-    inspect.add_argument("guest", help=".wasm (or .wat) file")
+        "after init. Exits non-zero if it is not a usable guest. Given a config file (.yaml, .yml,\n"
+        ".toml) instead, prints its guests and its route table.")
+    inspect.add_argument("guest", help=".wasm (or .wat) file, or a config file")
     inspect.add_argument("--config", dest="guest_config", metavar="TEXT",
                          help="config given to the guest (its get_config), as text")
     inspect.set_defaults(func=cmd_inspect)

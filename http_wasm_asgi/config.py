@@ -36,8 +36,10 @@ from .errors import GuestError
 from .guest import Guest
 from .middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
 from .proxy import ProxyApp, UpstreamTimeout
+from .routes import MATCH_KEYS, Route
 
-TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "max_body_size", "log_level")
+TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level")
+ROUTE_KEYS = ("match", "guests")
 SERVER_KEYS = ("host", "port", "workers")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "max_instances", "min_instances", "max_idle", "idle_timeout",
@@ -68,6 +70,15 @@ class GuestSpec:
 
 
 @dataclass
+class RouteSpec:
+    """One routes[] entry: its match keys (Route keyword arguments) and the indexes of its guests."""
+
+    key: str
+    match: dict[str, Any]
+    guests: list[int]
+
+
+@dataclass
 class ChainConfig:
     file: Path
     app: str | None
@@ -79,6 +90,7 @@ class ChainConfig:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_level: str = "info"
     guests: list[GuestSpec] = field(default_factory=list)
+    routes: list[RouteSpec] | None = None  # None: `guests` is the one chain
 
     def load_guest(self, index: int) -> Guest:
         """Compile and instantiate guest `index`; a failure is a ConfigError naming `guests[index].path`."""
@@ -92,6 +104,16 @@ class ChainConfig:
 
     def load_guests(self) -> list[Guest]:
         return [self.load_guest(index) for index in range(len(self.guests))]
+
+    def build_routes(self) -> list[Route]:
+        """The Route objects of `routes:`: each guest a route names is loaded once and shared by every
+        route naming it (a guest no route names is not loaded)."""
+        loaded: dict[int, Guest] = {}
+        for index in (i for spec in self.routes or () for i in spec.guests):
+            if index not in loaded:
+                loaded[index] = self.load_guest(index)
+        return [Route(guests=[loaded[i] for i in spec.guests], name=spec.key, **spec.match)
+                for spec in self.routes or ()]
 
 
 def _unknown(file: Path, where: str, key: str, allowed: tuple[str, ...]) -> ConfigError:
@@ -233,7 +255,49 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
     names: dict[str, int] = {}
     for index, entry in enumerate(guests):
         config.guests.append(_guest_spec(file, index, entry, names))
+    if "routes" in data:
+        routes = _expect(file, "routes", data["routes"], list, "a list of routes (first match wins)")
+        config.routes = [_route_spec(file, index, entry, names) for index, entry in enumerate(routes)]
     return config
+
+
+def _route_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> RouteSpec:
+    where = f"routes[{index}]"
+    entry = _expect(file, where, entry, dict, "a mapping with 'match' and 'guests'")
+    _keys(file, f"{where}.", entry, ROUTE_KEYS)
+    match = _expect(file, f"{where}.match", entry.get("match") or {}, dict,
+                    f"a mapping of match keys ({', '.join(MATCH_KEYS)})")
+    _keys(file, f"{where}.match.", match, MATCH_KEYS)
+    for key in ("path_prefix", "path", "host"):
+        if key in match:
+            _expect(file, f"{where}.match.{key}", match[key], str, "a string")
+    if "methods" in match:
+        methods = _expect(file, f"{where}.match.methods", match["methods"], list, "a list like [GET, POST]")
+        for i, method in enumerate(methods):
+            _expect(file, f"{where}.match.methods[{i}]", method, str, "an HTTP method like GET")
+    if "headers" in match:
+        headers = _expect(file, f"{where}.match.headers", match["headers"], dict, "a mapping of name to value")
+        for name, value in headers.items():
+            _expect(file, f"{where}.match.headers.{name}", value, str, "a string (the exact value)")
+    if "guests" not in entry:
+        raise ConfigError(file, f"{where}.guests", "is missing; fix: list the names of the guests this route "
+                                                   "runs (outermost first), or [] to send it straight to the app")
+    listed = _expect(file, f"{where}.guests", entry["guests"], list, "a list of guest names (outermost first)")
+    indexes = [_guest_ref(file, f"{where}.guests[{i}]", name, names) for i, name in enumerate(listed)]
+    try:
+        Route(name=where, **match)  # the Route's own checks (paths start with '/', host form, ...)
+    except ValueError as exc:
+        raise ConfigError(file, f"{where}.match", str(exc).removeprefix(f"{where}: ")) from None
+    return RouteSpec(where, match, indexes)
+
+
+def _guest_ref(file: Path, key: str, name: Any, names: dict[str, int]) -> int:
+    _expect(file, key, name, str, "the name of a guest defined under 'guests'")
+    if name not in names:
+        close = difflib.get_close_matches(name, list(names), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"defined guests: {', '.join(names) or '(none)'}"
+        raise ConfigError(file, key, f"unknown guest {name!r}; {hint}")
+    return names[name]
 
 
 def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> GuestSpec:
@@ -337,6 +401,8 @@ def build_middleware(config: ChainConfig, app: ASGIApp | None = None) -> HttpWas
     """HttpWasmMiddleware for a loaded config; `app` overrides the file's app/upstream."""
     if app is None:
         app = load_app(config)
+    if config.routes is not None:
+        return HttpWasmMiddleware(app, routes=config.build_routes(), max_body_size=config.max_body_size)
     return HttpWasmMiddleware(app, config.load_guests(), max_body_size=config.max_body_size)
 
 

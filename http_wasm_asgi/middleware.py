@@ -26,6 +26,7 @@ from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, GuestHost, merge_response_headers
+from .routes import Route, RouteTable
 from .runtime import SUSPENDED, WasmInstance, accelerated
 
 merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
@@ -50,13 +51,18 @@ class HttpWasmMiddleware:
     `guests` are `Guest` objects (compiled at construction). `max_body_size`
     caps what is buffered for a guest (request bodies over it get 413 when a
     guest reads them; buffered responses over it get 500).
+
+    `routes` instead of `guests`: per-route chains, the first `Route` that matches
+    a request picks its guests; a request no route matches goes straight to the app.
     """
 
-    def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *,
+    def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
         for guest in guests:
             if not isinstance(guest, Guest):
                 raise TypeError(f"guests must be Guest objects, got {type(guest).__name__}")
+        if routes is not None and guests:
+            raise TypeError("give guests (one chain for every request) or routes (a chain per route), not both")
         self.app = app
         self.guests: tuple[Guest, ...] = tuple(guests)
         self.max_body_size = max_body_size
@@ -65,6 +71,32 @@ class HttpWasmMiddleware:
         self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
                                      for name in RESPONSE_OBSERVERS)
         self.threads = _GuestThreads()
+        self.routes: RouteTable[ASGIApp] | None = None
+        if routes is not None:
+            self.routes = self._route_table(routes)
+
+    def _route_table(self, routes: Sequence[Route]) -> RouteTable[ASGIApp]:
+        """Each route's chain: a middleware of its guests (sharing this one's threads), or the app
+        itself for a route without guests; routes with the same guests share one chain."""
+        chains: dict[tuple[int, ...], ASGIApp] = {(): self.app}
+        table: list[tuple[Route, ASGIApp]] = []
+        for route in routes:
+            if not isinstance(route, Route):
+                raise TypeError(f"routes must be Route objects, got {type(route).__name__}")
+            key = tuple(id(guest) for guest in route.guests)
+            if key not in chains:
+                chain = HttpWasmMiddleware(self.app, route.guests, max_body_size=self.max_body_size)
+                chain.threads = self.threads
+                chains[key] = chain
+            table.append((route, chains[key]))
+        return RouteTable(table, default=self.app)
+
+    @property
+    def all_guests(self) -> tuple[Guest, ...]:
+        """Every distinct guest this middleware runs: its chain's, or those of all its routes."""
+        if self.routes is None:
+            return self.guests
+        return tuple({id(g): g for route in self.routes.routes for g in route.guests}.values())
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
@@ -78,7 +110,10 @@ class HttpWasmMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.guests:
-            await self.app(scope, receive, send)
+            if self.routes is not None and scope["type"] == "http":  # the chain is chosen once, here
+                await self.routes.match(scope)(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         flow = _Flow(self, scope, receive, send)
         try:
@@ -100,7 +135,7 @@ class HttpWasmMiddleware:
 
     def close(self) -> None:
         """Drop every guest's instances and stop the worker threads."""
-        for guest in self.guests:
+        for guest in self.all_guests:
             guest.close()
         self.threads.close()
 

@@ -25,15 +25,16 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"abi", "errors"},
     "pool": {"errors"},
     "guest": {"abi", "errors", "host", "pool", "runtime", "snapshot", "tracing"},
-    "middleware": {"abi", "asgi", "errors", "guest", "host", "runtime"},
+    "routes": set(),
+    "middleware": {"abi", "asgi", "errors", "guest", "host", "routes", "runtime"},
     "proxy": {"asgi"},
-    "config": {"asgi", "errors", "guest", "middleware", "proxy"},
+    "config": {"asgi", "errors", "guest", "middleware", "proxy", "routes"},
     "testing": {"asgi", "errors", "guest", "middleware", "tracing"},
     "pytest_plugin": {"testing"},  # imported inside fixtures only: pytest loads the plugin in every session
     "devtools": {"asgi", "guest", "middleware", "testing"},
     "conformance": {"asgi", "guest", "middleware", "testing"},
-    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools"},
-    "__init__": {"errors", "guest", "middleware"},
+    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "routes"},
+    "__init__": {"errors", "guest", "middleware", "routes"},
     "__main__": {"cli"},
 }
 # imports of a higher layer deferred into a function, each for a stated reason (deferred imports of

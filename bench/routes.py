@@ -1,0 +1,100 @@
+"""What choosing a request's chain costs with 50 routes (issue 16's target: <= 1 us).
+
+    python bench/routes.py           # the figures (a few seconds)
+    python bench/routes.py --smoke   # a few iterations: keeps the script working in CI
+
+Times `RouteTable.match(scope)` alone (the only per-request work routing adds; the chain then
+runs as without routes), best of 300 interleaved rounds of 2,000 calls per case, beside an empty
+function call measured the same way (how fast Python calls are on this machine at that moment):
+
+- mixed: 50 routes as a gateway config has them (a prefix per service, some with methods, a host
+  or a header, exact health paths, a wildcard host, a catch-all last); requests matching the
+  first, a middle and the last specific route, and one only the catch-all matches.
+- one segment: 50 prefixes under the same first segment (`/api/r0/` ... `/api/r49/`), the index
+  cannot narrow them down: the worst case, matching the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import timeit
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from http_wasm_asgi.routes import Route, RouteTable
+
+GOAL_US = 1.0
+
+
+def mixed_routes() -> list[Route]:
+    routes: list[Route] = [Route(path="/healthz"), Route(path="/readyz")]
+    for i in range(46):
+        keys: dict[str, Any] = {"path_prefix": f"/svc{i}/"}
+        if i % 3 == 0:
+            keys["methods"] = ["GET", "POST"]
+        if i % 5 == 1:
+            keys["host"] = "api.example.com"
+        if i % 7 == 2:
+            keys["headers"] = {"x-tenant": "blue"}
+        routes.append(Route(**keys))
+    routes.append(Route(host="*.internal.example.com"))
+    routes.append(Route(path_prefix="/"))
+    return routes
+
+
+def scope(path: str, method: str = "GET", host: bytes = b"api.example.com") -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path,
+            "headers": [(b"host", host), (b"user-agent", b"bench"), (b"accept", b"*/*"), (b"x-tenant", b"blue")]}
+
+
+def reference(request: dict[str, Any]) -> Any:
+    """An empty Python function of the same shape: what any call costs on this machine."""
+    return request
+
+
+def best_us(calls: list[tuple[Any, dict[str, Any]]], number: int, rounds: int) -> list[float]:
+    """Best time per call of each (function, argument), rounds interleaved so drift hits all alike."""
+    best = [float("inf")] * len(calls)
+    for _ in range(rounds):
+        for index, (function, argument) in enumerate(calls):
+            seconds = timeit.timeit("function(argument)", number=number,
+                                    globals={"function": function, "argument": argument})
+            best[index] = min(best[index], seconds / number * 1e6)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few iterations only (figures mean nothing)")
+    args = parser.parse_args()
+    number, rounds = (200, 2) if args.smoke else (2_000, 300)
+    mixed = mixed_routes()
+    table = RouteTable([(route, index) for index, route in enumerate(mixed)], default=-1)
+    one_segment = RouteTable([(Route(path_prefix=f"/api/r{i}/"), i) for i in range(50)], default=-1)
+    cases = [  # (what, table, request, expected route index)
+        ("mixed, first route (exact /healthz)", table, scope("/healthz"), 0),
+        ("mixed, a middle route (/svc20/...)", table, scope("/svc20/orders/42"), 22),
+        ("mixed, last specific route (/svc45/..., POST)", table, scope("/svc45/x", "POST"), 47),
+        ("mixed, only the catch-all matches", table, scope("/static/app.js", host=b"www.example.com"), 49),
+        ("one segment, last of 50 (worst case)", one_segment, scope("/api/r49/items"), 49),
+    ]
+    for what, routes, request, expected in cases:
+        got = routes.match(request)
+        assert got == expected, f"{what}: matched route {got}, expected {expected}"
+    figures = best_us([(routes.match, request) for _, routes, request, _ in cases]
+                      + [(reference, cases[0][2])], number, rounds)
+    print(f"{len(mixed)} routes; RouteTable.match(scope) per call, best of {rounds} interleaved rounds of {number:,}")
+    for (what, *_), us in zip(cases, figures, strict=False):
+        print(f"  {what:48} {us:6.3f} us")
+    print(f"  {'(reference: an empty Python function call)':48} {figures[-1]:6.3f} us")
+    worst = max(figures[:-1])
+    verdict = "met" if worst <= GOAL_US else "MISSED"
+    print(f"target: choosing the chain with 50 routes <= {GOAL_US} us: worst case {worst:.3f} us: {verdict}")
+    return 0 if args.smoke or worst <= GOAL_US else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
