@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     cost = bench(args.guest, args.guest_config, request, requests=args.requests, rounds=args.rounds)
-    print(f"guest {args.guest}: {request.method} {request.target}, in-process, against the app alone")
+    print(f"{args.guest}: {request.method} {request.target}, in-process, against the app alone")
     print(cost.report())
     return 0
 

@@ -98,19 +98,20 @@ class Cost:
     instances: int  # new instances the memory figure is measured over
 
     def report(self) -> str:
-        rss = f"{self.rss_mib:.3f} MiB" if self.rss_mib is not None else \
-            "RSS n/a (the guest answered the request itself: no instance was held)" if not self.instances else "RSS n/a"
-        shared = f"of which the snapshot image, {self.image_mib:.2f} MiB, is shared copy-on-write" \
-            if self.image_mib else "no snapshot"
+        shared = f"the snapshot image, {self.image_mib:.2f} MiB, shared copy-on-write" if self.image_mib \
+            else "no snapshot"
+        rss = f"{self.rss_mib:.3f} MiB of RSS (growth over {self.instances} more instances, each holding a " \
+            "request)" if self.rss_mib is not None else \
+            "RSS n/a (the guest answered the request itself: no instance was held)" if not self.instances \
+            else "RSS n/a"
         return "\n".join([
             f"response: {self.status}",
             f"the app alone:       {self.app_us:8.2f} us/request (median)",
             f"with the guest:      {self.chain_us:8.2f} us/request (median)",
             f"the guest adds:      {self.added_us:8.2f} us/request (median of {self.requests} requests per "
             f"variant, interleaved rounds)",
-            f"memory per instance: {self.linear_mib:.2f} MiB of linear memory ({shared}), " + (
-                f"{rss} of RSS (growth over {self.instances} more instances, each holding a request)"
-                if self.rss_mib is not None else rss)])
+            f"memory per instance: {self.linear_mib:.2f} MiB of linear memory ({shared})",
+            f"                     {rss}"])
 
 
 async def _fixed_app(scope: Scope, receive: Receive, send: Send) -> None:

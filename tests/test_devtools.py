@@ -92,8 +92,8 @@ def test_bench_prints_the_added_cost_and_memory_per_instance() -> None:
     chain = float(re.search(r"with the guest: +([\d.]+) us/request \(median\)", out)[1])  # type: ignore[index]
     added = float(re.search(r"the guest adds: +(-?[\d.]+) us/request", out)[1])  # type: ignore[index]
     assert 0 < app < chain and added > 0 and "median of 600 requests per variant" in out
-    memory = re.search(r"memory per instance: ([\d.]+) MiB of linear memory \(of which the snapshot image, "
-                       r"([\d.]+) MiB, is shared copy-on-write\), ([\d.]+) MiB of RSS \(growth over (\d+) more", out)
+    memory = re.search(r"memory per instance: ([\d.]+) MiB of linear memory \(the snapshot image, ([\d.]+) MiB, "
+                       r"shared copy-on-write\)\n +([\d.]+) MiB of RSS \(growth over (\d+) more instances", out)
     assert memory is not None, out
     assert float(memory[1]) >= float(memory[2]) > 0 and int(memory[4]) >= 16
 

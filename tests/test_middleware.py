@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
-from http_wasm_asgi.testing import echo_app, serve
+from http_wasm_asgi.testing import GuestClient, echo_app, serve
 
 REQ, RESP = 0, 1
 
@@ -38,35 +38,36 @@ def app_headers(r: httpx.Response, name: str) -> list[str]:
     return [v for k, v in r.json()["headers"] if k == name]
 
 
-async def test_chain_order_both_ways(client: Any) -> None:
-    app = HttpWasmMiddleware(echo_app, guests=[chain_guest("g1"), chain_guest("g2"), chain_guest("g3")])
-    r = await client(app).get("/")
-    assert app_headers(r, "x-chain") == ["g1", "g2", "g3"]  # request: outermost first
+def test_chain_order_both_ways() -> None:
+    with GuestClient(chain_guest("g1"), chain_guest("g2"), chain_guest("g3")) as client:
+        r = client.get("/")
+    assert r.app is not None and r.app.headers.get_list("x-chain") == ["g1", "g2", "g3"]  # request: outermost first
     assert r.headers.get_list("x-back") == ["g3", "g2", "g1"]  # response: innermost first
 
 
-async def test_short_circuit_in_the_middle(client: Any) -> None:
+def test_short_circuit_in_the_middle() -> None:
     g1, g2, g3 = chain_guest("g1"), chain_guest("g2", stop=True), chain_guest("g3")
-    r = await client(HttpWasmMiddleware(echo_app, guests=[g1, g2, g3])).get("/")
-    assert (r.status_code, r.text) == (403, "stopped by g2")
-    assert "x-echo" not in r.headers  # the app was not called
+    with GuestClient(g1, g2, g3) as client:
+        r = client.get("/")
+    assert (r.status, r.text) == (403, "stopped by g2")
+    assert r.app is None and "x-echo" not in r.headers  # the app was not called
     assert r.headers.get_list("x-back") == ["g1"]  # g1 saw the response; g2 (stopped) and g3 (never ran) did not
     assert g3.pool.in_use == 0 and g2.pool.in_use == 0
 
 
-async def test_trap_in_the_middle(client: Any, guest_logs: pytest.LogCaptureFixture) -> None:
+def test_trap_in_the_middle() -> None:
     g1, g2, g3 = chain_guest("g1"), chain_guest("g2", trap=True), chain_guest("g3")
-    app = HttpWasmMiddleware(echo_app, guests=[g1, g2, g3])
-    c = client(app)
-    r = await c.get("/secret-path")
-    assert (r.status_code, r.text) == (500, "Internal Server Error")
-    assert "Traceback" not in r.text and "unreachable" not in r.text
-    assert "guest 'g2' trapped in handle_request" in guest_logs.text
-    assert g2.pool.size == 0  # the trapped instance was thrown away
-    assert g1.pool.in_use == 0
-    r2 = await c.get("/")
-    assert r2.status_code == 500  # g2 traps on every request, but a fresh instance served it
-    assert g2.pool.size == 0
+    with GuestClient(g1, g2, g3) as client:
+        r = client.get("/secret-path")
+        assert (r.status, r.text) == (500, "Internal Server Error")
+        assert "Traceback" not in r.text and "unreachable" not in r.text
+        assert r.trapped and (r.traps[0].guest, r.traps[0].export) == ("g2", "handle_request")
+        assert r.app is None and r.headers.get_list("x-back") == []  # g1 got is_error, no response header
+        assert g2.pool.size == 0  # the trapped instance was thrown away
+        assert g1.pool.in_use == 0
+        r2 = client.get("/")
+        assert r2.status == 500 and r2.trapped  # g2 traps on every request, but a fresh instance served it
+        assert g2.pool.size == 0
 
 
 async def test_trapped_instance_is_replaced_and_next_request_works(client: Any) -> None:
@@ -148,17 +149,17 @@ def test_end_to_end_uvicorn_chain_with_body_rewrite_and_short_circuit() -> None:
     rewrite = Program().req("enable_features", 3)
     rewrite.req("write_body", REQ, *rewrite.s("from the guest"))
     rewrite.resp("write_body", RESP, *rewrite.s("response rewritten"))
-    app = HttpWasmMiddleware(echo_app, guests=[chain_guest("outer"), rewrite.guest(name="rewrite")])
-    with serve(app) as base:
-        r = httpx.post(base + "/x?y=1", content=b"client body")
-        assert r.status_code == 200
-        assert r.text == "response rewritten"
-        assert r.headers["content-length"] == str(len("response rewritten"))
-        assert r.headers.get_list("x-back") == ["outer"]
-        stopper = HttpWasmMiddleware(echo_app, guests=[chain_guest("s", stop=True)])
-    with serve(stopper) as base:
-        r = httpx.get(base + "/")
-        assert (r.status_code, r.text) == (403, "stopped by s")
+    with GuestClient(chain_guest("outer"), rewrite.guest(name="rewrite"), server=True) as client:
+        r = client.post("/x?y=1", b"client body")
+    assert r.status == 200
+    assert r.text == "response rewritten"
+    assert r.headers["content-length"] == str(len("response rewritten"))
+    assert r.headers.get_list("x-back") == ["outer"]
+    assert r.app is not None and (r.app.uri, r.app.body) == ("/x?y=1", b"from the guest")
+    assert r.app.headers["content-length"] == str(len("from the guest"))
+    with GuestClient(chain_guest("s", stop=True), server=True) as client:
+        r = client.get("/")
+    assert (r.status, r.text, r.app) == (403, "stopped by s", None)
 
 
 async def test_starlette_add_middleware(client: Any) -> None:

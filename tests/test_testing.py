@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,42 @@ def test_bad_input_is_refused_clearly() -> None:
         GuestClient()
     with pytest.raises(Exception, match=r"missing\.wasm"):
         GuestClient("missing.wasm")
+
+
+# --- README "Testing a guest", run as written ---
+README = (ROOT / "README.md").read_text()
+
+
+def _readme_block(first_line: str, fence: str = "```python\n") -> str:
+    start = README.index(fence + first_line) + len(fence)
+    return README[start:README.index("```\n", start)]
+
+
+def test_the_readme_example_file_is_included_verbatim_and_passes() -> None:
+    example = (ROOT / "examples" / "test_hello_guest.py").read_text()
+    assert _readme_block('"""Tests of the hello guest') == example
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "examples/test_hello_guest.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "6 passed" in run.stdout  # 3 tests x (Go, Zig)
+
+
+def test_the_readme_client_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    code = _readme_block("from http_wasm_asgi.testing import GuestClient, RecordingApp")
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_the_readme_trace_sample_is_what_the_command_prints() -> None:
+    sample = _readme_block("$ http-wasm-asgi trace ", fence="```\n")
+    command, *expected = sample.splitlines()
+    args = ["trace", "guests/zig/accesslog.wasm", "--", "POST", "/orders", "-d", '{"item": 1}']
+    assert command == "$ http-wasm-asgi " + " ".join(a if " " not in a else f"'{a}'" for a in args)
+    got = subprocess.run([str(Path(sys.executable).parent / "http-wasm-asgi"), *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120).stdout.splitlines()
+
+    def normal(lines: list[str]) -> list[str]:  # times and where the snapshot came from vary
+        return [re.sub(r"^ +[\d.]+ us ", "T us ", re.sub(r"snapshot yes \(\w+\)", "snapshot yes", line))
+                for line in lines]
+
+    assert normal(got) == normal(expected)
