@@ -215,7 +215,7 @@ def tracing(report: Report, times: dict[str, list[float]]) -> None:
                   "added us", "")
     native = sorted(runtime.NATIVE_HOST_FUNCTIONS & {"get_header_values", "set_header_value", "get_status_code"})
     report.row("default Guest(): tracing off", f"+{added['default']:.2f}", f"native: {len(native)} of 3 host fns")
-    report.row("Guest(trace=False)", f"+{added['off']:.2f}", f"default / this: {default / off:.3f}x per request")
+    report.row("Guest(trace=False)", f"+{added['off']:.2f}", f"default/this: {default / off:.2f}x")
     report.row("Guest(trace=callback): its 3 host calls traced", f"+{added['on']:.2f}", "Python wrappers")
     gap = (added["default"] - added["off"]) / max(added["on"] - added["off"], 1e-9)
     report.check("T. tracing off: default minus trace=False, / cost of tracing", f"{gap:+.2f}",
