@@ -116,7 +116,8 @@ def _inspect_config(path: str) -> int:
     config = load_config(path)
     print(f"{path}: {len(config.guests)} guest(s)")
     for spec in config.guests:
-        print(f"  guest {spec.name!r}: {spec.path}")
+        where = f"{spec.source} (cached: {spec.path})" if spec.source else str(spec.path)
+        print(f"  guest {spec.name!r}: {where}")
     _print_routes(config)
     return 0
 
@@ -181,6 +182,51 @@ def _tcp_nodelay_listeners() -> Iterator[None]:
         yield
     finally:
         uvicorn_config.Config.bind_socket = original  # type: ignore[method-assign]
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """`push GUEST.wasm oci://registry/repo:tag`: publish a module as a wasm artifact, print how to pin it."""
+    from . import oci
+
+    try:
+        reference = oci.Reference.parse(args.reference)
+        wasm = open(args.guest, "rb").read()  # noqa: SIM115
+    except (ValueError, OSError) as exc:
+        print(f"error: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    if reference.digest or not reference.tag:
+        print("error: push to a tag (oci://registry/repo:tag); the digest is the result", file=sys.stderr)
+        return 2
+    plain = oci.plain_http_allowed(reference.registry, args.insecure)
+    try:
+        with oci.Registry(reference.registry, plain_http=plain) as registry:
+            manifest = oci.push_wasm(wasm, reference, registry, title=os.path.basename(args.guest))
+    except oci.OciError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    name = f"{reference.registry}/{reference.repository}"
+    print(f"pushed {args.guest} ({len(wasm)} bytes) to {reference}\n"
+          f"manifest: {manifest}\n"
+          f"pin it in a config (either form):\n"
+          f"  oci: {name}@{manifest}\n"
+          f"  oci: {reference}\n  sha256: {oci.sha256_digest(wasm).removeprefix('sha256:')}")
+    return 0
+
+
+def _add_push(sub: Any, debug: argparse.ArgumentParser) -> None:
+    push = sub.add_parser(
+        "push", parents=[debug], help="publish a guest module to an OCI registry",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Push GUEST (a .wasm module) to REFERENCE as a wasm artifact (a config of media type\n"
+        "application/vnd.wasm.config.v1+json, one layer of application/vnd.wasm.content.layer.v1+wasm)\n"
+        "and print the digests to pin it by. Credentials: HTTP_WASM_ASGI_REGISTRY_USER and _PASSWORD,\n"
+        "else the docker config file ($DOCKER_CONFIG/config.json, ~/.docker/config.json).\n\n"
+        "example: http-wasm-asgi push guests/zig/auth.wasm oci://ghcr.io/me/auth:1.0")
+    push.add_argument("guest", help=".wasm file")
+    push.add_argument("reference", help="oci://registry/repository:tag")
+    push.add_argument("--insecure", action="store_true",
+                      help="plain http to a registry that is not on loopback (loopback always uses http)")
+    push.set_defaults(func=cmd_push)
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
@@ -302,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub, debug)
+    _add_push(sub, debug)
     check = sub.add_parser(
         "check", parents=[debug], help="load, compile and instantiate every guest of a config",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,

@@ -28,6 +28,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,6 +38,7 @@ from .guest import Guest
 from .middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
 from .proxy import ProxyApp, UpstreamTimeout
 from .routes import MATCH_KEYS, Route
+from .sources import RemoteSource, SourceError, file_sha256, resolve
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level")
 ROUTE_KEYS = ("match", "guests")
@@ -44,7 +46,7 @@ SERVER_KEYS = ("host", "port", "workers")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "max_instances", "min_instances", "max_idle", "idle_timeout",
               "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout", "memory_limit",
-              "snapshot", "threaded", "wasi")
+              "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned")
 WASI_KEYS = ("env", "dirs")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -65,8 +67,9 @@ class ConfigError(Exception):
 @dataclass
 class GuestSpec:
     name: str
-    path: Path
+    path: Path  # for a url/oci source: the module's file in the cache
     options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "url: ..." or "oci: ..." when fetched
 
 
 @dataclass
@@ -304,8 +307,10 @@ def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> Gu
     where = f"guests[{index}]"
     entry = _expect(file, where, entry, dict, "a mapping with at least 'path'")
     _keys(file, f"{where}.", entry, GUEST_KEYS)
-    guest_path = _guest_path(file, where, entry)
-    name = _expect(file, f"{where}.name", entry.get("name", guest_path.stem), str, "a name")
+    kind = _source_kind(file, where, entry)
+    local = _guest_path(file, where, entry) if kind == "path" else None
+    default_name = local.stem if local else Path(urlsplit(entry[kind]).path).stem.split(":")[0].split("@")[0]
+    name = _expect(file, f"{where}.name", entry.get("name", default_name or "guest"), str, "a name")
     if name in names:
         raise ConfigError(file, f"{where}.name", f"duplicate guest name {name!r} (also guests[{names[name]}]); fix: "
                                                  "give each guest a unique 'name'")
@@ -313,19 +318,59 @@ def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> Gu
     options = _guest_options(file, where, entry)
     if "wasi" in entry:
         options.update(_wasi_options(file, f"{where}.wasi", entry["wasi"]))
-    return GuestSpec(name, guest_path, options)
+    if local is not None:
+        return GuestSpec(name, local, options)
+    return GuestSpec(name, _remote_path(file, where, entry, kind, name), options, f"{kind}: {entry[kind]}")
 
+
+def _source_kind(file: Path, where: str, entry: dict[str, Any]) -> str:
+    given = [key for key in ("path", "url", "oci") if key in entry]
+    if not given:
+        raise ConfigError(file, f"{where}.path", "is missing; fix: set it to the guest's .wasm (or .wat) file, "
+                                                 "relative to the config file's folder (or give 'url' or 'oci')")
+    if len(given) > 1:
+        raise ConfigError(file, f"{where}.{given[1]}", f"cannot be set together with '{given[0]}'; fix: give one "
+                                                       "source: path, url or oci")
+    what = {"path": "a file path", "url": "an https:// URL", "oci": "an OCI reference like ghcr.io/org/guest:1.0"}
+    _expect(file, f"{where}.{given[0]}", entry[given[0]], str, what[given[0]])
+    return given[0]
+
+
+def _pin(file: Path, where: str, entry: dict[str, Any]) -> str | None:
+    if "sha256" not in entry:
+        return None
+    value = _expect(file, f"{where}.sha256", entry["sha256"], str, "the module's sha256 (64 hex digits)")
+    digest = str(value).strip().lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ConfigError(file, f"{where}.sha256", f"must be 64 hex digits (`sha256sum GUEST.wasm`), got {value!r}")
+    return digest
+
+
+def _remote_path(file: Path, where: str, entry: dict[str, Any], kind: str, name: str) -> Path:
+    """Fetch (or find in the cache) a url/oci guest; every refusal is a ConfigError at its key."""
+    flags = {key: _expect(file, f"{where}.{key}", entry.get(key, False), bool, "true or false")
+             for key in ("insecure", "allow_unpinned")}
+    source = RemoteSource(name, kind, entry[kind], _pin(file, where, entry), **flags)
+    try:
+        source.check()
+    except ValueError as exc:
+        raise ConfigError(file, f"{where}.{kind}", str(exc)) from None
+    try:
+        return resolve(source)
+    except SourceError as exc:
+        raise ConfigError(file, f"{where}.{kind}", str(exc)) from None
 
 def _guest_path(file: Path, where: str, entry: dict[str, Any]) -> Path:
-    if "path" not in entry:
-        raise ConfigError(file, f"{where}.path", "is missing; fix: set it to the guest's .wasm (or .wat) file, "
-                                                 "relative to the config file's folder")
-    rel = _expect(file, f"{where}.path", entry["path"], str, "a file path")
+    rel = entry["path"]
     guest_path: Path = file.parent / rel
     if not guest_path.is_file():
         folder = os.fspath(file.parent) or "."
         raise ConfigError(file, f"{where}.path", f"file {rel!r} not found (looked for {os.fspath(guest_path)!r}); "
                                                  f"fix: paths are relative to the config file's folder ({folder!r})")
+    pin = _pin(file, where, entry)
+    if pin is not None and file_sha256(guest_path) != pin:
+        raise ConfigError(file, f"{where}.sha256", f"digest mismatch for {rel}: expected sha256:{pin}, got sha256:"
+                                                   f"{file_sha256(guest_path)}; refused")
     return guest_path
 
 

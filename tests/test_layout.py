@@ -26,14 +26,16 @@ ALLOWED: dict[str, set[str]] = {
     "pool": {"errors"},
     "guest": {"abi", "errors", "host", "pool", "runtime", "snapshot", "tracing"},
     "routes": set(),
+    "oci": set(),
+    "sources": {"oci", "runtime"},
     "middleware": {"abi", "asgi", "errors", "guest", "host", "routes", "runtime"},
     "proxy": {"asgi"},
-    "config": {"asgi", "errors", "guest", "middleware", "proxy", "routes"},
+    "config": {"asgi", "errors", "guest", "middleware", "proxy", "routes", "sources"},
     "testing": {"asgi", "errors", "guest", "middleware", "tracing"},
     "pytest_plugin": {"testing"},  # imported inside fixtures only: pytest loads the plugin in every session
     "devtools": {"asgi", "guest", "middleware", "testing"},
     "conformance": {"asgi", "guest", "middleware", "testing"},
-    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "routes"},
+    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "oci", "routes"},
     "__init__": {"errors", "guest", "middleware", "routes"},
     "__main__": {"cli"},
 }
