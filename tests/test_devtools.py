@@ -108,3 +108,31 @@ def test_help_shows_the_request_syntax() -> None:
         out = run([COMMAND, command, "--help"]).stdout
         assert f"usage: http-wasm-asgi {command} GUEST [--config TEXT]" in out
         assert "METHOD URL [-H 'name: value']... [-d BODY | -d @FILE]" in " ".join(out.split())
+
+
+REWRITE = json.dumps({"request": [{"from": "colour", "to": "color"}], "response": [{"from": "POST", "to": "post"}]})
+
+
+def test_trace_of_a_guest_that_buffers_bodies() -> None:
+    result = run([COMMAND, "trace", str(ZIG / "bodyrewrite.wasm"), "--config", REWRITE, "--", "POST", "/paint",
+                  "-d", "colour: red"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  | body: 'color: red'" in out  # the app saw the rewritten request body
+    assert '"method": "post"' in out  # and the client the rewritten response
+    assert "request  read_body(kind=request, buf_limit=" in out and "-> 11 bytes, eof" in out
+    assert "request  write_body(kind=request, bytes=10)" in out
+    assert "response read_body(kind=response" in out and "response write_body(kind=response, bytes=" in out
+    assert "enable_features(features=buffer_request)" in out
+
+
+def test_bench_of_a_guest_that_buffers_bodies_and_of_one_that_answers_itself() -> None:
+    result = run([COMMAND, "bench", str(GO / "bodyrewrite" / "bodyrewrite.wasm"), "--config", REWRITE, "--requests",
+                  "300", "--rounds", "3", "--", "POST", "/", "-d", "colour " * 100], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "response: 200" in result.stdout and "MiB of RSS (growth over" in result.stdout
+    assert float(re.search(r"the guest adds: +(-?[\d.]+) us", result.stdout)[1]) > 0  # type: ignore[index]
+    hello = run([COMMAND, "bench", str(ZIG / "hello.wasm"), "--requests", "300", "--rounds", "3", "--", "GET",
+                 "/hello"], timeout=120)
+    assert hello.returncode == 0, hello.stderr
+    assert "RSS n/a (the guest answered the request itself: no instance was held)" in hello.stdout

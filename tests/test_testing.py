@@ -306,3 +306,17 @@ def test_the_readme_trace_sample_is_what_the_command_prints() -> None:
                 for line in lines]
 
     assert normal(got) == normal(expected)
+
+
+def test_the_failure_report_of_a_trapping_guest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_trap="""
+        def test_no_trap(wasm_client):
+            result = wasm_client.get("/", headers={"x-trap": "request"})
+            assert not result.trapped
+    """)
+    run = pytester.runpytest_subprocess("--wasm-guest", str(TRAPS))
+    run.assert_outcomes(failed=1)
+    out = run.stdout.str()
+    assert "(<Result GET / -> 500 (trapped)>)" in out
+    assert "trapped: guest 'trap_on_header' trapped in handle_request: wasm `unreachable`" in out
+    assert "get_header_values(kind=request, name='x-trap', buf_limit=64) -> ['request']" in out
