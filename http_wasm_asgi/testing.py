@@ -348,6 +348,9 @@ class GuestClient:
         data = body.encode() if isinstance(body, str) else (body or b"")
         if self.server:
             return self._through_server(method, url, _pairs(headers), data)
+        if _in_event_loop():
+            raise RuntimeError("GuestClient.request was called inside a running event loop (an async test): "
+                               "use `await client.arequest(...)` there")
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(self.arequest(method, url, headers=headers, body=body))
@@ -415,6 +418,14 @@ class GuestClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _request_headers(headers: list[tuple[str, str]], body: bytes, method: str) -> list[tuple[str, str]]:

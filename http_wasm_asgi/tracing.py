@@ -23,6 +23,8 @@ TRACE_LOGGER: Final = "http_wasm_asgi.trace"  # + ".<guest name>"
 PREVIEW: Final = 120  # characters of a decoded value shown before it is cut
 PHASES: Final = ("init", "request", "response")  # GuestHost.phase -> its name
 
+logging.addLevelName(TRACE, "TRACE")  # as uvicorn names it
+
 HostCallSink = Callable[["HostCall"], None]
 HostFunction = Callable[..., int | None]
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from driver import Program
 
@@ -320,3 +321,33 @@ def test_the_failure_report_of_a_trapping_guest(pytester: pytest.Pytester) -> No
     assert "(<Result GET / -> 500 (trapped)>)" in out
     assert "trapped: guest 'trap_on_header' trapped in handle_request: wasm `unreachable`" in out
     assert "get_header_values(kind=request, name='x-trap', buf_limit=64) -> ['request']" in out
+
+
+async def test_the_sync_api_inside_an_event_loop_says_what_to_use() -> None:
+    with GuestClient(ZIG / "hello.wasm") as client:
+        with pytest.raises(RuntimeError, match=r"await client\.arequest"):
+            client.get("/hello")
+        assert (await client.arequest("GET", "/hello")).status == 200
+
+
+def test_the_wasm_guest_ini_option(pytester: pytest.Pytester) -> None:
+    pytester.makeini(f"[pytest]\nwasm_guest = {ZIG / 'hello.wasm'}\n")
+    pytester.makepyfile(test_ini="""
+        def test_from_ini(wasm_guest, wasm_client):
+            assert wasm_guest.name == "hello.wasm"
+            assert wasm_client.get("/hello").text == "hello, world\\n"
+    """)
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_serve_with_log_level_trace_traces_every_guest(tmp_path: Path) -> None:
+    from procs import COMMAND, free_port, serving
+
+    port = free_port()
+    config = tmp_path / "chain.yaml"
+    config.write_text(f"app: http_wasm_asgi.testing:echo_app\nserver: {{port: {port}}}\nguests:\n"
+                      f"  - path: {ZIG / 'copyheader.wasm'}\n")
+    with serving([COMMAND, "serve", str(config), "--log-level", "trace"], port) as server:
+        assert httpx.get(server.url + "/", headers={"x-id": "42"}, timeout=10).headers["x-id"] == "42"
+        line = server.wait_for_output("get_header_values(kind=request, name='x-id'")
+    assert "TRACE:     http_wasm_asgi.trace.copyheader:" in line and "-> ['42']" in line
