@@ -20,9 +20,11 @@ if TYPE_CHECKING:
     from .guest import Guest
     from .middleware import HttpWasmMiddleware
     from .routes import Route
+    from .sources import SourceError
+    from .sources import fetch as fetch_guest
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
-           "Route", "load_config"]
+           "Route", "SourceError", "fetch_guest", "load_config"]
 __version__ = "0.1.0"
 
 
@@ -36,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from .middleware import HttpWasmMiddleware
 
         return HttpWasmMiddleware
+    if name in ("fetch_guest", "SourceError"):
+        from . import sources
+
+        return sources.fetch if name == "fetch_guest" else sources.SourceError
     if name == "Route":
         from .routes import Route
 

@@ -73,6 +73,18 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def fetch(*, url: str | None = None, oci: str | None = None, sha256: str | None = None, insecure: bool = False,
+          allow_unpinned: bool = False, name: str = "guest") -> Path:
+    """The local file of a module from a URL or an OCI registry, for `Guest(...)`: the same rules
+    and cache as `url:`/`oci:` in a config. Raises ValueError (refused before fetching) or SourceError."""
+    if (url is None) == (oci is None):
+        raise ValueError("give exactly one of url= or oci=")
+    pin = sha256.lower().removeprefix("sha256:") if sha256 else None
+    source = RemoteSource(name, "url" if url else "oci", url or oci or "", pin, insecure, allow_unpinned)
+    source.check()
+    return resolve(source)
+
+
 def resolve(source: RemoteSource, cache: Path | None = None) -> Path:
     """The cached file of a source's module: from the cache when pinned and present, else fetched."""
     cache = cache or sources_dir()

@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "devtools": {"asgi", "guest", "middleware", "testing"},
     "conformance": {"asgi", "guest", "middleware", "testing"},
     "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "oci", "routes"},
-    "__init__": {"errors", "guest", "middleware", "routes"},
+    "__init__": {"errors", "guest", "middleware", "routes", "sources"},
     "__main__": {"cli"},
 }
 # imports of a higher layer deferred into a function, each for a stated reason (deferred imports of

@@ -225,6 +225,28 @@ def test_one_guest_per_definition_shared_by_routes(tmp_path: Path) -> None:
         middleware.close()
 
 
+def test_toml_routes_are_the_same_routes(tmp_path: Path) -> None:
+    yaml_file = write_config(tmp_path, "  - {match: {path_prefix: /api/, methods: [GET], host: '*.example.com', "
+                                       "headers: {x-a: b}}, guests: [log, auth]}\n  - {guests: [log]}\n")
+    toml_file = tmp_path / "chain.toml"
+    toml_file.write_text(f"""app = "cfgapp:app"
+[[guests]]
+name = "auth"
+path = "{ZIG / 'auth.wasm'}"
+config = "demo-token"
+[[guests]]
+name = "log"
+path = "{ZIG / 'accesslog.wasm'}"
+[[routes]]
+match = {{path_prefix = "/api/", methods = ["GET"], host = "*.example.com", headers = {{x-a = "b"}}}}
+guests = ["log", "auth"]
+[[routes]]
+guests = ["log"]
+""")
+    assert load_config(toml_file).routes == load_config(yaml_file).routes
+    assert [spec.guests for spec in load_config(toml_file).routes or ()] == [[1, 0], [1]]
+
+
 def test_a_config_without_routes_is_one_chain_as_before(tmp_path: Path) -> None:
     path = tmp_path / "chain.yaml"
     path.write_text(f"app: cfgapp:app\nguests:\n  - {{path: {ZIG / 'auth.wasm'}}}\n")

@@ -150,6 +150,26 @@ async def test_url_first_fetch_then_the_cache_when_the_server_is_down(
     assert await answers(config) == (401, 200)
 
 
+async def test_fetch_guest_from_python_with_routes(tmp_path: Path, cache: Path, ca: trustme.CA, ca_file: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from http_wasm_asgi import Guest, HttpWasmMiddleware, Route, SourceError, fetch_guest
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    with https_server(ca, {"/auth.wasm": AUTH.read_bytes()}) as base:
+        path = fetch_guest(url=f"{base}/auth.wasm", sha256=AUTH_SHA)
+        with pytest.raises(SourceError, match=f"guest 'guest': digest mismatch .* expected sha256:{'0' * 64}"):
+            fetch_guest(url=f"{base}/auth.wasm", sha256="0" * 64)
+    with pytest.raises(ValueError, match="is not pinned"):
+        fetch_guest(url=f"{base}/auth.wasm")
+    assert fetch_guest(url=f"{base}/auth.wasm", sha256=AUTH_SHA) == path  # server gone: from the cache
+    auth = Guest(path, config=b"t0ken")
+    app = HttpWasmMiddleware(echo_app, routes=[Route(path_prefix="/private/", guests=[auth])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
+        assert (await c.get("/private/x")).status_code == 401
+        assert (await c.get("/public")).status_code == 200
+    app.close()
+
+
 def test_url_digest_mismatch_is_refused(tmp_path: Path, cache: Path, ca: trustme.CA, ca_file: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
@@ -301,11 +321,12 @@ def test_the_readme_example_is_the_example_file() -> None:
     assert f"sha256: {AUTH_SHA}" in block  # the pin matches the committed guest
 
 
-def test_the_readme_commands_run_as_written(tmp_path: Path, cache: Path) -> None:
+def test_the_readme_commands_run_as_written(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The section's commands, from the repository's top folder; only the ports (5000 of the registry,
     8000 of the file server) become free ones."""
     shell = re.search(r"```sh\n(.*?)```", readme_section(), re.DOTALL)[1]  # type: ignore[index]
     files_port, env = free_port(), {"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
+    monkeypatch.chdir(ROOT)
     config = tmp_path / "sources.yaml"
     with registry(tmp_path) as host, contextlib.ExitStack() as stack:
         def as_here(line: str) -> list[str]:
@@ -321,6 +342,11 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, cache: Path) -> None
         stack.enter_context(serving([sys.executable, *as_here(lines[0])[1:]], files_port))
         pushed = run([COMMAND, *as_here(lines[1])[1:]], env=env)
         assert pushed.returncode == 0, pushed.stderr
+        python = re.search(r"```python\n(.*?)```", readme_section(), re.DOTALL)[1]  # type: ignore[index]
+        namespace: dict[str, Any] = {}
+        exec(python.replace("127.0.0.1:5000", host), namespace)
+        assert namespace["auth"].info.sha256 == AUTH_SHA
+        namespace["auth"].close()
         port = free_port()
         with serving([COMMAND, *as_here(lines[2])[1:], "--port", str(port)], port, env=env) as server:
             assert httpx.get(server.url + "/", timeout=10).status_code == 401
