@@ -354,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         description="Validate CONFIG, import its app, and compile and instantiate every guest in it.\n"
         "Prints per guest: size, imports, exports, features enabled at start, WASI yes/no and\n"
-        "compile time, and whether instances start from a snapshot taken after init. Exits non-zero on\n"
-        "any problem (the upstream, if any, is not contacted).")
+        "compile time, and whether instances start from a snapshot taken after init; then the route\n"
+        "table, if the config has routes. Guests from url:/oci: are fetched (or taken from the cache).\n"
+        "Exits non-zero on any problem (the upstream, if any, is not contacted).")
     check.add_argument("config", help="chain config file (.yaml, .yml or .toml)")
     check.set_defaults(func=cmd_check)
     inspect = sub.add_parser(

@@ -10,6 +10,9 @@ guests:                            # outermost first
     path: ../guests/zig/auth.wasm  # relative to the config file's folder
     config: "secret"               # a string, a mapping (sent as JSON), or {base64: ...}
     max_instances: 16
+  # - {name: waf, oci: ghcr.io/org/waf:1.2, sha256: <64 hex>}   # or url: https://...; see sources.py
+# routes:                          # optional per-route chains, first match wins; see routes.py
+#   - {match: {path_prefix: /api/}, guests: [auth]}
 ```
 
 Every error names the file, the key path (`guests[1].path`) and what to do about it.

@@ -45,6 +45,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFESTS = (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
 INDEXES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+MAX_BYTES = 512 * 1024 * 1024  # a module (or image layer) larger than this is refused, never buffered
 _REFERENCE = re.compile(r"^(?:oci://)?(?P<registry>[^/]+)/(?P<repo>[a-z0-9][a-z0-9._/-]*?)"
                         r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
@@ -209,6 +210,8 @@ def pull_wasm(reference: Reference, registry: Registry) -> tuple[bytes, str]:
         manifest, digest = _manifest(registry, reference.repository, entry, scope)
     layers = manifest.get("layers") or []
     wasm = [layer for layer in layers if layer.get("mediaType") in WASM_LAYERS]
+    if any(int(layer.get("size") or 0) > MAX_BYTES for layer in layers):
+        raise OciError(f"{reference}: a layer is larger than {MAX_BYTES >> 20} MiB; refused")
     if len(wasm) == 1:
         return _blob(registry, reference, wasm[0]["digest"], scope), digest
     if len(layers) == 1 and layers[0].get("mediaType") in TAR_LAYERS:

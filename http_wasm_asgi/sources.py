@@ -142,7 +142,16 @@ def _download(source: RemoteSource) -> bytes:
     import httpx
 
     try:
-        response = httpx.get(source.location, timeout=oci.TIMEOUT, verify=_tls(), follow_redirects=True)
+        with httpx.stream("GET", source.location, timeout=oci.TIMEOUT, verify=_tls(),
+                          follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise oci.OciError(f"fetching {source.location}: HTTP {response.status_code}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > oci.MAX_BYTES:
+                    raise oci.OciError(f"{source.location} is larger than {oci.MAX_BYTES >> 20} MiB; refused")
+            return bytes(body)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc):
             raise oci.OciError(f"TLS refused {source.location}: {exc}; fix: the server's certificate must be "
@@ -150,9 +159,6 @@ def _download(source: RemoteSource) -> bytes:
         raise oci.RegistryUnreachable(f"{source.location} is unreachable: {exc}") from None
     except httpx.HTTPError as exc:
         raise oci.OciError(f"fetching {source.location} failed: {type(exc).__name__}: {exc}") from None
-    if response.status_code != 200:
-        raise oci.OciError(f"fetching {source.location}: HTTP {response.status_code}")
-    return response.content
 
 
 def _unreachable(source: RemoteSource, reason: str) -> str:

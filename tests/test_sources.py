@@ -181,6 +181,14 @@ def test_url_digest_mismatch_is_refused(tmp_path: Path, cache: Path, ca: trustme
     assert not (cache / "sources" / "sha256").exists() or not list((cache / "sources" / "sha256").iterdir())
 
 
+def test_a_missing_file_names_the_status(tmp_path: Path, cache: Path, ca: trustme.CA, ca_file: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    with https_server(ca, {}) as base:
+        message = config_error(write(tmp_path, f"  - {{url: {base}/gone.wasm, sha256: {AUTH_SHA}}}\n"))
+    assert f"guests[0].url: guest 'gone': fetching {base}/gone.wasm: HTTP 404" in message
+
+
 def test_an_untrusted_certificate_is_refused(tmp_path: Path, cache: Path, ca: trustme.CA,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
