@@ -71,15 +71,16 @@ class HttpWasmMiddleware:
         self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
                                      for name in RESPONSE_OBSERVERS)
         self.threads = _GuestThreads()
-        self.routes: RouteTable[ASGIApp] | None = None
+        self.routes: RouteTable[HttpWasmMiddleware | None] | None = None
         if routes is not None:
             self.routes = self._route_table(routes)
 
-    def _route_table(self, routes: Sequence[Route]) -> RouteTable[ASGIApp]:
-        """Each route's chain: a middleware of its guests (sharing this one's threads), or the app
-        itself for a route without guests; routes with the same guests share one chain."""
-        chains: dict[tuple[int, ...], ASGIApp] = {(): self.app}
-        table: list[tuple[Route, ASGIApp]] = []
+    def _route_table(self, routes: Sequence[Route]) -> RouteTable[HttpWasmMiddleware | None]:
+        """Each route's chain: a middleware of its guests (sharing this one's threads) whose flow
+        `__call__` runs, or None (straight to the app) for a route without guests; routes with the
+        same guests share one chain."""
+        chains: dict[tuple[int, ...], HttpWasmMiddleware | None] = {(): None}
+        table: list[tuple[Route, HttpWasmMiddleware | None]] = []
         for route in routes:
             if not isinstance(route, Route):
                 raise TypeError(f"routes must be Route objects, got {type(route).__name__}")
@@ -89,7 +90,7 @@ class HttpWasmMiddleware:
                 chain.threads = self.threads
                 chains[key] = chain
             table.append((route, chains[key]))
-        return RouteTable(table, default=self.app)
+        return RouteTable(table, default=None)
 
     @property
     def all_guests(self) -> tuple[Guest, ...]:
@@ -109,13 +110,14 @@ class HttpWasmMiddleware:
         return middleware_from_config(path, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.guests:
-            if self.routes is not None and scope["type"] == "http":  # the chain is chosen once, here
-                await self.routes.match(scope)(scope, receive, send)
-            else:
+        if scope["type"] == "http" and self.guests:
+            flow = _Flow(self, scope, receive, send)
+        else:  # no guests of its own: per-route chains (chosen once, here), or straight to the app
+            chain = self.routes.match(scope) if self.routes is not None and scope["type"] == "http" else None
+            if chain is None:
                 await self.app(scope, receive, send)
-            return
-        flow = _Flow(self, scope, receive, send)
+                return
+            flow = _Flow(chain, scope, receive, send)
         try:
             if await flow.request_phase():
                 await flow.call_app()
