@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import GuestError, GuestTrap, HostTrap, PoolTimeout
 
 if TYPE_CHECKING:
-    from .config import ConfigError, load_config
+    from .config import ConfigError, load_config, reload_config
     from .guest import Guest
     from .middleware import HttpWasmMiddleware
     from .routes import Route
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .sources import fetch as fetch_guest
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
-           "Route", "SourceError", "fetch_guest", "load_config"]
+           "Route", "SourceError", "fetch_guest", "load_config", "reload_config"]
 __version__ = "0.1.0"
 
 
@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
         from .routes import Route
 
         return Route
-    if name in ("ConfigError", "load_config"):
+    if name in ("ConfigError", "load_config", "reload_config"):
         from . import config
 
         return getattr(config, name)

@@ -60,11 +60,21 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 5 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 6 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
 #define INSTANTIATE NEXPORTS /* the "export index" of instantiation (the start section) */
+/* Call counters of one guest (runtime.CallStats.counts, shared by its instances): per phase (0 handle_request,
+ * 1 handle_response) [calls, nanoseconds, one count per bucket of STATS_BUCKETS_NS and +Inf], then short
+ * circuits. Plain increments under the GIL; read by the metrics collector at scrape time. */
+#define STATS_NBUCKETS 16
+static const long long STATS_BUCKETS_NS[STATS_NBUCKETS] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 25000000,
+    50000000, 100000000, 250000000, 1000000000};
+#define STATS_STRIDE (2 + STATS_NBUCKETS + 1)
+#define STATS_SHORT (2 * STATS_STRIDE)
+#define STATS_SIZE (STATS_SHORT + 1)
 #define WASMTIME_I32 0
 #define WASMTIME_I64 1
 
@@ -111,6 +121,8 @@ typedef struct {
     PyObject *owner;          /* the runtime's WasmInstance */
     PyObject *host;           /* what Python host functions get first */
     PyObject *store;          /* the wasmtime.Store: outlives any running call (cancelled before it goes) */
+    uint64_t *stats;          /* the guest's call counters (STATS_SIZE), NULL: not counted */
+    Py_buffer stats_view;     /* holds the counters' buffer while stats is set */
 } Core;
 
 static _Thread_local Core *current;  /* the instance whose guest code runs on this thread */
@@ -136,8 +148,27 @@ static int Core_traverse(Core *self, visitproc visit, void *arg) {
     return 0;
 }
 
+static void drop_stats(Core *self) {
+    if (self->stats != NULL) {
+        self->stats = NULL;
+        PyBuffer_Release(&self->stats_view);
+    }
+}
+
+/* One call of handle_request (0) or handle_response (1) ended after ns nanoseconds. */
+static inline void count_call(Core *self, long long ns) {
+    uint64_t *s = self->stats + self->index * STATS_STRIDE;
+    int b = 0;
+    while (b < STATS_NBUCKETS && ns > STATS_BUCKETS_NS[b])
+        b++;
+    s[0]++;
+    s[1] += (uint64_t)ns;
+    s[2 + b]++;
+}
+
 static int Core_clear(Core *self) {
     cancel_call(self); /* while the store is still alive */
+    drop_stats(self);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->host);
     Py_CLEAR(self->store);
@@ -193,6 +224,22 @@ static PyObject *Core_set_memory(Core *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* set_stats(counters or None): count this instance's calls in a writable buffer of STATS_SIZE uint64. */
+static PyObject *Core_set_stats(Core *self, PyObject *arg) {
+    drop_stats(self);
+    if (arg == Py_None)
+        Py_RETURN_NONE;
+    if (PyObject_GetBuffer(arg, &self->stats_view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (self->stats_view.len < (Py_ssize_t)(STATS_SIZE * sizeof(uint64_t))) {
+        PyBuffer_Release(&self->stats_view);
+        PyErr_SetString(PyExc_ValueError, "set_stats: the buffer is smaller than STATS_SIZE counters");
+        return NULL;
+    }
+    self->stats = (uint64_t *)self->stats_view.buf;
+    Py_RETURN_NONE;
+}
+
 /* take_trap() -> (trap, error, timed_out): what the last failed call left */
 static PyObject *Core_take_trap(Core *self, PyObject *unused) {
     PyObject *r = Py_BuildValue("(KKO)", (unsigned long long)(uintptr_t)self->trap,
@@ -230,6 +277,7 @@ static void cancel_call(Core *self) {
 
 static PyObject *Core_close(Core *self, PyObject *unused) {
     cancel_call(self);
+    drop_stats(self);
     self->ctx = NULL;
     self->memory = NULL;
     self->base = NULL;
@@ -284,11 +332,15 @@ static int slice(Core *self, long long t0) {
     if (done) {
         p_delete(self->future);
         self->future = NULL;
+        if (self->stats != NULL && self->index < 2)
+            count_call(self, t1 - self->start_ns);
         rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
     } else if (self->own_ns >= self->budget_ns ||
                (self->own_ns >= long_ns &&
                 (t1 - self->start_ns) - (thread_slices_ns - self->others0 - self->own_ns) >= self->budget_ns)) {
         cancel_call(self);
+        if (self->stats != NULL && self->index < 2)
+            count_call(self, t1 - self->start_ns);
         self->timed_out = 1;
         self->trap_status = 503;
         rc = raise_trap(self);
@@ -390,6 +442,8 @@ static PyObject *complete(Core *self, int rc) {
                 host_after_next(self->host);
             else if (call_host(self->host, "after_next") < 0)
                 return NULL;
+        } else if (self->stats != NULL) {
+            self->stats[STATS_SHORT]++;
         }
         return PyLong_FromUnsignedLongLong(ctx_next);
     case AFTER_RESPONSE:
@@ -566,6 +620,7 @@ static PyMethodDef Core_methods[] = {
     {"set_func", (PyCFunction)Core_set_func, METH_VARARGS, "set_func(index, wasmtime_func_t address)"},
     {"set_memory", (PyCFunction)Core_set_memory, METH_VARARGS, "set_memory(wasmtime_memory_t address, base, size)"},
     {"take_trap", (PyCFunction)Core_take_trap, METH_NOARGS, "(trap, error, timed_out) of the last failed call"},
+    {"set_stats", (PyCFunction)Core_set_stats, METH_O, "Count calls in this buffer of STATS_SIZE uint64 (or None)."},
     {"close", (PyCFunction)Core_close, METH_NOARGS, "Forget the store: no more calls."},
     {NULL, NULL, 0, NULL},
 };
@@ -1307,6 +1362,15 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
     /* runtime.py refuses a build whose VERSION is not the one it was written for (a stale build) */
     if (PyModule_AddIntConstant(m, "VERSION", FASTPATH_VERSION) < 0 || PyModule_AddObjectRef(m, "SUSPENDED", suspended) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *buckets = PyTuple_New(STATS_NBUCKETS);
+    for (int i = 0; buckets != NULL && i < STATS_NBUCKETS; i++)
+        PyTuple_SET_ITEM(buckets, i, PyLong_FromLongLong(STATS_BUCKETS_NS[i]));
+    if (buckets == NULL || PyModule_AddObject(m, "STATS_BUCKETS_NS", buckets) < 0 ||
+        PyModule_AddIntConstant(m, "STATS_SIZE", STATS_SIZE) < 0) {
+        Py_XDECREF(buckets);
         Py_DECREF(m);
         return NULL;
     }

@@ -3,59 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import re
-import socket
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from uvicorn import config as uvicorn_config
-
 from .abi import feature_names
-from .config import LOG_LEVELS, ChainConfig, ConfigError, build_middleware, load_app, load_config
+from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
 from .errors import GuestError
 from .routes import Route
 
-_ENV_CONFIG = "HTTP_WASM_ASGI_CONFIG"
-_ENV_UPSTREAM = _ENV_CONFIG + "_UPSTREAM"
 log = logging.getLogger("http_wasm_asgi")
-
-
-def _setup_logging(level: str) -> None:
-    """Guest `log` calls and WASI output go to the `http_wasm_asgi` loggers: show them on stderr."""
-    logger = logging.getLogger("http_wasm_asgi")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(5 if level.lower() == "trace" else level.upper())
-
-
-def _load_chain(path: str, upstream: str | None) -> Any:
-    """The middleware for `serve`: the config's chain in front of its app, its upstream, or `upstream`."""
-    config = load_config(path)
-    if upstream:
-        config.app, config.upstream = None, upstream
-    middleware = build_middleware(config)
-    _log_chain(config, middleware)
-    return middleware
-
-
-def _log_chain(config: ChainConfig, middleware: Any) -> None:
-    target = f"app {config.app}" if config.app else f"upstream {config.upstream}"
-    guests = ", ".join(f"{g.name} ({g.info.compiled_from} in {g.info.compile_seconds * 1000:.1f} ms)"
-                       for g in middleware.all_guests) or "no guests"
-    log.info("process %d: chain loaded in front of %s: %s", os.getpid(), target, guests)
-
-
-def _app_from_env() -> Any:
-    """uvicorn factory for `serve --workers N`: each worker process loads the chain itself."""
-    _setup_logging(os.environ.get(_ENV_CONFIG + "_LOG_LEVEL", "info"))
-    return _load_chain(os.environ[_ENV_CONFIG], os.environ.get(_ENV_UPSTREAM) or None)
 
 
 def _describe(guest: Any, seconds: float | None = None) -> str:
@@ -134,54 +94,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from . import serving
 
     config = load_config(args.config)
-    host = args.host or config.host
-    port = args.port if args.port is not None else config.port
-    workers = args.workers or config.workers
     level = (args.log_level or config.log_level).lower()
-    os.environ[_ENV_CONFIG] = os.path.abspath(args.config)
-    os.environ[_ENV_CONFIG + "_LOG_LEVEL"] = level
-    os.environ[_ENV_UPSTREAM] = args.upstream or ""
-    _setup_logging(level)
-    # Load the whole chain here first: a bad guest or app fails before anything binds, and the
-    # compiled modules land in the disk cache, so N workers (and restarts) do not compile again.
-    app = _load_chain(args.config, args.upstream)
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level=level)
-    else:
-        app.close()
-        with _tcp_nodelay_listeners():
-            uvicorn.run("http_wasm_asgi.cli:_app_from_env", factory=True, host=host, port=port, workers=workers,
-                        log_level=level)
-    return 0
-
-
-@contextlib.contextmanager
-def _tcp_nodelay_listeners() -> Iterator[None]:
-    """While uvicorn starts its workers, the listening socket it binds gets TCP_NODELAY.
-
-    With --workers, uvicorn binds that socket itself with protocol 0; accepted sockets inherit
-    it, and asyncio turns TCP_NODELAY on only for protocol IPPROTO_TCP. Without it, Nagle's
-    algorithm holds each response body until the client's delayed ACK: ~40 ms per keep-alive
-    request (uvicorn issue #3149). Accepted sockets inherit the option from the listener
-    (Linux). Harmless once uvicorn sets it itself. Scoped to this call: the parent process only
-    binds and supervises, the workers receive the socket.
-    """
-    original = uvicorn_config.Config.bind_socket
-
-    def bind_socket(self: uvicorn_config.Config) -> socket.socket:
-        sock = original(self)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    uvicorn_config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        uvicorn_config.Config.bind_socket = original  # type: ignore[method-assign]
+    serving.setup_logging(level)
+    host = args.host or config.host
+    return serving.serve(serving.ServeOptions(
+        config=os.path.abspath(args.config), upstream=args.upstream, host=host,
+        port=args.port if args.port is not None else config.port, workers=args.workers or config.workers,
+        log_level=level, shutdown_timeout=args.shutdown_timeout or config.shutdown_timeout,
+        metrics_host=args.metrics_host or config.metrics_host or host,
+        metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
+        reload=args.reload))
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -299,6 +224,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
@@ -334,7 +269,22 @@ def _add_serve(sub: Any, debug: argparse.ArgumentParser) -> None:
     serve.add_argument("--upstream", type=_url, metavar="URL",
                        help="proxy to this HTTP service (http(s)://host:port or unix:/path.sock) instead of the "
                        "config's app or upstream (sidecar mode)")
+    _add_operations(serve)
     serve.set_defaults(func=cmd_serve)
+
+
+def _add_operations(serve: argparse.ArgumentParser) -> None:
+    """serve's flags for running it in production: metrics, reloads, shutdown."""
+    serve.add_argument("--metrics-port", type=_port, metavar="PORT",
+                       help="serve /metrics (Prometheus), /healthz and /readyz on this port, a listener of its "
+                       "own (overrides metrics.port; default: none)")
+    serve.add_argument("--metrics-host", metavar="HOST",
+                       help="bind address of the metrics listener (overrides metrics.host; default: --host)")
+    serve.add_argument("--reload", action="store_true",
+                       help="reload the chain when the config file or a guest file changes (SIGHUP always does)")
+    serve.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
+                       help="after SIGTERM, how long requests in flight may take before they are cancelled "
+                       "(overrides server.shutdown_timeout; default 30)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ Every error names the file, the key path (`guests[1].path`) and what to do about
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import difflib
@@ -38,14 +39,16 @@ import yaml
 from .asgi import ASGIApp
 from .errors import GuestError
 from .guest import Guest
-from .middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
+from .middleware import DEFAULT_MAX_BODY_SIZE, RELOADS, HttpWasmMiddleware
 from .proxy import ProxyApp, UpstreamTimeout
 from .routes import MATCH_KEYS, Route
 from .sources import RemoteSource, SourceError, file_sha256, resolve
 
-TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level")
+TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level",
+            "metrics")
 ROUTE_KEYS = ("match", "guests")
-SERVER_KEYS = ("host", "port", "workers")
+SERVER_KEYS = ("host", "port", "workers", "shutdown_timeout")
+METRICS_KEYS = ("host", "port")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "max_instances", "min_instances", "max_idle", "idle_timeout",
               "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout", "memory_limit",
@@ -95,6 +98,9 @@ class ChainConfig:
     workers: int = 1
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     log_level: str = "info"
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM
+    metrics_host: str | None = None  # the metrics listener's address (default: server.host)
+    metrics_port: int | None = None  # None: no metrics listener
     guests: list[GuestSpec] = field(default_factory=list)
     routes: list[RouteSpec] | None = None  # None: `guests` is the one chain
 
@@ -109,7 +115,16 @@ class ChainConfig:
                               f"inspect {spec.path}`) and give it the config it expects") from None
 
     def load_guests(self) -> list[Guest]:
-        return [self.load_guest(index) for index in range(len(self.guests))]
+        """Every guest, in order; on a failure the ones already loaded are closed."""
+        loaded: list[Guest] = []
+        try:
+            for index in range(len(self.guests)):
+                loaded.append(self.load_guest(index))
+        except BaseException:
+            for guest in loaded:
+                guest.close()
+            raise
+        return loaded
 
     def build_routes(self) -> list[Route]:
         """The Route objects of `routes:`: each guest a route names is loaded once and shared by every
@@ -240,14 +255,9 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
     config = ChainConfig(file=file, app=app, upstream=upstream)
     if "upstream_timeout" in data:
         config.upstream_timeout = _upstream_timeout(file, data["upstream_timeout"])
-    server = data.get("server")
-    server = {} if server is None else _expect(file, "server", server, dict, "a mapping with host, port, workers")
-    _keys(file, "server.", server, SERVER_KEYS)
-    config.host = _expect(file, "server.host", server.get("host", config.host), str, "a host name or address")
-    config.port = _integer(file, "server.port", server.get("port", config.port), 0, 65535,
-                           "a port number (0-65535)")
-    config.workers = _integer(file, "server.workers", server.get("workers", 1), 1, 1024,
-                              "a number of worker processes (1 or more)")
+    _server(file, data.get("server"), config)
+    if data.get("metrics") is not None:
+        _metrics(file, data["metrics"], config)
     if "max_body_size" in data:
         config.max_body_size = _size(file, "max_body_size", data["max_body_size"])
     level = _expect(file, "log_level", data.get("log_level", "info"), str, f"one of {', '.join(LOG_LEVELS)}")
@@ -304,6 +314,29 @@ def _guest_ref(file: Path, key: str, name: Any, names: dict[str, int]) -> int:
         hint = f"did you mean {close[0]!r}?" if close else f"defined guests: {', '.join(names) or '(none)'}"
         raise ConfigError(file, key, f"unknown guest {name!r}; {hint}")
     return names[name]
+
+
+def _server(file: Path, value: Any, config: ChainConfig) -> None:
+    server = {} if value is None else _expect(file, "server", value, dict, "a mapping with host, port, workers")
+    _keys(file, "server.", server, SERVER_KEYS)
+    config.host = _expect(file, "server.host", server.get("host", config.host), str, "a host name or address")
+    config.port = _integer(file, "server.port", server.get("port", config.port), 0, 65535,
+                           "a port number (0-65535)")
+    config.workers = _integer(file, "server.workers", server.get("workers", 1), 1, 1024,
+                              "a number of worker processes (1 or more)")
+    if "shutdown_timeout" in server:
+        config.shutdown_timeout = _number(file, "server.shutdown_timeout", server["shutdown_timeout"])
+
+
+def _metrics(file: Path, value: Any, config: ChainConfig) -> None:
+    metrics = _expect(file, "metrics", value, dict, "a mapping with port (and host)")
+    _keys(file, "metrics.", metrics, METRICS_KEYS)
+    if "port" not in metrics:
+        raise ConfigError(file, "metrics.port", "is missing; fix: the port of the metrics listener (/metrics, "
+                                                "/healthz, /readyz), not the app's")
+    config.metrics_port = _integer(file, "metrics.port", metrics["port"], 0, 65535, "a port number (0-65535)")
+    if "host" in metrics:
+        config.metrics_host = _expect(file, "metrics.host", metrics["host"], str, "a host name or address")
 
 
 def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> GuestSpec:
@@ -457,3 +490,26 @@ def build_middleware(config: ChainConfig, app: ASGIApp | None = None) -> HttpWas
 def middleware_from_config(path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
     """HttpWasmMiddleware for a config file; `app` overrides the file's app/upstream."""
     return build_middleware(load_config(path), app)
+
+
+async def reload_config(middleware: HttpWasmMiddleware, path: str | os.PathLike[str]) -> ChainConfig:
+    """Load the guests of config file `path` off the event loop, then swap them in (`replace_guests`).
+
+    Compiling, init and snapshots run on a worker thread; requests in flight finish on the guests they
+    started with. The app stays the one the middleware serves (a changed `app` or `upstream` takes a
+    restart). On a failure the current guests go on serving, `http_wasm_reloads_total{result="error"}`
+    counts it, and the error (ConfigError for a bad config or guest) is raised.
+    """
+    def load() -> tuple[ChainConfig, list[Guest], list[Route] | None]:
+        config = load_config(path)
+        if config.routes is not None:
+            return config, [], config.build_routes()
+        return config, config.load_guests(), None
+
+    try:
+        config, guests, routes = await asyncio.to_thread(load)
+    except Exception:
+        RELOADS["error"] += 1
+        raise
+    middleware.replace_guests(guests, routes=routes, max_body_size=config.max_body_size)
+    return config

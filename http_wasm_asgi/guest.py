@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .errors import GuestError
 from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
 from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
 from .pool import InstancePool
-from .runtime import HostFunction, Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
+from .runtime import CallStats, HostFunction, Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
 from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
 from .tracing import HostCallSink, sinks_for, traced
 
@@ -38,6 +39,20 @@ INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memor
 SNAPSHOT_FORMAT = 2  # bump when what a snapshot captures changes: old cache entries are then ignored
 MEMORY_PROBE_LIMIT = 4 * 1024 * 1024 * 1024  # after an init that failed: what it needed (up to 4x the limit)
 _USE_DEFAULT: Any = object()
+# What the metrics read at scrape time: every open guest (its pool), and the counters of each guest name,
+# kept for the process's life so that a reloaded guest of the same name goes on counting.
+_OPEN_GUESTS: weakref.WeakSet[Guest] = weakref.WeakSet()
+_STATS_BY_NAME: dict[str, CallStats] = {}
+
+
+def open_guests() -> list[Guest]:
+    """The guests whose pools are open, in this process (a chain being retired is still here)."""
+    return list(_OPEN_GUESTS)
+
+
+def guest_stats() -> dict[str, CallStats]:
+    """The call counters of every guest name this process has loaded."""
+    return dict(_STATS_BY_NAME)
 
 
 def encode_config(config: GuestConfig) -> bytes:
@@ -165,6 +180,7 @@ class Guest:
                                     min_size=max(min_instances, 1), max_idle=max_idle, idle_timeout=idle_timeout,
                                     budget=memory_budget)
         self._fill(wasm)  # fail fast, and learn the init-time features
+        _OPEN_GUESTS.add(self)
 
     def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[list[HostCallSink] | None,
                                                                              Mapping[str, HostFunction]]:
@@ -180,7 +196,11 @@ class Guest:
         return self.trace_sinks is not None
 
     def _make_pool(self, **bounds: Any) -> InstancePool[WasmInstance]:
-        """The instance pool; an instance costs its linear memory beyond the snapshot's shared image."""
+        """The instance pool; an instance costs its linear memory beyond the snapshot's shared image.
+
+        Its instances count their calls in the guest's stats (metrics)."""
+        self.stats = self.module.stats = _STATS_BY_NAME.setdefault(self.name, CallStats())
+        self.instance_source = "snapshot" if self.snapshot.used else "init"
         image = self.snapshot.image_bytes
         return InstancePool(self.new_instance, name=self.name, create_inline=self.snapshot.used,
                             cost=lambda instance: max(instance.memory_size() - image, 0) + INSTANCE_OVERHEAD,
@@ -192,7 +212,10 @@ class Guest:
         return int(self.context.features)
 
     def new_instance(self) -> WasmInstance:
-        return self._instantiate(self.module)
+        instance = self._instantiate(self.module)
+        created = self.stats.created
+        created[self.instance_source] = created.get(self.instance_source, 0) + 1
+        return instance
 
     def _make_host(self, instance: WasmInstance) -> GuestHost:
         return GuestHost(instance, self.context)
@@ -350,6 +373,9 @@ class Guest:
 
     def close(self) -> None:
         self.pool.close()
+        if self in _OPEN_GUESTS:
+            _OPEN_GUESTS.discard(self)
+            self.stats.closed_pool_timeouts += self.pool.timeouts
 
     def __repr__(self) -> str:
         return f"Guest({self.name!r}, {self.info.size} bytes, features={self.features})"

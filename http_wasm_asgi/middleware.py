@@ -40,6 +40,7 @@ _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "
                      "3": b"HTTP/3.0"}
 
 log = logging.getLogger("http_wasm_asgi")
+RELOADS: Final = {"ok": 0, "error": 0}  # chains replaced in this process, and reloads that failed (metrics)
 
 # A guest that returned next=1 and waits for handle_response: (guest, instance, host, req_ctx).
 Held = tuple[Guest, WasmInstance, GuestHost, int]
@@ -58,46 +59,49 @@ class HttpWasmMiddleware:
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
-        for guest in guests:
-            if not isinstance(guest, Guest):
-                raise TypeError(f"guests must be Guest objects, got {type(guest).__name__}")
         if routes is not None and guests:
             raise TypeError("give guests (one chain for every request) or routes (a chain per route), not both")
-        self.app = app
-        self.guests: tuple[Guest, ...] = tuple(guests)
-        self.max_body_size = max_body_size
-        # Whether a guest may look at the app's response (status, headers, trailers) in
-        # handle_response: if none can, an unbuffered response goes straight to the client.
-        self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
-                                     for name in RESPONSE_OBSERVERS)
-        self.threads = _GuestThreads()
-        self.routes: RouteTable[HttpWasmMiddleware | None] | None = None
-        if routes is not None:
-            self.routes = self._route_table(routes)
+        self.chain = Chain(app, guests, max_body_size, routes)
 
-    def _route_table(self, routes: Sequence[Route]) -> RouteTable[HttpWasmMiddleware | None]:
-        """Each route's chain: a middleware of its guests (sharing this one's threads) whose flow
-        `__call__` runs, or None (straight to the app) for a route without guests; routes with the
-        same guests share one chain."""
-        chains: dict[tuple[int, ...], HttpWasmMiddleware | None] = {(): None}
-        table: list[tuple[Route, HttpWasmMiddleware | None]] = []
-        for route in routes:
-            if not isinstance(route, Route):
-                raise TypeError(f"routes must be Route objects, got {type(route).__name__}")
-            key = tuple(id(guest) for guest in route.guests)
-            if key not in chains:
-                chain = HttpWasmMiddleware(self.app, route.guests, max_body_size=self.max_body_size)
-                chain.threads = self.threads
-                chains[key] = chain
-            table.append((route, chains[key]))
-        return RouteTable(table, default=None)
+    # what the current chain holds (requests read `chain` once instead)
+    @property
+    def app(self) -> ASGIApp:
+        return self.chain.app
+
+    @property
+    def guests(self) -> tuple[Guest, ...]:
+        return self.chain.guests
+
+    @property
+    def routes(self) -> RouteTable[Chain | None] | None:
+        return self.chain.routes
+
+    @property
+    def max_body_size(self) -> int:
+        return self.chain.max_body_size
 
     @property
     def all_guests(self) -> tuple[Guest, ...]:
         """Every distinct guest this middleware runs: its chain's, or those of all its routes."""
-        if self.routes is None:
-            return self.guests
-        return tuple({id(g): g for route in self.routes.routes for g in route.guests}.values())
+        return self.chain.all_guests()
+
+    @property
+    def threads(self) -> _GuestThreads:
+        return self.chain.threads
+
+    def replace_guests(self, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
+                       max_body_size: int | None = None) -> None:
+        """Serve the next requests with these guests (or routes): a reload, in front of the same app.
+
+        Call it on the event loop that serves the requests. Requests in flight finish on the guests
+        they started with; those are closed when their last request ends (but for any passed again here).
+        """
+        if routes is not None and guests:
+            raise TypeError("give guests (one chain for every request) or routes (a chain per route), not both")
+        old = self.chain
+        self.chain = Chain(old.app, guests, old.max_body_size if max_body_size is None else max_body_size, routes)
+        RELOADS["ok"] += 1
+        old.retire(keep=self.chain.all_guests())
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
@@ -110,14 +114,16 @@ class HttpWasmMiddleware:
         return middleware_from_config(path, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.guests:
-            flow = _Flow(self, scope, receive, send)
-        else:  # no guests of its own: per-route chains (chosen once, here), or straight to the app
-            chain = self.routes.match(scope) if self.routes is not None and scope["type"] == "http" else None
-            if chain is None:
-                await self.app(scope, receive, send)
-                return
+        chain = self.chain  # read once: the request keeps this chain (and its routes) to its end
+        if scope["type"] == "http" and chain.guests:
             flow = _Flow(chain, scope, receive, send)
+        else:  # no guests of its own: per-route chains (chosen once, here), or straight to the app
+            route = chain.routes.match(scope) if chain.routes is not None and scope["type"] == "http" else None
+            if route is None:
+                await chain.app(scope, receive, send)
+                return
+            flow = _Flow(route, scope, receive, send)
+        chain.active += 1
         try:
             if await flow.request_phase():
                 await flow.call_app()
@@ -132,13 +138,83 @@ class HttpWasmMiddleware:
             await flow.unwind(is_error=True)
             await flow.respond_error(500)
         finally:
-            if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
-                await flow.unwind(is_error=True)
+            try:
+                if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
+                    await flow.unwind(is_error=True)
+            finally:
+                chain.active -= 1
+                if chain.retired and not chain.active:
+                    chain.close()
 
     def close(self) -> None:
         """Drop every guest's instances and stop the worker threads."""
-        for guest in self.all_guests:
-            guest.close()
+        self.chain.close()
+
+
+class Chain:
+    """What serves a request: the app, the guests in order (or the routes and their chains) and what they
+    need, swapped as one object.
+
+    A request reads the middleware's chain once and runs on it to its end; `replace_guests` puts a new
+    chain in its place and retires the old one, which closes its guests when its last request ends.
+    Nothing here changes after construction but the count of requests in flight.
+    """
+
+    __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "retired", "routes",
+                 "threads")
+
+    def __init__(self, app: ASGIApp, guests: Sequence[Guest], max_body_size: int,
+                 routes: Sequence[Route] | None = None) -> None:
+        for guest in guests:
+            if not isinstance(guest, Guest):
+                raise TypeError(f"guests must be Guest objects, got {type(guest).__name__}")
+        self.app = app
+        self.guests: tuple[Guest, ...] = tuple(guests)
+        self.max_body_size = max_body_size
+        # Whether a guest may look at the app's response (status, headers, trailers) in
+        # handle_response: if none can, an unbuffered response goes straight to the client.
+        self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
+                                     for name in RESPONSE_OBSERVERS)
+        self.threads = _GuestThreads()
+        self.routes: RouteTable[Chain | None] | None = None if routes is None else self._route_table(routes)
+        self.active = 0  # requests running on this chain
+        self.retired = False
+        self._keep: tuple[Guest, ...] = ()
+
+    def _route_table(self, routes: Sequence[Route]) -> RouteTable[Chain | None]:
+        """Each route's chain: a Chain of its guests (sharing this chain's threads; the request's flow runs
+        it in the middleware's own __call__), or None (straight to the app) for a route without guests;
+        routes with the same guests share one chain. They live and close with this chain."""
+        chains: dict[tuple[int, ...], Chain | None] = {(): None}
+        table: list[tuple[Route, Chain | None]] = []
+        for route in routes:
+            if not isinstance(route, Route):
+                raise TypeError(f"routes must be Route objects, got {type(route).__name__}")
+            key = tuple(id(guest) for guest in route.guests)
+            if key not in chains:
+                chain = Chain(self.app, route.guests, self.max_body_size)
+                chain.threads = self.threads
+                chains[key] = chain
+            table.append((route, chains[key]))
+        return RouteTable(table, default=None)
+
+    def all_guests(self) -> tuple[Guest, ...]:
+        """Every distinct guest of this chain: its own, or those of all its routes."""
+        if self.routes is None:
+            return self.guests
+        return tuple({id(g): g for route in self.routes.routes for g in route.guests}.values())
+
+    def retire(self, keep: Sequence[Guest] = ()) -> None:
+        """No new request comes here: close the guests (but `keep`) once the last one in flight ends."""
+        self.retired = True
+        self._keep = tuple(keep)
+        if not self.active:
+            self.close()
+
+    def close(self) -> None:
+        for guest in self.all_guests():
+            if guest not in self._keep:
+                guest.close()
         self.threads.close()
 
 
@@ -180,7 +256,7 @@ class _Flow:
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "disconnected", "error_status", "exchange",
                  "held", "receive", "response_too_large", "scope", "send", "sent", "started")
 
-    def __init__(self, chain: HttpWasmMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
         self.chain = chain
         self.scope = scope
         self.receive = receive

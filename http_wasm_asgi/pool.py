@@ -67,6 +67,7 @@ class InstancePool(Generic[T]):
         self._trim_handle: asyncio.TimerHandle | None = None
         self.size = 0  # instances alive or being created
         self.budget_waits = 0  # times a request waited because of the budget, not the count
+        self.timeouts = 0  # requests that got PoolTimeout
         self._budget_logged = 0.0
 
     # -- figures --
@@ -77,6 +78,15 @@ class InstancePool(Generic[T]):
     @property
     def in_use(self) -> int:
         return self.size - len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for an instance now."""
+        return len(self._waiters)
+
+    def instances(self) -> list[T]:
+        """Every live instance, idle or in use."""
+        return list(self._live.values())
 
     def committed(self) -> int:
         """What the live instances cost now (bytes, as `cost` measures it)."""
@@ -125,6 +135,7 @@ class InstancePool(Generic[T]):
                 elif waiter.done() and not waiter.cancelled():
                     self._give_back(waiter.result())  # handed over just as we gave up
                 if loop.time() >= deadline:
+                    self.timeouts += 1
                     raise PoolTimeout(self._timeout_message()) from None
                 raise
             if got is not None:
@@ -147,6 +158,8 @@ class InstancePool(Generic[T]):
                 self._schedule_trim()
 
     def close(self) -> None:
+        """Close the idle instances; one in use is closed when it is released (never reused)."""
+        self.reuse = False
         for instance in self._idle:
             self._live.pop(id(instance), None)
             instance.close()

@@ -26,6 +26,7 @@ GIL during the call (cheaper) unless the instance's `release_gil` is set
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import ctypes
@@ -51,8 +52,10 @@ from . import abi
 from .errors import GuestError, GuestTrap, HostTrap
 
 __all__ = [
+    "CALL_BUCKETS_NS",
     "EPOCH_TICK_SECONDS",
     "SUSPENDED",
+    "CallStats",
     "HostFunction",
     "Limits",
     "ModuleInfo",
@@ -73,7 +76,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 5  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 6  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
@@ -82,6 +85,12 @@ LONG_CALL_SECONDS: Final = 0.01  # a suspended call that used more is "long": it
 LONG_CALL_NS: Final = int(LONG_CALL_SECONDS * 1e9)  # ... and its clock counts the time it waited
 LONG_SHARE: Final = 0.1  # ... and gets at most this share of the loop while other requests are served
 _EMPTY: Final = b""
+# Call counters (CallStats.counts, the accelerator's layout): per phase [calls, ns, a count per bucket, +Inf]
+CALL_BUCKETS_NS: Final = (5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+                          5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 1_000_000_000)
+_STATS_STRIDE: Final = 2 + len(CALL_BUCKETS_NS) + 1
+_STATS_SHORT: Final = 2 * _STATS_STRIDE
+STATS_SIZE: Final = _STATS_SHORT + 1
 
 # --- raw C entry points, with argument types chosen for speed (plain ints) ---
 _dll = ffi.dll
@@ -156,7 +165,8 @@ def _load_accelerator() -> Any:
     except ImportError:  # not compiled (no C compiler at install): the ctypes path does the same
         return None
     version = getattr(_fastpath, "VERSION", None)
-    if version != FASTPATH_VERSION:
+    if version != FASTPATH_VERSION or getattr(_fastpath, "STATS_BUCKETS_NS", None) != CALL_BUCKETS_NS \
+            or getattr(_fastpath, "STATS_SIZE", None) != STATS_SIZE:
         log.warning("http_wasm_asgi._fastpath is a stale build (VERSION %s, expected %s): reinstall the "
                     "package to rebuild it", version, FASTPATH_VERSION)
         return None
@@ -167,6 +177,54 @@ def _load_accelerator() -> Any:
         "wasmtime_memory_data_size")), _host_error)
     _fastpath.set_turn(TURN_SECONDS, 2 * TURN_SECONDS, LONG_CALL_SECONDS)
     return _fastpath
+
+
+class CallStats:
+    """What one guest's calls did: counted on the call path (by the accelerator, in C), read at scrape time.
+
+    `counts` holds plain integers the Core bumps when a call of handle_request or handle_response ends
+    (calls, nanoseconds, a histogram of durations) or when handle_request answers itself; traps and new
+    instances, which are rare, are counted in Python. Shared by every instance of a guest.
+    """
+
+    __slots__ = ("closed_pool_timeouts", "counts", "created", "traps")
+
+    def __init__(self) -> None:
+        self.counts = array.array("Q", bytes(8 * STATS_SIZE))
+        self.traps: dict[tuple[str, str], int] = {}  # (export, cause) -> traps
+        self.created: dict[str, int] = {}  # how instances started ("init", "snapshot") -> instances
+        self.closed_pool_timeouts = 0  # pool timeouts of this guest's closed pools (open ones count their own)
+
+    def calls(self, phase: int) -> int:
+        """Calls of handle_request (phase 0) or handle_response (1) that ended."""
+        return int(self.counts[phase * _STATS_STRIDE])
+
+    def histogram(self, phase: int) -> tuple[list[int], float]:
+        """Cumulative counts per bound of CALL_BUCKETS_NS then +Inf, and the seconds of all calls."""
+        base = phase * _STATS_STRIDE
+        buckets, total = [], 0
+        for count in self.counts[base + 2:base + _STATS_STRIDE]:
+            total += count
+            buckets.append(total)
+        return buckets, self.counts[base + 1] / 1e9
+
+    @property
+    def short_circuits(self) -> int:
+        return int(self.counts[_STATS_SHORT])
+
+    def count_trap(self, export: str, cause: str) -> None:
+        self.traps[export, cause] = self.traps.get((export, cause), 0) + 1
+
+
+def _count_call(counts: array.array[int], index: int, ns: int) -> None:
+    """The ctypes path's version of the accelerator's count_call."""
+    base = index * _STATS_STRIDE
+    bucket = 0
+    while bucket < len(CALL_BUCKETS_NS) and ns > CALL_BUCKETS_NS[bucket]:
+        bucket += 1
+    counts[base] += 1
+    counts[base + 1] += ns
+    counts[base + 2 + bucket] += 1
 
 
 # --- the ctypes implementation of the accelerator's interface ---
@@ -213,8 +271,8 @@ class PyCore:
     """
 
     __slots__ = ("_after", "_args", "_ctx", "_err", "_funcs", "_future", "_index", "_others0", "_own", "_ptrs",
-                 "_results", "_start_ns", "_trap", "budget", "host", "owner", "release_gil", "store", "timed_out",
-                 "trap_status")
+                 "_results", "_start_ns", "_stats", "_trap", "budget", "host", "owner", "release_gil", "store",
+                 "timed_out", "trap_status")
 
     def __init__(self, owner: Any, store: Any, ctx: int, budget: float) -> None:
         self.owner = owner
@@ -235,6 +293,7 @@ class PyCore:
         self._future: int | None = None
         self._index = self._after = 0
         self._start_ns = self._own = self._others0 = 0
+        self._stats: array.array[int] | None = None
         _yield_update(ctx, 1)
 
     @property
@@ -246,6 +305,10 @@ class PyCore:
 
     def set_memory(self, memory: int, base: int, size: int) -> None:
         """Nothing to cache: host functions read memory through the owner (WasmInstance.read)."""
+
+    def set_stats(self, counts: array.array[int] | None) -> None:
+        """Count this instance's calls in `counts` (CallStats.counts), or not (None)."""
+        self._stats = counts
 
     def take_trap(self) -> tuple[int, int, bool]:
         got = (self._trap.value or 0, self._err.value or 0, self.timed_out)
@@ -280,6 +343,8 @@ class PyCore:
         if done:
             _future_delete(self._future)
             self._future = None
+            if self._stats is not None and self._index < 2:
+                _count_call(self._stats, self._index, t1 - self._start_ns)
             if self._trap.value or self._err.value:
                 return self._raise()
             return _DONE
@@ -287,6 +352,8 @@ class PyCore:
         if self._own >= budget or (self._own >= LONG_CALL_NS and
                                    (t1 - self._start_ns) - (local.slices - self._others0 - self._own) >= budget):
             self.cancel()
+            if self._stats is not None and self._index < 2:
+                _count_call(self._stats, self._index, t1 - self._start_ns)
             self.timed_out = True
             self.trap_status = 503
             return self._raise()
@@ -342,8 +409,11 @@ class PyCore:
             self.host.end()
             return None
         ctx_next = self._results[0].of.i64 & 0xFFFF_FFFF_FFFF_FFFF
-        if after == _AFTER_REQUEST and ctx_next & 1:
-            self.host.after_next()
+        if after == _AFTER_REQUEST:
+            if ctx_next & 1:
+                self.host.after_next()
+            elif self._stats is not None:
+                self._stats[_STATS_SHORT] += 1
         return ctx_next
 
     def _set_response_args(self, req_ctx: int, is_error: bool) -> None:
@@ -653,7 +723,9 @@ def _scheduler() -> _Slices:
 # --- engine, epoch ticker and compile cache ---
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
-_module_cache: dict[str, wasmtime.Module] = {}
+# Compiled modules in use in this process, by key: held weakly, so the modules of a chain that was
+# reloaded away (e.g. a snapshot per guest config) are freed with it, not kept for the process's life.
+_module_cache: weakref.WeakValueDictionary[str, wasmtime.Module] = weakref.WeakValueDictionary()
 ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed;fixed-memory"
 
 
@@ -860,6 +932,7 @@ class WasmModule:
         self.name = name
         self.limits = limits or Limits()
         self.wasi = wasi or WasiOptions()
+        self.stats: CallStats | None = None  # where its instances count their calls (set by the guest)
         wasm = wasm_binary(name, wasm)
         self._module, seconds, source, sha256 = _compile(name, wasm, cache_dir, cache_key)
         imports = tuple((i.module, i.name or "", _describe(i.type)) for i in self._module.imports)
@@ -973,8 +1046,8 @@ class WasmInstance:
     These are the methods of the instance's `Core` (one C call each with the accelerator).
     """
 
-    __slots__ = ("_base", "_core", "_ctx", "_keep", "_memory", "_memory_addr", "_module_ref", "_size", "_store",
-                 "_store_exports", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
+    __slots__ = ("_base", "_core", "_ctx", "_keep", "_memory", "_memory_addr", "_module_ref", "_size", "_stats",
+                 "_store", "_store_exports", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
                  "request", "response", "start_request", "start_response")
 
     handle_request: Callable[[], int]
@@ -992,6 +1065,7 @@ class WasmInstance:
         self.output_fn = output
         self._memory: Any = None
         self._memory_addr = 0
+        self._stats: CallStats | None = None
         self._base = 0  # memory base address: fixed (memory_may_move=False)
         self._size = 0  # a lower bound of the memory size: memory only grows
         self._store = _new_store(module)
@@ -1017,6 +1091,12 @@ class WasmInstance:
             set_current(prev)
             core.release_gil = False
         core.budget = module.limits.call_timeout
+        self.set_stats(module.stats)
+
+    def set_stats(self, stats: CallStats | None) -> None:
+        """Count this instance's calls and traps in `stats` (None: not counted)."""
+        self._stats = stats
+        self._core.set_stats(None if stats is None else stats.counts)
 
     def _start(self, module: WasmModule) -> None:
         """Instantiate (running the start section), bind the exports, run `_initialize`/`_start`."""
@@ -1106,7 +1186,19 @@ class WasmInstance:
         trap, err, timed_out = core.take_trap()
         self.closed = True
         export = _EXPORTS[index] if index < len(_EXPORTS) else ""  # past them: instantiation
-        raise self._trap_error(export, trap, err, core.trap_status, timed_out)
+        error = self._trap_error(export, trap, err, core.trap_status, timed_out)
+        if self._stats is not None and index < 2:
+            self._stats.count_trap(export, self._trap_cause(error, timed_out))
+        raise error
+
+    def _trap_cause(self, error: GuestTrap, timed_out: bool) -> str:
+        """cpu_limit, memory_limit (the instance held over half its memory_limit: a refused memory.grow is
+        the likely cause), exit (proc_exit) or trap."""
+        if timed_out or error.status == 503:
+            return "cpu_limit"
+        if self.memory_size() > self._module_ref.limits.memory_bytes // 2:
+            return "memory_limit"
+        return "exit" if error.exit_code is not None else "trap"
 
     def _trap_error(self, export: str, trap_ptr: int, err_ptr: int, status: int, timed_out: bool) -> GuestTrap:
         exit_code = None

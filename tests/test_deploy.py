@@ -82,7 +82,7 @@ def test_dockerfile_uses_python_slim_and_copies_what_pip_install_needs() -> None
     steps = dockerfile()
     assert re.fullmatch(r"python:3\.1[1-9]-slim", steps[0][1]) and steps[0][0] == "FROM"
     runs = [i for i, (instruction, args) in enumerate(steps) if instruction == "RUN" and "pip install" in args]
-    assert len(runs) == 1 and steps[runs[0]][1].split()[-1] == "."
+    assert len(runs) == 1 and steps[runs[0]][1].split()[-1].strip("'\"").split("[")[0] == "."
     before = [src for i, (instruction, args) in enumerate(steps) if instruction == "COPY" and i < runs[0]
               for src in args.split()[:-1]]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -31,11 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "middleware": {"abi", "asgi", "errors", "guest", "host", "routes", "runtime"},
     "proxy": {"asgi"},
     "config": {"asgi", "errors", "guest", "middleware", "proxy", "routes", "sources"},
+    "metrics": {"asgi", "guest", "middleware", "runtime"},
+    "serving": {"asgi", "config", "middleware", "metrics"},
     "testing": {"asgi", "errors", "guest", "middleware", "tracing"},
     "pytest_plugin": {"testing"},  # imported inside fixtures only: pytest loads the plugin in every session
     "devtools": {"asgi", "guest", "middleware", "testing"},
     "conformance": {"asgi", "guest", "middleware", "testing"},
-    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "oci", "routes"},
+    "cli": {"abi", "config", "errors", "guest", "conformance", "devtools", "oci", "routes", "serving"},
     "__init__": {"errors", "guest", "middleware", "routes", "sources"},
     "__main__": {"cli"},
 }

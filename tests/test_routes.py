@@ -20,6 +20,7 @@ from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, Route, load_config
 from http_wasm_asgi.config import build_middleware
+from http_wasm_asgi.middleware import Chain
 from http_wasm_asgi.routes import RouteTable
 from http_wasm_asgi.testing import echo_app
 
@@ -218,7 +219,7 @@ def test_one_guest_per_definition_shared_by_routes(tmp_path: Path) -> None:
     try:
         assert middleware.routes is not None
         api, rest = middleware.routes.targets
-        assert isinstance(api, HttpWasmMiddleware) and isinstance(rest, HttpWasmMiddleware)
+        assert isinstance(api, Chain) and isinstance(rest, Chain)  # each route's chain, swapped with the whole
         assert api.guests[0] is rest.guests[0]  # `log`: one Guest, one pool
         assert [g.name for g in middleware.all_guests] == ["log", "auth"]
     finally:

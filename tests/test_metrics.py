@@ -1,0 +1,171 @@
+"""Prometheus metrics: what the accelerator and the pools count, the collector an app can register, and
+the listener of `serve --metrics-port` (/metrics, /healthz, /readyz), in one process and with
+`--workers 2` (the figures add up, the endpoint is served once)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from conftest import ROOT, WAT, ClientFactory
+from ops import AUTH, ZIG, scrape, total, wait_until, write_config
+from procs import COMMAND, free_port, serving
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime
+from http_wasm_asgi.metrics import FAMILIES, GuestCollector, figures
+from http_wasm_asgi.testing import echo_app
+
+HOSTILE = WAT / "hostile"
+
+
+def sample(name: str, **labels: str) -> float:
+    return total(figures(), name, **labels)
+
+
+async def test_in_process_calls_short_circuits_and_durations_are_counted(client: ClientFactory) -> None:
+    auth = Guest(ZIG / "auth.wasm", name="count-auth", config=b"t")
+    adder = Guest(ZIG / "headeradder.wasm", name="count-adder", config="response x-a 1")
+    app = HttpWasmMiddleware(echo_app, [auth, adder])
+    async with client(app) as c:
+        for _ in range(5):
+            assert (await c.get("/")).status_code == 401  # auth answers: a short circuit
+        for _ in range(3):
+            assert (await c.get("/", headers=AUTH)).status_code == 200
+    calls = "http_wasm_guest_calls_total"
+    assert sample(calls, guest="count-auth", phase="handle_request") == 8
+    assert sample(calls, guest="count-auth", phase="handle_response") == 3  # not after it answered
+    assert sample(calls, guest="count-adder", phase="handle_request") == 3
+    assert sample("http_wasm_guest_short_circuits_total", guest="count-auth") == 5
+    assert sample("http_wasm_guest_short_circuits_total", guest="count-adder") == 0
+    seconds = "http_wasm_guest_call_seconds"
+    assert sample(seconds + "_count", guest="count-auth", phase="handle_request") == 8
+    assert sample(seconds + "_bucket", guest="count-auth", phase="handle_request", le="+Inf") == 8
+    assert 0 < sample(seconds + "_sum", guest="count-auth", phase="handle_request") < 8 * 0.5
+    buckets = [sample(seconds + "_bucket", guest="count-adder", phase="handle_response", le=f"{ns / 1e9:g}")
+               for ns in runtime.CALL_BUCKETS_NS]
+    assert buckets == sorted(buckets) and buckets[-1] == 3  # cumulative, every call under 1 s
+    assert sample("http_wasm_instances_created_total", guest="count-auth", source="snapshot") == 1
+    assert sample("http_wasm_pool_instances", guest="count-auth", state="idle") == 1
+    assert sample("http_wasm_instance_memory_bytes", guest="count-auth") >= 65536
+    app.close()
+    assert sample("http_wasm_pool_instances", guest="count-auth", state="idle") == 0  # a closed pool is gone
+    assert sample(calls, guest="count-auth", phase="handle_request") == 8  # counters are not
+
+
+async def test_in_process_traps_are_counted_by_cause(client: ClientFactory) -> None:
+    trap = Guest(HOSTILE / "trap_on_header.wat", name="count-trap")
+    spin = Guest(WAT / "spin_on_header.wat", name="count-spin", call_timeout=0.05)
+    leak = Guest(HOSTILE / "leak.wat", name="count-leak", memory_limit=4 * 65536)
+    async with client(HttpWasmMiddleware(echo_app, [trap, spin, leak])) as c:
+        assert (await c.get("/", headers={"x-trap": "request"})).status_code == 500
+        assert (await c.get("/", headers={"x-spin": "forever"})).status_code == 503
+        statuses = [(await c.get("/")).status_code for _ in range(4)]  # the 4th page is over memory_limit
+    assert statuses[:3] == [200, 200, 200] and statuses[3] == 500
+    traps = "http_wasm_guest_traps_total"
+    assert sample(traps, guest="count-trap", phase="handle_request", cause="trap") == 1
+    assert sample(traps, guest="count-spin", phase="handle_request", cause="cpu_limit") == 1
+    assert sample(traps, guest="count-leak", phase="handle_request", cause="memory_limit") == 1
+    assert sample("http_wasm_instances_created_total", guest="count-trap") == 2  # the trapped one was replaced
+
+
+async def test_in_process_pool_gauges_and_timeouts(client: ClientFactory) -> None:
+    guest = Guest(ZIG / "headeradder.wasm", name="count-pool", max_instances=1, pool_timeout=0.3)
+
+    async def slow_app(scope: dict[str, object], receive: object, send: object) -> None:
+        await asyncio.sleep(1.0)  # the guest's instance stays in use until handle_response
+        await echo_app(scope, receive, send)
+
+    async with client(HttpWasmMiddleware(slow_app, [guest])) as c:
+        first = asyncio.ensure_future(c.get("/"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(c.get("/"))
+        await asyncio.sleep(0.1)
+        assert sample("http_wasm_pool_instances", guest="count-pool", state="in_use") == 1
+        assert sample("http_wasm_pool_waiting", guest="count-pool") == 1
+        assert (await second).status_code == 503
+        assert sample("http_wasm_pool_timeouts_total", guest="count-pool") == 1
+        assert (await first).status_code == 200
+    assert sample("http_wasm_pool_instances", guest="count-pool", state="in_use") == 0
+    guest.close()
+    assert sample("http_wasm_pool_timeouts_total", guest="count-pool") == 1  # kept past its pool's close
+
+
+def test_the_ctypes_path_counts_the_same() -> None:
+    env = dict(os.environ, HTTP_WASM_ASGI_NO_FASTPATH="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_metrics.py",
+                          "-k", "in_process"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "3 passed" in out.stdout
+
+
+def test_a_collector_on_any_registry_describes_every_family() -> None:
+    registry = CollectorRegistry()
+    registry.register(GuestCollector())
+    text = generate_latest(registry).decode()
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert set(FAMILIES) <= names, set(FAMILIES) - names
+
+
+async def test_the_readme_example_mounts_the_metrics_in_an_app(client: ClientFactory) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import prometheus_app  # examples/prometheus_app.py, as README "Metrics" shows it
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    async with client(prometheus_app.app) as c:
+        assert (await c.get("/", headers={"authorization": "Bearer demo-token"})).status_code == 200
+        assert (await c.get("/")).status_code == 401
+        text = (await c.get("/metrics/")).text  # a Mount: /metrics/
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert total(samples, "http_wasm_guest_short_circuits_total", guest="auth") >= 1
+    assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") >= 2
+
+
+def test_serve_metrics_listener_from_the_config(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = write_config(tmp_path, 1, extra=f"metrics: {{port: {metrics_port}}}\n")
+    with serving([COMMAND, "serve", str(config), "--port", str(port)], port, cwd=tmp_path) as server:
+        base = f"http://127.0.0.1:{metrics_port}"
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+        assert httpx.get(base + "/readyz", timeout=5).status_code == 200
+        assert httpx.get(base + "/other", timeout=5).status_code == 404
+        before = total(scrape(base), "http_wasm_guest_calls_total", guest="auth", phase="handle_request")
+        for _ in range(7):
+            assert httpx.get(server.url + "/", headers=AUTH, timeout=5).headers["x-version"] == "1"
+        on_app_port = httpx.get(server.url + "/metrics", headers=AUTH, timeout=5)
+        assert on_app_port.json()["path"] == "/metrics"  # the app's own route: metrics never share its port
+        samples = scrape(base)
+    assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") == before + 8
+    assert total(samples, "http_wasm_pool_instances", guest="stamp") >= 1
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in server.output()
+
+
+def test_serve_workers_2_add_up_and_serve_the_endpoint_once(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    config = write_config(tmp_path, 2)
+    args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2", "--metrics-port", str(metrics_port)]
+    with serving(args, port, cwd=tmp_path, ready_path="/ready") as server:
+        base = f"http://127.0.0.1:{metrics_port}"
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=5).status_code == 200, 20, "both workers ready")
+        pids = set()
+        for _ in range(40):
+            r = httpx.get(server.url + "/", headers={**AUTH, "connection": "close"}, timeout=5)
+            assert r.status_code == 200
+            pids.add(r.json()["pid"])
+        sent = 40 + 1  # and the readiness probe of `serving`
+
+        def calls() -> float:
+            return total(scrape(base), "http_wasm_guest_calls_total", guest="stamp", phase="handle_request")
+
+        wait_until(lambda: calls() == sent, 10, f"the workers' figures adding up to {sent}")
+        samples = scrape(base)
+        assert total(samples, "http_wasm_pool_instances", guest="auth") >= 2  # a pool in each worker
+        assert total(samples, "http_wasm_guest_short_circuits_total", guest="auth") == 1  # the probe
+    assert len(pids) == 2  # both workers served, and the sum above has both
