@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import ssl
 import sys
@@ -218,6 +219,9 @@ def test_unpinned_and_unreachable_exits_2_with_a_clear_error(tmp_path: Path, cac
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"guests[0].url: guest 'a': http://127.0.0.1:{port}/a.wasm is unreachable" in result.stderr
     assert "the source is not pinned, so no cached copy can stand in" in result.stderr
+    served = run([COMMAND, "serve", str(config), "--port", str(free_port())], env={"HTTP_WASM_ASGI_CACHE_DIR":
+                                                                                   str(cache)})
+    assert served.returncode == 2 and "is unreachable" in served.stderr and "Traceback" not in served.stderr
 
 
 # --- oci: ---------------------------------------------------------------------------------------------
@@ -306,6 +310,44 @@ async def test_oci_single_layer_image_form(tmp_path: Path, cache: Path) -> None:
             oci_client.push_manifest(client, reference, manifest)
         config_path = write(tmp_path, f"  - {{oci: '{host}/images/auth:v1', sha256: {AUTH_SHA}, config: t0ken}}\n")
         assert await answers(config_path) == (401, 200)
+
+
+async def test_oci_image_index_leads_to_its_wasm_entry(tmp_path: Path, cache: Path) -> None:
+    with registry(tmp_path) as host:
+        with oci_client.Registry(host, plain_http=True) as client:
+            wasm = oci_client.push_wasm(AUTH.read_bytes(), oci_client.Reference.parse(f"{host}/multi/auth:wasm"),
+                                        client)
+            other = oci_client.push_wasm(TAGGER.read_bytes(), oci_client.Reference.parse(f"{host}/multi/auth:x"),
+                                         client)
+            index = {"schemaVersion": 2, "mediaType": oci_client.INDEXES[0], "manifests": [
+                {"mediaType": oci_client.OCI_MANIFEST, "digest": other, "size": 1,
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": oci_client.OCI_MANIFEST, "digest": wasm, "size": 1,
+                 "platform": {"os": "wasip1", "architecture": "wasm"}}]}
+            oci_client.push_manifest(client, oci_client.Reference.parse(f"{host}/multi/auth:1"), index)
+        config = write(tmp_path, f"  - {{oci: '{host}/multi/auth:1', sha256: {AUTH_SHA}, config: t0ken}}\n")
+        assert await answers(config) == (401, 200)
+
+
+def test_oci_credentials_from_a_docker_credential_helper(tmp_path: Path, cache: Path) -> None:
+    """`credHelpers` runs docker-credential-<name> get (the docker protocol: the registry on stdin, JSON out)."""
+    tools, docker = tmp_path / "bin", tmp_path / "docker"
+    tools.mkdir()
+    docker.mkdir()
+    helper = tools / "docker-credential-testpass"
+    helper.write_text(f"#!{sys.executable}\nimport json, sys\nsys.stdin.read()\n"
+                      "print(json.dumps({'Username': 'alice', 'Secret': 'wonderland'}))\n")
+    helper.chmod(0o755)
+    with registry(tmp_path, users={"alice": "wonderland"}) as host:
+        push(f"{host}/guests/auth:1.0", dict(USER))
+        (docker / "config.json").write_text(json.dumps({"credHelpers": {host: "testpass"}}))
+        config = write(tmp_path, f"  - {{oci: '{host}/guests/auth:1.0', sha256: {AUTH_SHA}}}\n")
+        env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache), "DOCKER_CONFIG": str(docker),
+               "PATH": f"{tools}:{os.environ['PATH']}"}
+        no_helper = run([COMMAND, "check", str(config)], env={**env, "PATH": os.environ["PATH"]})
+        assert no_helper.returncode == 2 and "refused access without credentials" in no_helper.stderr
+        ok = run([COMMAND, "check", str(config)], env=env)
+        assert ok.returncode == 0, ok.stderr
 
 
 def test_push_needs_a_tag_and_names_what_is_wrong(tmp_path: Path) -> None:
