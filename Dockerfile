@@ -5,8 +5,8 @@ WORKDIR /srv
 # when a compiler is present, skipped otherwise) and the sources.
 COPY pyproject.toml setup.py README.md ./
 COPY http_wasm_asgi ./http_wasm_asgi
-# With the metrics and reload extras: serve --metrics-port (Kubernetes probes and scrapes) and --reload.
-RUN pip install --no-cache-dir ".[metrics,reload]"
+# With the extras serve --metrics-port (probes, scrapes) and --reload need, and Starlette for the example apps.
+RUN pip install --no-cache-dir ".[metrics,reload,examples]"
 # What the example configs use: the compiled example guests and the example apps and configs.
 COPY guests/zig/*.wasm ./guests/zig/
 COPY examples ./examples

@@ -363,12 +363,16 @@ class _Listener:
 
 class _Watcher:
     """`--reload`: a thread watching the config file and every guest file it names (watchfiles); a change
-    sends this process SIGHUP, as an operator would."""
+    sends this process SIGHUP, as an operator would.
+
+    Paths are kept as given (symlinks not followed), and in the config's folder a change of an entry
+    named `..*` counts too: a Kubernetes ConfigMap volume updates its files by swapping `..data`.
+    """
 
     def __init__(self, config: str) -> None:
         import watchfiles  # noqa: F401  (fail now, in the serve process, if the extra is missing)
 
-        self.config = Path(config).resolve()
+        self.config = Path(os.path.abspath(config))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="http-wasm-asgi-watch")
         self._thread.start()
@@ -376,8 +380,12 @@ class _Watcher:
     def _files(self) -> set[Path]:
         files = {self.config}
         with contextlib.suppress(ConfigError):
-            files.update(spec.path.resolve() for spec in load_config(self.config).guests)
+            files.update(Path(os.path.abspath(spec.path)) for spec in load_config(self.config).guests)
         return files
+
+    def _watched(self, path: str, names: frozenset[str]) -> bool:
+        return path in names or (os.path.dirname(path) == os.fspath(self.config.parent)
+                                 and os.path.basename(path).startswith(".."))
 
     def _run(self) -> None:
         from watchfiles import watch
@@ -386,7 +394,7 @@ class _Watcher:
             files = self._files()
             names = frozenset(os.fspath(path) for path in files)
             for changes in watch(*{path.parent for path in files}, stop_event=self._stop,
-                                 watch_filter=lambda _change, path, names=names: path in names,  # type: ignore[misc]
+                                 watch_filter=lambda _change, path, names=names: self._watched(path, names),  # type: ignore[misc]
                                  debounce=WATCH_DEBOUNCE_MS, step=20, rust_timeout=500, yield_on_timeout=False):
                 log.info("process %d: %s changed: reloading", os.getpid(),
                          ", ".join(sorted({os.path.basename(path) for _, path in changes})))

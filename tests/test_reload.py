@@ -5,6 +5,8 @@ letting requests in flight finish, and 200 reloads under the load of 16 clients.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import threading
 import time
@@ -147,6 +149,34 @@ def test_reload_flag_watches_the_config_and_the_guest_files(tmp_path: Path) -> N
         guest.write_bytes((ZIG / "headeradder.wasm").read_bytes())  # the guest file itself changed
         server.wait_for_output("chain reloaded", count=before + 1, timeout=10)
     assert "adder.wasm changed: reloading" in server.output()
+
+
+def test_reload_flag_follows_a_configmap_volume_update(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap volume: chain.yaml -> ..data/chain.yaml, ..data -> ..<timestamp>/, and an
+    update swaps ..data to a new folder and removes the old one (the kubelet's atomic writer)."""
+    volume = tmp_path / "config"
+    volume.mkdir()
+
+    def publish(version: int) -> None:
+        folder = volume / f"..v{version}"
+        folder.mkdir()
+        write_config(folder, version)
+        (volume / "..data_tmp").symlink_to(folder.name)
+        os.replace(volume / "..data_tmp", volume / "..data")
+        if version > 1:
+            shutil.rmtree(volume / f"..v{version - 1}")
+
+    publish(1)
+    (volume / "chain.yaml").symlink_to("..data/chain.yaml")
+    write_config(tmp_path, 0)  # opsapp.py in the current folder (the app is imported from there)
+    port = free_port()
+    with serving([COMMAND, "serve", str(volume / "chain.yaml"), "--port", str(port), "--reload"], port,
+                 cwd=tmp_path) as server:
+        assert version(server.url) == "1"
+        publish(2)
+        wait_until(lambda: version(server.url) == "2", 10, "version 2 after the ConfigMap update")
+        publish(3)
+        wait_until(lambda: version(server.url) == "3", 10, "version 3 after the next one")
 
 
 def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
