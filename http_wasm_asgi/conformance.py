@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -38,6 +38,7 @@ from .testing import echo_app, serve
 CASE_HEADER = "x-httpwasm-test-id"
 RESULT_HEADER = "x-conformance-result"
 _EXPECTATIONS = frozenset({"status", "headers", "no_headers", "body", "app", "app_headers", "log", "no_log"})
+_CONDITIONS = frozenset({"http_version", "trailers"})
 _LOGGER = "http_wasm_asgi.conformance.guest"
 
 
@@ -49,6 +50,14 @@ class Case:
     request: Mapping[str, Any]
     check: str
     expect: Mapping[str, Any]
+    when: Mapping[str, Any] = field(default_factory=dict)  # the servers it runs on, e.g. {"http_version": "2"}
+
+    def applies(self, http_version: str = "1.1", trailers: bool = False) -> bool:
+        """Whether the case runs on a server speaking `http_version` (the scope's) that does (not) offer
+        response trailers. The defaults are uvicorn's, which the `conformance` command serves on."""
+        when = self.when
+        version_ok = when.get("http_version", http_version) == http_version
+        return bool(version_ok and when.get("trailers", trailers) == trailers)
 
 
 @dataclass(frozen=True)
@@ -77,23 +86,32 @@ def load_suite() -> Suite:
     """The cases shipped with the package (`http_wasm_asgi/conformance_cases.json`)."""
     text = resources.files(__package__).joinpath("conformance_cases.json").read_text(encoding="utf-8")
     data = json.loads(text)
-    cases = tuple(Case(c["id"], c.get("request", {}), c["check"], c["expect"]) for c in data["cases"])
+    cases = tuple(Case(c["id"], c.get("request", {}), c["check"], c["expect"], c.get("when", {}))
+                  for c in data["cases"])
     for case in cases:
         unknown = set(case.expect) - _EXPECTATIONS
         if unknown:
             raise ValueError(f"conformance case {case.id!r} has unknown expectations {sorted(unknown)}")
+        unknown = set(case.when) - _CONDITIONS
+        if unknown:
+            raise ValueError(f"conformance case {case.id!r} has unknown conditions {sorted(unknown)}")
     return Suite(data["about"], data["config"].encode("utf-8"), cases)
 
 
 def select(case_ids: Sequence[str] | None = None) -> tuple[Case, ...]:
-    """The cases with these ids (in the given order), or all of them; ValueError names unknown ids."""
+    """The cases with these ids (in the given order), or all that run on uvicorn (HTTP/1.1, no trailers);
+    ValueError names unknown ids and cases for another server."""
     cases = load_suite().cases
     if not case_ids:
-        return cases
+        return tuple(case for case in cases if case.applies())
     by_id = {case.id: case for case in cases}
     unknown = [i for i in case_ids if i not in by_id]
     if unknown:
         raise ValueError(f"unknown conformance case(s): {', '.join(unknown)}")
+    elsewhere = [i for i in case_ids if not by_id[i].applies()]
+    if elsewhere:
+        raise ValueError(f"conformance case(s) {', '.join(elsewhere)} need a server other than uvicorn over HTTP/1.1 "
+                         f"(see their 'when' in conformance_cases.json)")
     return tuple(by_id[i] for i in case_ids)
 
 
@@ -146,9 +164,9 @@ def _check_app(expect: Mapping[str, Any], response: httpx.Response) -> list[str]
     except (ValueError, KeyError, TypeError):
         return [f"the response is not the echo app's JSON: {_short(response.content)}"]
     problems = []
-    for field, value in expect.get("app", {}).items():
-        if seen.get(field) != value:
-            problems.append(f"the app saw {field} {seen.get(field)!r}, want {value!r}")
+    for key, value in expect.get("app", {}).items():
+        if seen.get(key) != value:
+            problems.append(f"the app saw {key} {seen.get(key)!r}, want {value!r}")
     for name, values in expect.get("app_headers", {}).items():
         got = [v for k, v in seen_headers if k == name]
         if got != values:

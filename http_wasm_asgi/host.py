@@ -107,8 +107,8 @@ class Exchange:
 
     def source_addr(self) -> bytes:
         client = self.client
-        if not client:
-            raise HostTrap("the server gave no client address")
+        if not client or not client[0]:  # a Unix socket: None (uvicorn, Hypercorn, Daphne) or ('', '0') (Granian)
+            return b""
         host, port = client[0], client[1]
         return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from .abi import HeaderKind, split_ctx_next
 from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
@@ -36,6 +36,7 @@ GUEST_THREADS: Final = 32  # worker threads of one middleware for Guest(threaded
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _UNSAFE_EXTENSIONS: Final = ("http.response.pathsend", "http.response.zerocopysend")
 _RESPONSE_TRAILERS: Final = int(HeaderKind.RESPONSE_TRAILERS)
+_PATH_SAFE: Final = "/:@!$&'()*+,;="  # RFC 3986 pchar, kept as they are (letters, digits and -._~ always are)
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
                      "3": b"HTTP/3.0"}
 
@@ -137,6 +138,8 @@ class HttpWasmMiddleware:
             log.error("%s", exc)
             await flow.unwind(is_error=True)
             await flow.respond_error(500)
+        except _ClientGone:  # left while its body was read for a guest: no one to answer, nothing to run
+            await flow.unwind(is_error=True)
         finally:
             try:
                 if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
@@ -221,10 +224,15 @@ class Chain:
 def exchange_from_scope(scope: Scope, max_body_size: int) -> Exchange:
     """The host's view of an ASGI request: request line parts as bytes, the scope's header list."""
     extensions = scope.get("extensions")
-    return Exchange(scope["method"], scope.get("raw_path") or scope["path"].encode("utf-8"),
+    return Exchange(scope["method"], scope.get("raw_path") or _encoded_path(scope["path"]),
                     scope.get("query_string") or b"", scope["headers"], max_body_size,
                     _PROTOCOLS.get(scope.get("http_version", "1.1"), b"HTTP/1.1"), scope.get("client"),
                     extensions is not None and "http.response.trailers" in extensions)
+
+
+def _encoded_path(path: str) -> bytes:
+    """A server without `raw_path` (it is optional in ASGI): the decoded path, encoded again for get_uri."""
+    return quote(path, safe=_PATH_SAFE).encode("ascii")
 
 
 def scope_for_app(scope: Scope, exchange: Exchange) -> Scope:
@@ -253,7 +261,7 @@ def scope_for_app(scope: Scope, exchange: Exchange) -> Scope:
 class _Flow:
     """One request through the chain: its `Exchange`, the guests holding an instance, the ASGI plumbing."""
 
-    __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "disconnected", "error_status", "exchange",
+    __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
                  "held", "receive", "response_too_large", "scope", "send", "sent", "started")
 
     def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,7 +277,6 @@ class _Flow:
         self.error_status: int | None = None  # a guest trapped on the way back
         self.app_trailers = False  # the app announced response trailers
         self.body_replayed = False
-        self.disconnected = False
         self.response_too_large = False
 
     # -- the way in --
@@ -318,9 +325,9 @@ class _Flow:
         while more:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
-                more = False
-                break
+                # A truncated body must not pass for the whole one (to the guest or the app), and a
+                # response to no one can block forever (Hypercorn over HTTP/2 waits for a window).
+                raise _ClientGone
             body = message.get("body", b"")
             if body:
                 chunks.append(body)
@@ -356,8 +363,6 @@ class _Flow:
             self.body_replayed = True
             more = exchange.request_body_more and not exchange.request_body_replaced
             return {"type": "http.request", "body": exchange.request_body or b"", "more_body": more}
-        if self.disconnected:
-            return {"type": "http.disconnect"}
         return await self.receive()
 
     def stream(self, message: Message) -> Awaitable[None]:
@@ -539,6 +544,10 @@ class _GuestThreads:
 class _Abandoned(asyncio.CancelledError):
     """A cancelled request whose guest call is still running on a worker thread: its instance is
     released by the call's completion, not by the request."""
+
+
+class _ClientGone(Exception):
+    """The client left (http.disconnect) while the host read its request body for a guest."""
 
 
 class _ResponseTooLarge(Exception):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -63,8 +63,10 @@ class Server:
 
 @contextlib.contextmanager
 def serving(args: Sequence[str], port: int, *, cwd: Path = ROOT, env: dict[str, str] | None = None,
-            ready_path: str = "/") -> Iterator[Server]:
-    """Start `args` (a server listening on `port`), wait until it answers HTTP, stop it afterwards.
+            ready_path: str = "/", ready: Callable[[], bool] | None = None,
+            start_timeout: float = START_TIMEOUT) -> Iterator[Server]:
+    """Start `args` (a server listening on `port`), wait until it answers HTTP (on `ready_path`, or
+    until `ready()` is true), stop it afterwards.
 
     The process gets its own session, so its workers are stopped with it.
     """
@@ -76,17 +78,21 @@ def serving(args: Sequence[str], port: int, *, cwd: Path = ROOT, env: dict[str, 
                                     start_new_session=True)
         server = Server(proc, log, port)
         try:
-            deadline = time.monotonic() + START_TIMEOUT
+            deadline = time.monotonic() + start_timeout
             while True:
                 if proc.poll() is not None:
                     raise AssertionError(f"{list(args)} exited with {proc.returncode}:\n{server.output()}")
-                try:
-                    httpx.get(server.url + ready_path, timeout=2)
-                    break
-                except httpx.TransportError:
-                    pass
+                if ready is not None:
+                    if ready():
+                        break
+                else:
+                    try:
+                        httpx.get(server.url + ready_path, timeout=2)
+                        break
+                    except httpx.TransportError:
+                        pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{list(args)} did not answer in {START_TIMEOUT} s:\n{server.output()}")
+                    raise AssertionError(f"{list(args)} did not answer in {start_timeout} s:\n{server.output()}")
                 time.sleep(0.1)
             yield server
         finally:

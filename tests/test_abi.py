@@ -200,10 +200,29 @@ async def test_get_protocol_version(version: str, expected: bytes) -> None:
     assert sent[1]["body"] == expected
 
 
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/a b/c", b"/a%20b/c?q=1"), ("/caf\u00e9/100%", b"/caf%C3%A9/100%25?q=1"), ("/a:b@c;d=e", b"/a:b@c;d=e?q=1"),
+])
+async def test_get_uri_from_a_server_without_raw_path(path: str, expected: bytes) -> None:
+    """raw_path is optional in ASGI: the host encodes the decoded path again."""
+    p = Program().req("get_uri", BUF, 512).req(WRITE_LAST, RESP, BUF, 0).req(RETURN, 0)
+    app = HttpWasmMiddleware(echo_app, guests=[p.guest()])
+
+    async def without_raw_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        del scope["raw_path"]
+        await app(scope, receive, send)
+
+    sent = await asgi_call(without_raw_path, {"path": path, "query_string": b"q=1"})
+    assert sent[1]["body"] == expected
+
+
 @pytest.mark.parametrize(("client_addr", "expected"), [
     (("127.0.0.1", 5000), b"127.0.0.1:5000"),
     (("fe80::101e:2bdf:8bfb:b97e", 12345), b"[fe80::101e:2bdf:8bfb:b97e]:12345"),
-    (("10.0.0.1", "8080"), b"10.0.0.1:8080"),
+    (("10.0.0.1", "8080"), b"10.0.0.1:8080"),  # Granian's ports are strings
+    (["10.0.0.1", 8080], b"10.0.0.1:8080"),  # Daphne's client is a list
+    (None, b""),  # a Unix socket on uvicorn, Hypercorn or Daphne: no peer address, an empty one
+    (("", "0"), b""),  # ... and on Granian
 ])
 async def test_get_source_addr(client_addr: tuple[str, Any], expected: bytes) -> None:
     p = Program().req("get_source_addr", BUF, 64).req(WRITE_LAST, RESP, BUF, 0).req(RETURN, 0)

@@ -3,6 +3,7 @@ free port instead of 8080/9000) and does what its comments promise."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def test_make_demo_serves_the_example_chain() -> None:
     assert "$(BIN)/http-wasm-asgi serve examples/chain.yaml" in (ROOT / "Makefile").read_text()
 
 
-def check_example_chain(url: str) -> None:
-    """What examples/chain.yaml's comments say it does."""
-    with httpx.Client(base_url=url, timeout=10) as client:
+def check_example_chain(url_or_client: str | httpx.Client) -> None:
+    """What examples/chain.yaml's comments say it does (through a client of any HTTP version: see test_servers.py)."""
+    with contextlib.nullcontext(url_or_client) if isinstance(url_or_client, httpx.Client) else \
+            httpx.Client(base_url=url_or_client, timeout=10) as client:
         denied = client.get("/whoami")
         assert (denied.status_code, denied.headers["www-authenticate"]) == (401, "Bearer")
         ok = client.get("/whoami", headers=TOKEN)

@@ -30,7 +30,7 @@ GO_VERSION = "go1.27.3"
 
 # Every main package of this module, in build order; the library (httpwasm/) is not a guest.
 GUESTS = [
-    "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello",
+    "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello", "trailers",
     "copyheader",  # bench/run.py's filter: the same as guests/wat/copy_header.wat
     "waf",  # the heavy guest: regex rules compiled at init (tests/test_waf.py, rules from waf/rules.py)
 ]

@@ -22,7 +22,7 @@ ZIG_VERSION = "0.17.1"
 
 # Plain http-wasm guests: no WASI, only the two handlers and memory exported.
 FREESTANDING = [
-    "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello",
+    "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello", "trailers",
     "copyheader",  # bench/run.py's filter: the same as guests/wat/copy_header.wat
 ]
 # WASI reactors: `_initialize` runs once per instance (the host calls it), then the handlers.

@@ -27,6 +27,7 @@ const Case = enum {
     @"log/levels",
     @"enable_features/request",
     @"enable_features/trailers_unsupported",
+    @"enable_features/trailers_supported",
     @"get_method/get",
     @"get_method/post",
     set_method,
@@ -35,6 +36,7 @@ const Case = enum {
     @"set_uri/path_and_query",
     @"set_uri/drops_query",
     get_protocol_version,
+    @"get_protocol_version/http2",
     get_source_addr,
     @"buf_limit/too_small",
     @"get_header_names/lowercase",
@@ -202,6 +204,12 @@ fn runRequest(case: Case) hw.Next {
             expectInt(abi.get_header_names(2, &probe, probe.len), 0, "get_header_names(request trailers)");
             expectInt(abi.get_header_names(3, &probe, probe.len), 0, "get_header_names(response trailers)");
         },
+        .@"enable_features/trailers_supported" => {
+            const got = hw.enableFeatures(hw.feature.trailers);
+            if (got & hw.feature.trailers == 0) fail("enable_features(4) = {d} lacks the trailers bit", .{got});
+            expectInt(abi.get_header_names(2, &probe, probe.len), 0, "get_header_names(request trailers)");
+            expectInt(abi.get_header_names(3, &probe, probe.len), 0, "get_header_names(response trailers)");
+        },
         .@"get_method/get" => expectStr(hw.method(), "GET", "get_method"),
         .@"get_method/post" => expectStr(hw.method(), "POST", "get_method"),
         .set_method => {
@@ -219,6 +227,7 @@ fn runRequest(case: Case) hw.Next {
             expectStr(hw.uri(), "/plain", "get_uri after set_uri");
         },
         .get_protocol_version => expectStr(hw.protocolVersion(), "HTTP/1.1", "get_protocol_version"),
+        .@"get_protocol_version/http2" => expectStr(hw.protocolVersion(), "HTTP/2.0", "get_protocol_version"),
         .get_source_addr => checkSourceAddr(hw.sourceAddr()),
         .@"buf_limit/too_small" => {
             fillProbe();

@@ -200,6 +200,13 @@ func runRequest(id string) (next uint64, known bool) {
 		}
 		expectInt(abi.GetHeaderNames(2, &probe[0], uint32(len(probe))), 0, "get_header_names(request trailers)")
 		expectInt(abi.GetHeaderNames(3, &probe[0], uint32(len(probe))), 0, "get_header_names(response trailers)")
+	case "enable_features/trailers_supported":
+		got := httpwasm.EnableFeatures(httpwasm.Trailers)
+		if got&httpwasm.Trailers == 0 {
+			fail("enable_features(4) = " + strconv.Itoa(int(got)) + " lacks the trailers bit")
+		}
+		expectInt(abi.GetHeaderNames(2, &probe[0], uint32(len(probe))), 0, "get_header_names(request trailers)")
+		expectInt(abi.GetHeaderNames(3, &probe[0], uint32(len(probe))), 0, "get_header_names(response trailers)")
 	case "get_method/get":
 		expectStr(httpwasm.Request.Method(), "GET", "get_method")
 	case "get_method/post":
@@ -219,6 +226,8 @@ func runRequest(id string) (next uint64, known bool) {
 		expectStr(httpwasm.Request.URI(), "/plain", "get_uri after set_uri")
 	case "get_protocol_version":
 		expectStr(httpwasm.Request.ProtocolVersion(), "HTTP/1.1", "get_protocol_version")
+	case "get_protocol_version/http2":
+		expectStr(httpwasm.Request.ProtocolVersion(), "HTTP/2.0", "get_protocol_version")
 	case "get_source_addr":
 		checkSourceAddr(httpwasm.Request.SourceAddr())
 	case "buf_limit/too_small":

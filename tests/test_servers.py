@@ -1,0 +1,298 @@
+"""The chain on every ASGI server, for real: uvicorn (httptools and h11), Hypercorn, Granian and Daphne,
+each over HTTP/1.1 and, where it can, HTTP/2 over TLS (tests/asgi_servers.py).
+
+Each server runs tests/matrix_app.py in its own process, started once for this module (one server at a
+time). Through each (server, HTTP version): every conformance case that applies, with the Go and the
+Zig conformance guest; the example chain (examples/chain.yaml); a guest that answers, traps or
+rewrites; bodies that stream both ways; response trailers (read and edited by a guest where the
+server offers `http.response.trailers`, received by a real HTTP/2 client); and a client that leaves.
+`SERVER_FACTS` is what differs between the servers; README "ASGI servers" names these tests.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+from urllib.parse import urlsplit
+
+import h2.connection
+import h2.events
+import httpx
+import pytest
+from asgi_servers import ENDPOINTS, TLS, UNIX_SOCKET, Endpoint, make_tls, on_unix_socket, running, wait_for
+from test_examples import check_example_chain
+
+from http_wasm_asgi.conformance import check_response, load_suite, send
+
+APP = "tests.matrix_app:app"
+LANGS = ("go", "zig")
+TRAILERS = {("hypercorn", "2")}  # the endpoints whose server offers http.response.trailers
+IDS = {key: f"{key[0]}-http{key[1]}" for key in ENDPOINTS}
+
+# What each server puts in the scope and how it tells the app that the client left; the host
+# copes with each (middleware.exchange_from_scope, the unwind on an app's exception).
+SERVER_FACTS: dict[str, dict[str, Any]] = {
+    "uvicorn-httptools": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
+    "uvicorn-h11": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
+    "hypercorn": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
+    "granian": {"client": ["tuple", "str", "str"], "extensions": ["http.response.pathsend", "websocket.http.response"],
+                "left": "receive: http.disconnect"},
+    "daphne": {"client": ["list", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
+}
+HYPERCORN_H2_EXTENSIONS = ["http.response.early_hint", "http.response.push", "http.response.trailers"]
+
+
+@pytest.fixture(scope="module")
+def tls() -> Iterator[TLS]:
+    with make_tls() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def endpoint(request: pytest.FixtureRequest, tls: TLS, tmp_path_factory: pytest.TempPathFactory,
+             started: dict[str, Any]) -> Endpoint:
+    """The (server, HTTP version) of the test's parameters; its server starts once, the one before it stops."""
+    server, version = request.param
+    if started.get("server") != server:
+        started["stack"].close()
+        stack = started["stack"] = ExitStack()
+        env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
+        started["endpoints"] = stack.enter_context(running(server, APP, tls, env=env))
+        started["server"] = server
+    return started["endpoints"][version]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def started() -> Iterator[dict[str, Any]]:
+    state: dict[str, Any] = {"stack": ExitStack()}
+    yield state
+    state["stack"].close()
+
+
+def endpoints(*, only: set[tuple[str, str]] | None = None) -> Any:
+    """Parametrize `endpoint` (indirectly) over every (server, HTTP version), or `only` these."""
+    keys = [key for key in ENDPOINTS if only is None or key in only]
+    return pytest.mark.parametrize("endpoint", keys, ids=[IDS[k] for k in keys], indirect=True)
+
+
+def control(endpoint: Endpoint, *, clear: bool = False) -> dict[str, Any]:
+    with endpoint.client() as client:
+        r = client.get("/", params="clear" if clear else None, headers={"x-matrix": "control"})
+    assert r.status_code == 200
+    return r.json()  # type: ignore[no-any-return]
+
+
+def check_version(endpoint: Endpoint, response: httpx.Response) -> None:
+    assert response.http_version == ("HTTP/2" if endpoint.http_version == "2" else "HTTP/1.1")
+
+
+# --- conformance -------------------------------------------------------------------------------------
+
+def _conformance_params() -> list[Any]:
+    params = []
+    for key in ENDPOINTS:
+        trailers = key in TRAILERS
+        for case in load_suite().cases:
+            if case.applies(key[1], trailers):
+                params += [pytest.param(key, lang, case, id=f"{IDS[key]}-{lang}:{case.id}") for lang in LANGS]
+    return params
+
+
+@pytest.fixture(scope="module")
+def clients(started: dict[str, Any]) -> Iterator[dict[tuple[str, str, str], httpx.Client]]:
+    """One keep-alive client per endpoint and language for the conformance cases (closed with the module)."""
+    made: dict[tuple[str, str, str], httpx.Client] = {}
+    yield made
+    for client in made.values():
+        client.close()
+
+
+@pytest.mark.parametrize(("endpoint", "lang", "case"), _conformance_params(), indirect=["endpoint"])
+def test_conformance_case(endpoint: Endpoint, clients: dict[tuple[str, str, str], httpx.Client], lang: str,
+                          case: Any) -> None:
+    key = (endpoint.server, endpoint.http_version, lang)
+    if key not in clients:
+        clients[key] = endpoint.client(headers={"x-matrix": f"conformance-{lang}"})
+    client = clients[key]
+    logs_wanted = "log" in case.expect or "no_log" in case.expect
+    if logs_wanted:
+        control(endpoint, clear=True)
+    response = send(client, case)
+    check_version(endpoint, response)
+    logged = control(endpoint)["logs"].get(f"conformance-{lang}", []) if logs_wanted else []
+    assert check_response(case, response, logged) == [], f"{lang} guest, {case.id}: {case.check}"
+
+
+def test_every_endpoint_runs_every_case_once_per_language() -> None:
+    """Each case runs where its `when` matches: HTTP/2-only cases on the HTTP/2 endpoints, and so on."""
+    params = _conformance_params()
+    suite = load_suite().cases
+    for key in ENDPOINTS:
+        ran = {(p.values[1], p.values[2].id) for p in params if p.values[0] == key}
+        applicable = [c.id for c in suite if c.applies(key[1], key in TRAILERS)]
+        assert ran == {(lang, case) for lang in LANGS for case in applicable}
+        assert len(applicable) == len(suite) - 2  # one of each pair: protocol version, trailers granted or not
+
+
+# --- the example chain, and guests that answer, trap or rewrite ---------------------------------------
+
+@endpoints()
+def test_the_example_chain(endpoint: Endpoint) -> None:
+    with endpoint.client(headers={"x-matrix": "chain"}) as client:
+        check_example_chain(client)  # 401 (answer), 302 (answer), rewrite, redaction both ways, added headers
+        check_version(endpoint, client.get("/"))
+
+
+@endpoints()
+def test_a_guest_that_traps_costs_the_request_a_500(endpoint: Endpoint) -> None:
+    with endpoint.client(headers={"x-matrix": "trap"}) as client:
+        for where in ("request", "response"):
+            r = client.get("/", headers={"x-trap": where})
+            check_version(endpoint, r)
+            assert r.status_code == 500 and "x-echo" not in r.headers, where
+            assert r.text == "Internal Server Error"
+        assert client.get("/").headers["x-echo"] == "1"  # the next request is served
+
+
+# --- bodies stream --------------------------------------------------------------------------------------
+
+@endpoints()
+def test_request_and_response_bodies_stream(endpoint: Endpoint) -> None:
+    """The chain's max_body_size is 1 KiB: 1 MiB each way arrives only because nothing buffers it."""
+    def body() -> Iterator[bytes]:
+        for _ in range(16):
+            yield b"z" * 65536
+
+    with endpoint.client(headers={"x-matrix": "count"}) as client, \
+            client.stream("POST", "/upload", content=body()) as r:
+        check_version(endpoint, r)
+        size, _, rest = r.headers["x-received"].partition(" bytes in ")
+        assert (r.status_code, r.headers["x-streamed"], int(size)) == (200, "yes", 16 * 65536)
+        assert int(rest.split()[0]) > 1  # the app got it in pieces
+        pieces = [len(chunk) for chunk in r.iter_raw()]
+    assert sum(pieces) == 64 * 16384 and len(pieces) > 1
+
+
+# --- trailers -------------------------------------------------------------------------------------------
+
+def h2_get(url: str, path: str, headers: list[tuple[str, str]], tls: TLS) -> dict[str, Any]:
+    """One GET over HTTP/2 (TLS, ALPN h2) with the `h2` library: headers, body and trailers as received."""
+    host, port = urlsplit(url).hostname or "", urlsplit(url).port or 443
+    context = tls.client_context()
+    context.set_alpn_protocols(["h2"])
+    got: dict[str, Any] = {"headers": [], "body": b"", "trailers": []}
+    with socket.create_connection((host, port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                   (":authority", f"{host}:{port}"), ("te", "trailers"), *headers], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before the stream ended"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    got["headers"] = [(bytes(k).decode(), bytes(v).decode()) for k, v in event.headers or []]
+                elif isinstance(event, h2.events.DataReceived):
+                    got["body"] += event.data or b""
+                    conn.acknowledge_received_data(event.flow_controlled_length or 0, stream)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    got["trailers"] = [(bytes(k).decode(), bytes(v).decode()) for k, v in event.headers or []]
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(event, h2.events.StreamReset):
+                    raise AssertionError(f"stream reset: {event.error_code!r}")
+            sock.sendall(conn.data_to_send())
+    return got
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@endpoints(only=TRAILERS)
+def test_a_guest_reads_and_edits_the_apps_response_trailers(endpoint: Endpoint, lang: str) -> None:
+    """The app sends x-status: pending, x-drop, x-keep; the guest (config in matrix_app.TRAILERS_CONFIG)
+    reports what it read, sets x-status, adds x-added twice, removes x-drop; a real HTTP/2 client gets that."""
+    got = h2_get(endpoint.url, "/", [("x-matrix", f"trailers-{lang}")], endpoint.tls)
+    headers = dict(got["headers"])
+    assert headers[":status"] == "200" and got["body"] == b"body"
+    assert headers["x-trailers"] == "granted"
+    assert headers["x-app-trailers"] == "x-status=pending, x-drop=secret, x-keep=1"
+    assert sorted(got["trailers"]) == [("x-added", "one"), ("x-added", "two"), ("x-keep", "1"), ("x-status", "ok")]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@endpoints(only=set(ENDPOINTS) - TRAILERS)
+def test_without_server_trailers_the_guest_is_told_and_the_response_is_whole(endpoint: Endpoint, lang: str) -> None:
+    """No http.response.trailers: enable_features leaves the bit off (the guest says `unsupported`),
+    the app's trailers are dropped and its body arrives complete."""
+    with endpoint.client(headers={"x-matrix": f"trailers-{lang}"}) as client:
+        r = client.get("/")
+    check_version(endpoint, r)
+    assert (r.status_code, r.text, r.headers["x-trailers"]) == (200, "body", "unsupported")
+    assert "x-app-trailers" not in r.headers
+
+
+# --- what differs: the scope, and a client that leaves -----------------------------------------------
+
+@endpoints()
+def test_what_the_server_puts_in_the_scope(endpoint: Endpoint) -> None:
+    facts = SERVER_FACTS[endpoint.server]
+    scope = control(endpoint)["scope"]
+    assert scope["http_version"] == endpoint.http_version
+    assert scope["client"][0] == "127.0.0.1" and int(scope["client"][1]) > 0 and scope["raw_path"]
+    assert scope["client_types"] == facts["client"]  # get_source_addr formats each: conformance get_source_addr
+    h2_trailers = (endpoint.server, endpoint.http_version) in TRAILERS
+    assert scope["extensions"] == (HYPERCORN_H2_EXTENSIONS if h2_trailers else facts["extensions"])
+
+
+@pytest.mark.parametrize("server", UNIX_SOCKET)
+def test_on_a_unix_socket_there_is_no_client_address(server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No peer address (client None, or Granian's ('', '0')): get_source_addr is empty, not a trap."""
+    env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
+    with on_unix_socket(server, APP, env=env) as client:
+        assert control_scope_client(client) in (None, ["", "0"])
+        r = client.get("/", headers={"x-matrix": "addr"})
+        assert (r.status_code, r.content) == (200, b"")
+        assert client.get("/", headers={"x-matrix": "chain"}).status_code == 401  # the example chain works there too
+
+
+def control_scope_client(client: httpx.Client) -> Any:
+    return client.get("/", headers={"x-matrix": "control"}).json()["scope"]["client"]
+
+
+@endpoints()
+def test_a_client_that_leaves_mid_response_frees_the_guests(endpoint: Endpoint) -> None:
+    before = len(control(endpoint, clear=True)["left"])
+    with endpoint.client(headers={"x-matrix": "stream"}) as client, client.stream("GET", "/forever") as r:
+        check_version(endpoint, r)
+        assert (r.status_code, r.headers["x-streamed"]) == (200, "yes")
+        assert len(next(r.iter_raw())) > 0  # streaming: the app never ends
+    # the client closed the stream (HTTP/2: RST_STREAM) or the connection (HTTP/1.1)
+    assert wait_for(lambda: len(control(endpoint)["left"]) > before), endpoint.output()
+    state = control(endpoint)
+    assert state["left"][before] == SERVER_FACTS[endpoint.server]["left"]
+    assert wait_for(lambda: control(endpoint)["in_use"]["stream"] == 0)  # handle_response ran, instance back
+
+
+@endpoints()
+def test_a_client_that_leaves_while_a_guest_waits_for_the_body_frees_the_guests(endpoint: Endpoint) -> None:
+    """The bodyrewrite guest reads the request body: the host buffers it; the client sends half and leaves.
+    Neither the guest nor the app runs on half a body (Daphne reads whole bodies before calling the app)."""
+    calls = control(endpoint)["upload_calls"]
+
+    def half() -> Iterator[bytes]:
+        yield b"a" * 1000
+        raise ConnectionAbortedError("the client leaves")
+
+    with endpoint.client(headers={"x-matrix": "upload"}) as client, pytest.raises(Exception, match="leaves"):
+        client.post("/upload", content=half(), headers={"content-length": "5000"})
+    assert wait_for(lambda: control(endpoint)["in_use"]["upload"] == 0)
+    assert control(endpoint)["upload_calls"] == calls
+    with endpoint.client(headers={"x-matrix": "upload"}) as client:
+        r = client.post("/upload", content=b"abc")
+    assert r.json()["body"] == "bbc"  # and the next request is served
