@@ -48,3 +48,24 @@ async def client() -> AsyncIterator[ClientFactory]:
 
 
 __all__ = ["ROOT", "WAT", "echo_app"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/test_servers.py: all tests of one server in a row (its module fixture starts it once).
+
+    pytest groups a module fixture's parameters by their index in each test's parametrize list, and
+    the conformance cases' list is not the other tests': after its own reordering, a stable sort by server.
+    """
+    from asgi_servers import SERVERS
+
+    order = {name: index for index, name in enumerate(SERVERS)}
+
+    def server_of(item: pytest.Item) -> int:
+        callspec = getattr(item, "callspec", None)
+        endpoint = callspec.params.get("endpoint") if callspec is not None else None
+        return order[endpoint[0]] if isinstance(endpoint, tuple) else len(order)
+
+    mine = [i for i, item in enumerate(items) if item.path.name == "test_servers.py"]
+    for slot, item in zip(mine, sorted((items[i] for i in mine), key=server_of), strict=True):
+        items[slot] = item

@@ -56,6 +56,9 @@ def endpoint(request: pytest.FixtureRequest, tls: TLS, tmp_path_factory: pytest.
     """The (server, HTTP version) of the test's parameters; its server starts once, the one before it stops."""
     server, version = request.param
     if started.get("server") != server:
+        for client in started["clients"].values():  # open keep-alive connections would slow its shutdown
+            client.close()
+        started["clients"].clear()
         started["stack"].close()
         stack = started["stack"] = ExitStack()
         env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
@@ -66,8 +69,10 @@ def endpoint(request: pytest.FixtureRequest, tls: TLS, tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def started() -> Iterator[dict[str, Any]]:
-    state: dict[str, Any] = {"stack": ExitStack()}
+    state: dict[str, Any] = {"stack": ExitStack(), "clients": {}}
     yield state
+    for client in state["clients"].values():
+        client.close()
     state["stack"].close()
 
 
@@ -100,13 +105,10 @@ def _conformance_params() -> list[Any]:
     return params
 
 
-@pytest.fixture(scope="module")
-def clients(started: dict[str, Any]) -> Iterator[dict[tuple[str, str, str], httpx.Client]]:
-    """One keep-alive client per endpoint and language for the conformance cases (closed with the module)."""
-    made: dict[tuple[str, str, str], httpx.Client] = {}
-    yield made
-    for client in made.values():
-        client.close()
+@pytest.fixture
+def clients(started: dict[str, Any]) -> dict[tuple[str, str, str], httpx.Client]:
+    """One keep-alive client per endpoint and language for the conformance cases (closed with its server)."""
+    return started["clients"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("endpoint", "lang", "case"), _conformance_params(), indirect=["endpoint"])
