@@ -2,8 +2,8 @@
 distribution API with httpx.
 
 Why not the `oras` package: its requests wrapper retries a refused connection or a refused login
-with sleeps of 3 s up to 83 s (minutes before a start-up can fail), and it reads neither
-$DOCKER_CONFIG nor credential helpers. A start-up needs a fast, clear answer; what is needed of
+with sleeps of 3 s up to 83 s (minutes before a start-up can fail), and it reads only
+~/.docker/config.json, not $DOCKER_CONFIG. A start-up needs a fast, clear answer; what is needed of
 the API is small: a manifest, a blob, and the 401 challenge (Basic, or Bearer with a token).
 
 Forms pulled:

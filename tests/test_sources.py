@@ -17,11 +17,14 @@ import re
 import ssl
 import sys
 import tarfile
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import httpx
@@ -90,9 +93,10 @@ def https_server(ca: trustme.CA, files: dict[str, bytes]) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def registry(folder: Path, *, users: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+def registry(folder: Path, *, users: dict[str, str] | None = None, port: int | None = None,
+             token: dict[str, str] | None = None) -> Iterator[str]:
     """docker-registry on 127.0.0.1 with its storage in `folder` (kept across restarts); htpasswd auth
-    when `users` are given. Yields `127.0.0.1:PORT`."""
+    when `users` are given, token auth with a `token` section. Yields `127.0.0.1:PORT`."""
     port = port or free_port()
     config = {"version": 0.1, "log": {"level": "warn"}, "http": {"addr": f"127.0.0.1:{port}", "secret": "test"},
               "storage": {"filesystem": {"rootdirectory": str(folder / "storage")}}}
@@ -100,9 +104,69 @@ def registry(folder: Path, *, users: dict[str, str] | None = None, port: int | N
         lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in users.items()]
         (folder / "htpasswd").write_text("\n".join(lines) + "\n")
         config["auth"] = {"htpasswd": {"realm": "test-registry", "path": str(folder / "htpasswd")}}
+    if token:
+        config["auth"] = {"token": token}
     (folder / "registry.json").write_text(json.dumps(config))  # YAML is a superset of JSON
     with serving([REGISTRY, "serve", str(folder / "registry.json")], port, ready_path="/v2/"):
         yield f"127.0.0.1:{port}"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@contextlib.contextmanager
+def token_service(users: dict[str, str], issuer: str, service: str) -> Iterator[tuple[str, Path]]:
+    """A real token server (the registry token protocol): checks Basic credentials, answers a JWT
+    signed with an RSA key whose certificate (x5c) chains to the CA the registry trusts. Yields its
+    realm URL and that CA's bundle."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.x509 import load_pem_x509_certificate
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert("token-signer", key_type=trustme.KeyType.RSA)
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    der = load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(serialization.Encoding.DER)
+
+    class Tokens(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            given = base64.b64decode(self.headers.get("authorization", "Basic ")[6:] or b"").decode()
+            user, _, password = given.partition(":")
+            if not user or users.get(user) != password:
+                self.send_response(401)
+                self.end_headers()
+                return
+            kind, name, actions = parse_qs(urlsplit(self.path).query)["scope"][0].split(":")
+            now = int(time.time())
+            claims = {"iss": issuer, "sub": user, "aud": service, "exp": now + 300, "nbf": now - 10, "iat": now,
+                      "jti": str(now), "access": [{"type": kind, "name": name, "actions": actions.split(",")}]}
+            head = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+            signed = f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(claims).encode())}"
+            signature = key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+            body = json.dumps({"token": f"{signed}.{b64url(signature)}"}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tokens)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    with tempfile.TemporaryDirectory() as folder:
+        bundle = Path(folder) / "token-ca.pem"
+        ca.cert_pem.write_to_path(str(bundle))
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/token", bundle
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
 
 
 @pytest.fixture
@@ -327,6 +391,21 @@ async def test_oci_image_index_leads_to_its_wasm_entry(tmp_path: Path, cache: Pa
             oci_client.push_manifest(client, oci_client.Reference.parse(f"{host}/multi/auth:1"), index)
         config = write(tmp_path, f"  - {{oci: '{host}/multi/auth:1', sha256: {AUTH_SHA}, config: t0ken}}\n")
         assert await answers(config) == (401, 200)
+
+
+def test_oci_token_auth(tmp_path: Path, cache: Path) -> None:
+    """A registry with token auth (as ghcr.io and Docker Hub): the 401 names a realm, the client gets
+    a Bearer token there with its credentials, for the scope the registry asked for."""
+    with token_service({"alice": "wonderland"}, "test-issuer", "test-registry") as (realm, bundle), \
+            registry(tmp_path, token={"realm": realm, "service": "test-registry", "issuer": "test-issuer",
+                                      "rootcertbundle": str(bundle)}) as host:
+        env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
+        manifest = push(f"{host}/guests/auth:1.0", {**env, **USER})
+        config = write(tmp_path, f"  - {{oci: '{host}/guests/auth@{manifest}'}}\n")
+        refused = run([COMMAND, "check", str(config)], env=env)
+        assert refused.returncode == 2 and "refused access without credentials" in refused.stderr
+        ok = run([COMMAND, "check", str(config)], env={**env, **USER})
+        assert ok.returncode == 0, ok.stderr
 
 
 def test_oci_credentials_from_a_docker_credential_helper(tmp_path: Path, cache: Path) -> None:
