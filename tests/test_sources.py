@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import shutil
 import ssl
 import sys
 import tarfile
@@ -42,7 +43,7 @@ AUTH = ROOT / "guests" / "zig" / "auth.wasm"  # 401 unless `authorization: Beare
 TAGGER = ROOT / "guests" / "zig" / "headeradder.wasm"
 AUTH_SHA = hashlib.sha256(AUTH.read_bytes()).hexdigest()
 README = (ROOT / "README.md").read_text()
-REGISTRY = "/usr/bin/docker-registry"
+REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"  # Debian's (`make system-deps`)
 USER = {"HTTP_WASM_ASGI_REGISTRY_USER": "alice", "HTTP_WASM_ASGI_REGISTRY_PASSWORD": "wonderland"}
 
 
