@@ -11,6 +11,8 @@ server offers `http.response.trailers`, received by a real HTTP/2 client); and a
 
 from __future__ import annotations
 
+import re
+import shlex
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,7 +23,19 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from asgi_servers import ENDPOINTS, TLS, UNIX_SOCKET, Endpoint, make_tls, on_unix_socket, running, wait_for
+from asgi_servers import (
+    ENDPOINTS,
+    SERVERS,
+    START_TIMEOUT,
+    TLS,
+    UNIX_SOCKET,
+    Endpoint,
+    make_tls,
+    on_unix_socket,
+    running,
+    wait_for,
+)
+from procs import BIN, ROOT, free_port, serving
 from test_examples import check_example_chain
 
 from http_wasm_asgi.conformance import check_response, load_suite, send
@@ -298,3 +312,58 @@ def test_a_client_that_leaves_while_a_guest_waits_for_the_body_frees_the_guests(
     with endpoint.client(headers={"x-matrix": "upload"}) as client:
         r = client.post("/upload", content=b"abc")
     assert r.json()["body"] == "bbc"  # and the next request is served
+
+
+# --- README ---------------------------------------------------------------------------------------------
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_server_commands() -> list[str]:
+    """The commands of README "ASGI servers" (the sh block after the table), comments dropped."""
+    section = README.split("## ASGI servers", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_has_a_command_for_each_server() -> None:
+    commands = readme_server_commands()
+    assert {command.split()[0] for command in commands} == {"uvicorn", "hypercorn", "granian", "daphne"}
+    assert all("examples.chain_app:app" in command for command in commands)
+
+
+@pytest.mark.parametrize("command", readme_server_commands())
+def test_the_readme_command_for_each_server(command: str, tls: TLS, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """As written, from the repository's top folder; free ports for 8080/8443, the test CA's cert.pem/key.pem."""
+    port = free_port()
+    on_tls = "8443" in command
+    args = [str(BIN / word) if index == 0 else word.replace("8443", str(port)).replace("8080", str(port))
+            .replace("cert.pem", str(tls.certfile)).replace("key.pem", str(tls.keyfile))
+            for index, word in enumerate(shlex.split(command))]
+    url = f"{'https' if on_tls else 'http'}://127.0.0.1:{port}"
+    endpoint = Endpoint(args[0], "2" if on_tls else "1.1", url, tls, str)
+    env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
+
+    def ready() -> bool:
+        try:
+            httpx.get(url, verify=tls.client_context(), timeout=2)
+            return True
+        except httpx.TransportError:
+            return False
+
+    with serving(args, port, env=env, ready=ready, start_timeout=START_TIMEOUT), endpoint.client() as client:
+        check_example_chain(client)
+        check_version(endpoint, client.get("/"))
+
+
+def test_the_readme_table_names_tests_that_exist_and_covers_every_endpoint() -> None:
+    section = README.split("## ASGI servers", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    assert named and all(callable(globals().get(name)) for name in named), named - set(globals())
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(SERVERS)
+    for row, server in zip(rows, SERVERS, strict=True):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert all(re.search(r"\[(A|S|T|T0|D)\]", cell) for cell in cells[1:]), row
+        assert cells[2].startswith("yes") == ((server, "2") in ENDPOINTS), row  # the HTTP/2 column
+        assert ("edited by guests [T]" in cells[3]) == ((server, "2") in TRAILERS), row
