@@ -113,3 +113,13 @@ def test_the_deployment_command_serves_from_the_image_within_its_memory_request(
     requested = container()["resources"]["requests"]["memory"]
     limit = container()["resources"]["limits"]["memory"]
     assert rss < int(requested[:-2]) * MIB[requested[-2:]] < int(limit[:-2]) * MIB[limit[-2:]], (rss, requested)
+
+
+def test_the_readme_says_how_to_build_apply_and_scrape() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Kubernetes\n"):]
+    section = section[:section.index("\n## ", 1)]
+    image = container()["image"]
+    for needed in (f"docker build -t {image} .", "kubectl apply -k deploy/kubernetes", "/metrics", "/readyz",
+                   "/healthz", "tests/test_kubernetes.py"):
+        assert needed in section, needed

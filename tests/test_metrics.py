@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from conftest import ROOT, WAT, ClientFactory
 from ops import AUTH, ZIG, scrape, total, wait_until, write_config
-from procs import COMMAND, free_port, serving
+from procs import COMMAND, UVICORN, free_port, serving
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -126,6 +126,17 @@ async def test_the_readme_example_mounts_the_metrics_in_an_app(client: ClientFac
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert total(samples, "http_wasm_guest_short_circuits_total", guest="auth") >= 1
     assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") >= 2
+
+
+def test_the_prometheus_example_runs_as_the_readme_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "`uvicorn examples.prometheus_app:app` then `curl http://127.0.0.1:8000/metrics/`" in readme
+    port = free_port()
+    with serving([UVICORN, "examples.prometheus_app:app", "--port", str(port)], port) as server:
+        assert httpx.get(server.url + "/", headers={"authorization": "Bearer demo-token"}, timeout=5).text == "hello\n"
+        text = httpx.get(server.url + "/metrics/", timeout=5).text
+    assert 'http_wasm_guest_calls_total{guest="auth",phase="handle_request"} 2.0' in text  # the probe and ours
+    assert "python_gc_objects_collected_total" in text  # the app's own registry: the default collectors too
 
 
 def test_serve_metrics_listener_from_the_config(tmp_path: Path) -> None:
