@@ -47,7 +47,9 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str
 @pytest.mark.parametrize(("args", "expected"), [
     ([], ["serve", "check", "inspect", "--debug", "exit status: 0 ok, 2 a bad config"]),
     (["serve"], ["CONFIG", "--host", "--port", "--workers", "--log-level", "--upstream", "--debug",
-                 "overrides server.port", "{critical,error,warning,info,debug,trace}", "disk cache"]),
+                 "overrides server.port", "{critical,error,warning,info,debug,trace}", "disk cache",
+                 "--metrics-port PORT", "/metrics (Prometheus), /healthz and /readyz", "--reload",
+                 "--shutdown-timeout SECONDS"]),
     (["check"], ["CONFIG", "size, imports, exports, features enabled at start, WASI yes/no", "compile time",
                  "--debug"]),
     (["inspect"], ["GUEST", "--config TEXT", "imports, exports, features enabled", "--debug"]),
@@ -147,6 +149,8 @@ def test_serve_with_a_bad_config_exits_2_before_binding(tmp_path: Path) -> None:
     ("--port", "http", "must be a port number"),
     ("--log-level", "loud", "invalid choice: 'loud'"),
     ("--upstream", "ftp://x", "must be an http:// or https:// URL"),
+    ("--metrics-port", "prom", "must be a port number"),
+    ("--shutdown-timeout", "0", "must be a number of seconds greater than 0"),
 ])
 def test_serve_rejects_bad_flags(flag: str, value: str, message: str) -> None:
     result = run([COMMAND, "serve", CHAIN, flag, value])

@@ -179,21 +179,29 @@ def test_reload_flag_follows_a_configmap_volume_update(tmp_path: Path) -> None:
         wait_until(lambda: version(server.url) == "3", 10, "version 3 after the next one")
 
 
-def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
+def test_sighup_and_reload_flag_reload_every_worker(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, 1)
-    with serving([COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"], port, cwd=tmp_path,
-                 ready_path="/ready") as server:
-        server.wait_for_output("Application startup complete", count=2)
-        write_config(tmp_path, 2)
-        hup(server.proc.pid)
-        server.wait_for_output("chain reloaded", count=2)
+
+    def versions() -> dict[int, str]:
         seen = {}
         for _ in range(40):
             r = httpx.get(server.url + "/", headers={**AUTH, "connection": "close"}, timeout=5)
             seen[r.json()["pid"]] = r.headers["x-version"]
-        assert len(seen) == 2 and set(seen.values()) == {"2"}, seen
-        assert server.proc.poll() is None  # the workers reloaded in place: no restart
+        return seen
+
+    with serving([COMMAND, "serve", str(config), "--port", str(port), "--workers", "2", "--reload"], port,
+                 cwd=tmp_path, ready_path="/ready") as server:
+        server.wait_for_output("Application startup complete", count=2)
+        write_config(tmp_path, 2)  # --reload sees it and signals the serve process, which tells each worker
+        server.wait_for_output("chain reloaded", count=2, timeout=20)
+        first = versions()
+        assert len(first) == 2 and set(first.values()) == {"2"}, first
+        config.write_text(config.read_text().replace("x-version 2", "x-version 3"))
+        hup(server.proc.pid)  # a manual SIGHUP too (the file watcher may add its own reload: harmless)
+        wait_until(lambda: set(versions().values()) == {"3"}, 20, "both workers on version 3")
+        assert set(versions()) == set(first)  # the same two workers: reloaded in place, never restarted
+    assert server.output().count("SIGHUP: every worker reloads its chain") >= 2
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_closes_every_pool(tmp_path: Path) -> None:
