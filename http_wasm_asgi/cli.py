@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any
@@ -96,6 +98,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import serving
 
+    if args.server == "hypercorn" or args.certfile or args.keyfile:
+        return _serve_on_hypercorn(args)
     config = load_config(args.config)
     level = (args.log_level or config.log_level).lower()
     serving.setup_logging(level)
@@ -107,6 +111,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host or config.metrics_host or host,
         metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
         reload=args.reload))
+
+
+def _serve_on_hypercorn(args: argparse.Namespace) -> int:
+    """`serve --server hypercorn`: the chain on Hypercorn, in one process; with --certfile/--keyfile over
+    TLS, where clients get HTTP/2 (and response trailers, which uvicorn cannot send) or HTTP/1.1 (ALPN)."""
+    from . import serving
+
+    config = load_config(args.config)
+    problem = _hypercorn_flags_problem(args)
+    try:
+        from hypercorn.asyncio import serve as hypercorn_serve
+        from hypercorn.config import Config as HypercornConfig
+    except ImportError:
+        problem = problem or "Hypercorn is not installed; fix: pip install 'http-wasm-asgi[servers]' (or hypercorn)"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    level = (args.log_level or config.log_level).lower()
+    serving.setup_logging(level)
+    _, middleware = serving.load_chain(os.path.abspath(args.config), args.upstream)
+    options = HypercornConfig()
+    options.bind = [f"{args.host or config.host}:{args.port if args.port is not None else config.port}"]
+    options.certfile, options.keyfile = args.certfile, args.keyfile
+    options.loglevel = "DEBUG" if level == "trace" else level.upper()
+    options.accesslog = "-" if level in ("info", "debug", "trace") else None
+    options.graceful_timeout = args.shutdown_timeout or config.shutdown_timeout
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await hypercorn_serve(middleware, options, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    try:
+        asyncio.run(run())
+    finally:
+        middleware.close()
+    return 0
+
+
+def _hypercorn_flags_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with serve's flags for Hypercorn (uvicorn-only flags, unpaired TLS files), if anything."""
+    if args.server != "hypercorn":
+        return "--certfile/--keyfile: TLS needs --server hypercorn (uvicorn serves no HTTP/2)"
+    if bool(args.certfile) != bool(args.keyfile):
+        return "--server hypercorn: give both --certfile and --keyfile, or neither"
+    uvicorn_only = [flag for flag, value in (("--workers", args.workers and args.workers > 1),
+                                              ("--metrics-port", args.metrics_port is not None),
+                                              ("--reload", args.reload)) if value]
+    if uvicorn_only:
+        return (f"--server hypercorn: {', '.join(uvicorn_only)} need the default server, uvicorn; "
+                "fix: leave them out, or run hypercorn yourself (README, 'ASGI servers')")
+    missing = [path for path in (args.certfile, args.keyfile) if path and not os.path.isfile(path)]
+    return f"--server hypercorn: file {missing[0]!r} not found" if missing else None
+
+
+def _add_server_choice(serve: argparse.ArgumentParser) -> None:
+    """serve's flags for another ASGI server: Hypercorn, for HTTP/2 over TLS."""
+    serve.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn",
+                       help="the ASGI server (default uvicorn); hypercorn (pip install 'http-wasm-asgi[servers]') "
+                       "serves HTTP/2 and response trailers with --certfile/--keyfile, one process")
+    serve.add_argument("--certfile", metavar="PEM", help="TLS certificate (chain) for --server hypercorn")
+    serve.add_argument("--keyfile", metavar="PEM", help="TLS private key for --server hypercorn")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -270,6 +337,7 @@ def _add_serve(sub: Any, debug: argparse.ArgumentParser) -> None:
                        help="proxy to this HTTP service (http(s)://host:port or unix:/path.sock) instead of the "
                        "config's app or upstream (sidecar mode)")
     _add_operations(serve)
+    _add_server_choice(serve)
     serve.set_defaults(func=cmd_serve)
 
 

@@ -35,7 +35,7 @@ from asgi_servers import (
     running,
     wait_for,
 )
-from procs import BIN, ROOT, free_port, serving
+from procs import BIN, COMMAND, ROOT, free_port, run, serving
 from test_examples import check_example_chain
 
 from http_wasm_asgi.conformance import check_response, load_suite, send
@@ -367,3 +367,43 @@ def test_the_readme_table_names_tests_that_exist_and_covers_every_endpoint() -> 
         assert all(re.search(r"\[(A|S|T|T0|D)\]", cell) for cell in cells[1:]), row
         assert cells[2].startswith("yes") == ((server, "2") in ENDPOINTS), row  # the HTTP/2 column
         assert ("edited by guests [T]" in cells[3]) == ((server, "2") in TRAILERS), row
+
+
+# --- serve --server hypercorn -----------------------------------------------------------------------------
+
+def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """README, "The command": one flag (and the certificate) for HTTP/2; SIGTERM ends it with status 0."""
+    port = free_port()
+    args = [COMMAND, "serve", "examples/chain.yaml", "--server", "hypercorn", "--port", str(port),
+            "--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile)]
+    env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
+    url = f"https://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            httpx.get(url, verify=tls.client_context(), timeout=2)
+            return True
+        except httpx.TransportError:
+            return False
+
+    with serving(args, port, env=env, ready=ready, start_timeout=START_TIMEOUT) as server:
+        for version in ("2", "1.1"):
+            endpoint = Endpoint("hypercorn", version, url, tls, server.output)
+            with endpoint.client() as client:
+                check_example_chain(client)
+                check_version(endpoint, client.get("/"))
+        out = server.wait_for_output("accesslog: GET /api/whoami?x=1 200", count=2)
+    assert "chain loaded" in out
+    assert server.proc.returncode == 0, server.final_output
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--certfile", "c.pem", "--keyfile", "k.pem"], "--certfile/--keyfile: TLS needs --server hypercorn"),
+    (["--server", "hypercorn", "--certfile", "README.md"], "give both --certfile and --keyfile, or neither"),
+    (["--server", "hypercorn", "--workers", "2"], "--workers need the default server, uvicorn"),
+    (["--server", "hypercorn", "--certfile", "nope.pem", "--keyfile", "README.md"], "file 'nope.pem' not found"),
+])
+def test_serve_on_hypercorn_refuses_what_it_cannot_do(flags: list[str], message: str) -> None:
+    proc = run([COMMAND, "serve", "examples/chain.yaml", *flags])
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
