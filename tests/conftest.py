@@ -57,6 +57,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     pytest groups a module fixture's parameters by their index in each test's parametrize list, and
     the conformance cases' list is not the other tests': after its own reordering, a stable sort by server.
     """
+    mine = [i for i, item in enumerate(items) if item.path.name == "test_servers.py"]
+    if not mine:
+        return
     from asgi_servers import SERVERS
 
     order = {name: index for index, name in enumerate(SERVERS)}
@@ -66,6 +69,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         endpoint = callspec.params.get("endpoint") if callspec is not None else None
         return order[endpoint[0]] if isinstance(endpoint, tuple) else len(order)
 
-    mine = [i for i, item in enumerate(items) if item.path.name == "test_servers.py"]
     for slot, item in zip(mine, sorted((items[i] for i in mine), key=server_of), strict=True):
         items[slot] = item

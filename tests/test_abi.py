@@ -200,6 +200,19 @@ async def test_get_protocol_version(version: str, expected: bytes) -> None:
     assert sent[1]["body"] == expected
 
 
+async def test_get_protocol_version_from_a_server_without_http_version() -> None:
+    """http_version is optional in ASGI (default "1.1")."""
+    p = Program().req("get_protocol_version", BUF, 64).req(WRITE_LAST, RESP, BUF, 0).req(RETURN, 0)
+    app = HttpWasmMiddleware(echo_app, guests=[p.guest()])
+
+    async def without_http_version(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        del scope["http_version"]
+        await app(scope, receive, send)
+
+    sent = await asgi_call(without_http_version, {})
+    assert sent[1]["body"] == b"HTTP/1.1"
+
+
 @pytest.mark.parametrize(("path", "expected"), [
     ("/a b/c", b"/a%20b/c?q=1"), ("/caf\u00e9/100%", b"/caf%C3%A9/100%25?q=1"), ("/a:b@c;d=e", b"/a:b@c;d=e?q=1"),
 ])
