@@ -129,7 +129,10 @@ class ServedChain:
                 if reply["type"].endswith(".failed"):
                     await send(reply)
                     return
-                self._started() if phase == "startup" else self._stopped()
+                if phase == "startup":
+                    self._started()
+                else:
+                    self._stopped()
                 await send(reply)
         finally:
             app.cancel()

@@ -226,6 +226,38 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_every_pool(tmp_path:
     assert out.index("chain closed") > out.index("Shutting down")
 
 
+LIFESPAN_APP = """
+import pathlib
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]
+            pathlib.Path(kind).write_text("done")  # 'startup', then 'shutdown', in the current folder
+            await send({"type": message["type"] + ".complete"})
+            if kind == "shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_the_app_s_own_lifespan_runs_inside_serve_s(tmp_path: Path) -> None:
+    (tmp_path / "lifeapp.py").write_text(LIFESPAN_APP)
+    config = tmp_path / "chain.yaml"
+    config.write_text(f"app: lifeapp:app\nguests:\n  - path: {ZIG / 'headeradder.wasm'}\n"
+                      "    config: response x-life yes\n")
+    port = free_port()
+    with serving([COMMAND, "serve", str(config), "--port", str(port)], port, cwd=tmp_path) as server:
+        assert (tmp_path / "startup").exists() and not (tmp_path / "shutdown").exists()
+        assert httpx.get(server.url + "/", timeout=5).headers["x-life"] == "yes"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0
+    assert (tmp_path / "shutdown").exists()
+    assert "chain closed (1 guests), exiting" in server.output()
+
+
 def test_sigterm_bounds_the_wait_with_shutdown_timeout(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, 1, extra="server: {shutdown_timeout: 1}\n")
