@@ -272,3 +272,32 @@ async def test_threaded_guests_keep_per_request_values_apart(client: Any) -> Non
     assert [r.headers["x-id"] for r in responses] == [f"v{i}" for i in range(100)]
     assert all(r.headers["x-back"] == "t2" and app_headers(r, "x-chain") == ["t2"] for r in responses)
     assert all(g.pool.in_use == 0 for g in guests)
+
+
+async def test_a_client_that_leaves_while_its_body_is_read_for_a_guest_gets_nothing_run(
+        guest_logs: pytest.LogCaptureFixture) -> None:
+    """http.disconnect while the host buffers the body for a guest that reads it: that guest's handle_request
+    and the app never see half a body; the guest before it gets handle_response(is_error=1); no response."""
+    called: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append("app")
+
+    outer = Guest(WAT.parent / "zig" / "accesslog.wasm", name="outer")  # logs "METHOD URI error" on is_error
+    reader = Guest(WAT.parent / "zig" / "bodyrewrite.wasm", name="reader", config='{"request": []}')
+    middleware = HttpWasmMiddleware(app, guests=[outer, reader])
+    messages = iter([{"type": "http.request", "body": b"half", "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "query_string": b"",
+             "headers": [(b"content-length", b"100")], "http_version": "1.1", "client": ("127.0.0.1", 1)}
+    await middleware(scope, receive, send)
+    assert (called, sent) == ([], [])
+    assert outer.pool.in_use == reader.pool.in_use == 0
+    assert "POST / error" in guest_logs.messages
