@@ -8,11 +8,13 @@ runs it); `match(scope)` returns the target of the first route that matches, or 
 Matching must stay cheap with many routes, so the table is indexed once at build time: by the
 path's folders (`/`, `/api/`, `/api/v1/` of `/api/v1/users`) and then by method. Only the few
 routes left for that (folder, method) pair are checked one by one, in their order, so first
-match wins.
+match wins; where a host condition comes first, they are also looked up by the Host header's
+value (worked out once per value seen, see `_ByHost`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -83,7 +85,7 @@ def _host_pattern(label: str, host: str) -> str:
 class _Check:
     """A route compiled for one index node: only what the node does not already guarantee."""
 
-    __slots__ = ("always", "exact", "headers", "host", "host_suffix", "prefix", "target")
+    __slots__ = ("always", "exact", "headers", "host", "host_suffix", "hosted", "prefix", "target")
 
     def __init__(self, route: Route, target: Any, node: str) -> None:
         # a path that reached `node` starts with it: a prefix it starts with needs no check, nor an
@@ -94,9 +96,21 @@ class _Check:
         host = None if route.host is None else route.host.encode("idna")
         self.host = host if host is not None and not host.startswith(b"*.") else None
         self.host_suffix = host[1:] if host is not None and host.startswith(b"*.") else None
+        self.hosted = host is not None
         self.headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in route.headers.items())
         self.always = self.exact is None and self.prefix is None and host is None and not self.headers
         self.target = target
+
+    def host_matches(self, host: bytes) -> bool:
+        return host == self.host or (self.host_suffix is not None and host.endswith(self.host_suffix))
+
+    def for_host(self) -> _Check:
+        """This check once its host condition is known to hold (a `_ByHost` list keeps these)."""
+        known = copy.copy(self)
+        known.host = known.host_suffix = None
+        known.hosted = False
+        known.always = known.exact is None and known.prefix is None and not known.headers
+        return known
 
 
 def _node_key(route: Route) -> str:
@@ -124,21 +138,53 @@ def _ancestors(key: str) -> list[str]:
     return nodes
 
 
+def normal_host(value: bytes) -> bytes:
+    """A Host header's value lower case, without port or trailing dot."""
+    host = value.lower()
+    if 58 in host:  # b":" (an int: a memchr, where a bytes needle costs a search set-up)
+        host = host[:host.rfind(b"]") + 1] if host[0] == 91 else host[:host.find(b":")]  # [IPv6]:port, name:port
+    return host[:-1] if host and host[-1] == 46 else host  # 46: a trailing b"."
+
+
+_HOSTS_KEPT = 1024  # the Host values a _ByHost remembers (a server sees a handful; more are worked out each time)
+
+
 def request_host(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The request's Host header, lower case, without port or trailing dot (b"" if absent)."""
+    """The request's Host header as `normal_host` gives it (b"" if absent)."""
     for name, value in headers:
         if name == b"host":
-            host = value.lower()
-            if 58 in host:  # b":" (an int: a memchr, where a bytes needle costs a search set-up)
-                colon = host.rfind(b":")
-                if colon > host.rfind(b"]"):  # a port (not a colon inside an [IPv6] address)
-                    host = host[:colon]
-            return host[:-1] if host and host[-1] == 46 else host  # 46: a trailing b"."
+            return normal_host(value)
     return b""
 
 
-# an index node: (its key's length, {child key: node} or None, {method: candidate checks in route order})
-_Node = tuple[int, "dict[str, _Node] | None", dict[str, tuple[_Check, ...]]]
+class _ByHost:
+    """The candidates of a (node, method) when some have a host condition: per Host header value,
+    the checks that hold for it, host conditions dropped (worked out once per value seen)."""
+
+    __slots__ = ("checks", "seen")
+
+    def __init__(self, checks: tuple[_Check, ...]) -> None:
+        self.checks = checks
+        self.seen: dict[bytes, tuple[_Check, ...]] = {}
+
+    def candidates(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[_Check, ...]:
+        value = b""
+        for name, given in headers:
+            if name == b"host":
+                value = given
+                break
+        found = self.seen.get(value)
+        if found is None:
+            host = normal_host(value)
+            found = tuple(c.for_host() if c.hosted else c for c in self.checks if not c.hosted or c.host_matches(host))
+            if len(self.seen) < _HOSTS_KEPT:
+                self.seen[value] = found
+        return found
+
+
+# an index node: (its key's length, {child key: node} or None, {method: candidate checks in route order,
+# or a _ByHost of them when some have a host condition})
+_Node = tuple[int, "dict[str, _Node] | None", dict[str, "tuple[_Check, ...] | _ByHost"]]
 
 
 class RouteTable(Generic[Target]):
@@ -163,7 +209,7 @@ class RouteTable(Generic[Target]):
         def build(node: str) -> _Node:
             fits = [(r, _Check(r, t, node)) for r, t, key in keyed if node.startswith(key) and
                     (key.endswith("/") or key == node)]
-            by_method = {method: tuple(c for r, c in fits if r.methods is None or method in r.methods)
+            by_method = {method: _indexed(tuple(c for r, c in fits if r.methods is None or method in r.methods))
                          for method in (*methods, _OTHER)}
             children = {child: build(child) for child in nodes
                         if child != node and child.startswith(node) and _ancestors(child)[-2] == node}
@@ -183,19 +229,15 @@ class RouteTable(Generic[Target]):
         candidates = by_method.get(scope["method"])
         if candidates is None:
             candidates = by_method[_OTHER]
-        host = None
-        for check in candidates:
+        if type(candidates) is _ByHost:
+            candidates = candidates.candidates(scope["headers"])
+        for check in candidates:  # type: ignore[union-attr]
             if check.always:
                 return check.target  # type: ignore[no-any-return]
             if check.exact is not None and path != check.exact:
                 continue
             if check.prefix is not None and not path.startswith(check.prefix):
                 continue
-            if check.host is not None or check.host_suffix is not None:
-                if host is None:
-                    host = request_host(scope["headers"])
-                if host != check.host and (check.host_suffix is None or not host.endswith(check.host_suffix)):
-                    continue
             if check.headers and not _headers_match(check.headers, scope["headers"]):
                 continue
             return check.target  # type: ignore[no-any-return]
@@ -203,6 +245,14 @@ class RouteTable(Generic[Target]):
 
     def __len__(self) -> int:
         return len(self.routes)
+
+
+def _indexed(checks: tuple[_Check, ...]) -> tuple[_Check, ...] | _ByHost:
+    """The candidates up to the first that always matches (none after it can win), read by host
+    only if a host condition comes before it (so most requests never look at the Host header)."""
+    first = next((index for index, check in enumerate(checks) if check.always), len(checks))
+    checks = checks[:first + 1]
+    return _ByHost(checks) if any(check.hosted for check in checks) else checks
 
 
 def _headers_match(wanted: tuple[tuple[bytes, bytes], ...], headers: Sequence[tuple[bytes, bytes]]) -> bool:

@@ -21,7 +21,7 @@ from procs import COMMAND, free_port, run, serving
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, Route, load_config
 from http_wasm_asgi.config import build_middleware
 from http_wasm_asgi.middleware import Chain
-from http_wasm_asgi.routes import RouteTable
+from http_wasm_asgi.routes import RouteTable, normal_host, request_host
 from http_wasm_asgi.testing import echo_app
 
 ZIG = ROOT / "guests" / "zig"
@@ -50,6 +50,8 @@ def test_each_match_key() -> None:
     assert pick(routes, scope("/api/users", "DELETE")) == -1
     assert pick(routes, scope("/x", headers=[(b"host", b"API.Example.com:8443")])) == 2  # case, port
     assert pick(routes, scope("/x", headers=[(b"host", b"api.example.com.")])) == 2  # trailing dot
+    for _ in range(2):  # the second time from the remembered host values
+        assert pick(routes, scope("/x", headers=[(b"host", b"api.example.com:80")])) == 2
     assert pick(routes, scope("/x", headers=[(b"host", b"a.b.example.com")])) == 3
     assert pick(routes, scope("/x", headers=[(b"host", b"example.com")])) == -1  # *. needs a subdomain
     assert pick(routes, scope("/x", headers=[(b"host", b"evilexample.com")])) == -1
@@ -66,6 +68,16 @@ def test_all_given_keys_must_match_and_the_first_match_wins() -> None:
     assert pick(routes, scope("/api/x", "POST")) == 1  # no host header
     assert pick(routes, scope("/other")) == 2
     assert pick([Route(path_prefix="/"), Route(path="/healthz")], scope("/healthz")) == 0  # order, not length
+
+
+@pytest.mark.parametrize(("value", "host"), [
+    (b"Example.COM", b"example.com"), (b"example.com:8080", b"example.com"), (b"example.com.", b"example.com"),
+    (b"[::1]:8080", b"[::1]"), (b"[::1]", b"[::1]"), (b"127.0.0.1:80", b"127.0.0.1"), (b"", b""),
+])
+def test_host_header_normalisation(value: bytes, host: bytes) -> None:
+    assert normal_host(value) == host
+    assert request_host([(b"x", b"y"), (b"host", value)]) == host
+    assert request_host([(b"x", b"y")]) == b""
 
 
 def test_prefixes_are_plain_string_prefixes() -> None:
