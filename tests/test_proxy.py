@@ -284,16 +284,21 @@ def test_client_defaults_pass_through_when_the_client_sends_them(upstream: Upstr
     assert seen_headers(r.json(), "user-agent") == ["probe/1"]
 
 
-def test_a_client_cannot_make_the_proxy_talk_to_another_host(upstream: Upstream) -> None:
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_a_client_cannot_make_the_proxy_talk_to_another_host(upstream: Upstream, http: str) -> None:
     app, url = upstream, upstream.url
-    with front(url) as front_url:
+    with front(url, http=http) as front_url:
         status, _, body = raw_request(front_url, "GET", "//evil.example/steal?x=1", [("host", "a")])
         assert status == 200 and json.loads(body)["raw_path"] == "//evil.example/steal"
         assert json.loads(body)["query"] == "x=1"
         count = len(app.requests)
         status, _, body = raw_request(front_url, "GET", "http://evil.example/steal", [("host", "evil.example")])
-        assert (status, body) == (400, b"Bad Request")
-        assert len(app.requests) == count  # the upstream never saw it
+        if http == "h11":  # the absolute form reaches the app as raw_path: refused
+            assert (status, body) == (400, b"Bad Request")
+            assert len(app.requests) == count  # the upstream never saw it
+        else:  # httptools hands the app only the path of an absolute-form target: it goes to the upstream
+            assert status == 200 and json.loads(body)["raw_path"] == "/steal"
+            assert len(app.requests) == count + 1
 
 
 def test_upstream_url_with_a_path_prefix(upstream: Upstream) -> None:

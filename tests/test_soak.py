@@ -143,10 +143,11 @@ def test_client_disconnects_mid_request_body() -> None:
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["streamed", "buffered"])
 def test_client_disconnects_mid_response(buffered: bool) -> None:
-    finished = 0
+    started = finished = 0
 
     async def slow_stream(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal finished
+        nonlocal started, finished
+        started += 1
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for _ in range(20):
             await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
@@ -162,11 +163,13 @@ def test_client_disconnects_mid_response(buffered: bool) -> None:
     copy = Guest(WAT / "copy_header.wat", max_instances=4)
     app = Catch(HttpWasmMiddleware(slow_stream, guests=[copy, guest]))
     with serve(app) as base:
-        for _ in range(10):
+        for i in range(10):
             s = connect(base)
             s.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\nx-id: gone\r\n\r\n")
             if not buffered:
                 assert s.recv(1024).startswith(b"HTTP/1.1 200")  # the response has begun
+            else:  # mid-response: the app is sending into the held response (a client gone before the
+                assert wait_until(lambda n=i + 1: started == n)  # app starts gets nothing run: test_middleware)
             s.close()
         assert wait_until(lambda: finished == 10 and guest.pool.in_use == 0 and copy.pool.in_use == 0)
         r = httpx.get(base + "/again", headers={"x-id": "back"})
