@@ -155,7 +155,8 @@ def running(server: str, app: str, tls: TLS, *, env: dict[str, str] | None = Non
     versions = {version: on_tls for (name, version), on_tls in ENDPOINTS.items() if name == server}
     first_url = _url(ports, next(iter(versions.values())))
     with serving(SERVERS[server](app, ports, tls), ports.plain, env=env,
-                 ready=lambda: _ready(first_url, tls), start_timeout=START_TIMEOUT) as proc:
+                 ready=lambda: answers(first_url + "/", tls, {"x-matrix": "control"}),
+                 start_timeout=START_TIMEOUT) as proc:
         yield {version: Endpoint(server, version, _url(ports, on_tls), tls, proc.output)
                for version, on_tls in versions.items()}
 
@@ -164,9 +165,10 @@ def _url(ports: Ports, on_tls: bool) -> str:
     return f"https://{HOST}:{ports.tls}" if on_tls else f"http://{HOST}:{ports.plain}"
 
 
-def _ready(url: str, tls: TLS) -> bool:
+def answers(url: str, tls: TLS, headers: dict[str, str] | None = None) -> bool:
+    """Whether a server answers `url` at all (any status): a `ready` check for `serving`."""
     try:
-        httpx.get(url + "/", headers={"x-matrix": "control"}, verify=tls.client_context(), timeout=2)
+        httpx.get(url, headers=headers, verify=tls.client_context(), timeout=2)
         return True
     except httpx.TransportError:
         return False
@@ -182,5 +184,5 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15) -> bool:
     return True
 
 
-__all__ = ["ENDPOINTS", "ROOT", "SERVERS", "TLS", "UNIX_SOCKET", "Endpoint", "make_tls", "on_unix_socket", "running",
-           "wait_for"]
+__all__ = ["ENDPOINTS", "ROOT", "SERVERS", "TLS", "UNIX_SOCKET", "Endpoint", "answers", "make_tls", "on_unix_socket",
+           "running", "wait_for"]

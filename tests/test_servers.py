@@ -30,6 +30,7 @@ from asgi_servers import (
     TLS,
     UNIX_SOCKET,
     Endpoint,
+    answers,
     make_tls,
     on_unix_socket,
     running,
@@ -355,14 +356,8 @@ def test_the_readme_command_for_each_server(command: str, tls: TLS, tmp_path_fac
     endpoint = Endpoint(args[0], "2" if on_tls else "1.1", url, tls, str)
     env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
 
-    def ready() -> bool:
-        try:
-            httpx.get(url, verify=tls.client_context(), timeout=2)
-            return True
-        except httpx.TransportError:
-            return False
-
-    with serving(args, port, env=env, ready=ready, start_timeout=START_TIMEOUT), endpoint.client() as client:
+    with serving(args, port, env=env, ready=lambda: answers(url, tls), start_timeout=START_TIMEOUT), \
+            endpoint.client() as client:
         check_example_chain(client)
         check_version(endpoint, client.get("/"))
 
@@ -390,14 +385,7 @@ def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_f
     env = {"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "wasm-cache")}
     url = f"https://127.0.0.1:{port}"
 
-    def ready() -> bool:
-        try:
-            httpx.get(url, verify=tls.client_context(), timeout=2)
-            return True
-        except httpx.TransportError:
-            return False
-
-    with serving(args, port, env=env, ready=ready, start_timeout=START_TIMEOUT) as server:
+    with serving(args, port, env=env, ready=lambda: answers(url, tls), start_timeout=START_TIMEOUT) as server:
         for version in ("2", "1.1"):
             endpoint = Endpoint("hypercorn", version, url, tls, server.output)
             with endpoint.client() as client:
