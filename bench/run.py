@@ -42,6 +42,7 @@ from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime  # noqa: E402
+from http_wasm_asgi.devtools import time_requests  # noqa: E402
 
 App = Callable[..., Any]
 
@@ -101,29 +102,9 @@ def scope_for(body: bool = False) -> dict[str, Any]:
 
 async def time_app(app: App, iterations: int, body: bytes = b"") -> float:
     """Median microseconds per request, one request at a time (collector paused while sampling)."""
-    message = {"type": "http.request", "body": body, "more_body": False}
-
-    async def receive() -> dict[str, Any]:
-        return message
-
-    async def send(_: Any) -> None:
-        return None
-
     scope = scope_for(bool(body))
-    for _ in range(min(200, iterations)):
-        await app(dict(scope), receive, send)
-    samples = []
-    perf = time.perf_counter_ns
-    gc.disable()
-    try:
-        for _ in range(iterations):
-            s = dict(scope)
-            t0 = perf()
-            await app(s, receive, send)
-            samples.append(perf() - t0)
-    finally:
-        gc.enable()
-    return statistics.median(samples) / 1000
+    await time_requests(app, scope, body, min(200, iterations))  # warm-up
+    return (await time_requests(app, scope, body, iterations))[0]
 
 
 def guest(file: str, **kw: Any) -> Guest:

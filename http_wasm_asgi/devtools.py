@@ -138,8 +138,10 @@ def _scope(request: RequestSpec) -> Scope:
             "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80), "extensions": {}}
 
 
-async def _time(app: Any, scope: Scope, body: bytes, iterations: int) -> tuple[float, int]:
-    """(median us per request, last status), one request at a time, the collector paused while sampling."""
+async def time_requests(app: Any, scope: Scope, body: bytes, iterations: int) -> tuple[float, int]:
+    """(median us per request, last status), one request at a time, the collector paused while sampling.
+
+    `bench/run.py` times its in-process variants with this too, so `bench` measures as it does."""
     message = {"type": "http.request", "body": body, "more_body": False}
     status = 0
 
@@ -169,18 +171,18 @@ async def _timings(chain: HttpWasmMiddleware, request: RequestSpec, requests: in
                    rounds: int) -> tuple[float, float, float, int]:
     scope = _scope(request)
     per_round = max(1, requests // rounds)
-    await _time(chain, scope, request.body, min(200, per_round))  # warm-up: instances, caches
-    await _time(_fixed_app, scope, request.body, min(200, per_round))
+    await time_requests(chain, scope, request.body, min(200, per_round))  # warm-up: instances, caches
+    await time_requests(_fixed_app, scope, request.body, min(200, per_round))
     app: list[float] = []
     guest: list[float] = []
     status = 0
     for r in range(rounds):  # interleaved, alternating order: drift hits both alike
         for which in ((0, 1) if r % 2 == 0 else (1, 0)):
             if which:
-                us, status = await _time(chain, scope, request.body, per_round)
+                us, status = await time_requests(chain, scope, request.body, per_round)
                 guest.append(us)
             else:
-                app.append((await _time(_fixed_app, scope, request.body, per_round))[0])
+                app.append((await time_requests(_fixed_app, scope, request.body, per_round))[0])
     added = statistics.median(g - a for g, a in zip(guest, app, strict=True))
     return statistics.median(app), statistics.median(guest), added, status
 
