@@ -147,7 +147,7 @@ class HttpWasmMiddleware:
             finally:
                 chain.active -= 1
                 if chain.retired and not chain.active:
-                    chain.close()
+                    _close_retired(chain)
 
     def close(self) -> None:
         """Drop every guest's instances and stop the worker threads."""
@@ -219,6 +219,15 @@ class Chain:
             if guest not in self._keep:
                 guest.close()
         self.threads.close()
+
+
+def _close_retired(chain: Chain) -> None:
+    """The last request on a replaced chain closes it: a failure to close is logged, never raised into the
+    server, whose response to this request has gone out (uvicorn would drop the keep-alive connection)."""
+    try:
+        chain.close()
+    except Exception:
+        log.exception("closing the guests of a replaced chain failed")
 
 
 def exchange_from_scope(scope: Scope, max_body_size: int) -> Exchange:
