@@ -4,6 +4,8 @@ A `Route` names the guests of one chain and the request it applies to (`path_pre
 `path`, `methods`, `host` exact or `*.example.com`, `headers` name -> exact value; every given
 key must match). A `RouteTable` holds routes in order, each with its target (the chain that
 runs it); `match(scope)` returns the target of the first route that matches, or the default.
+Paths are matched without dot segments or repeated slashes (`routed_path`), so `/x/../api/`
+cannot slip past an `/api/` route.
 
 Matching must stay cheap with many routes, so the table is indexed once at build time: by the
 path's folders (`/`, `/api/`, `/api/v1/` of `/api/v1/users`) and then by method. Only the few
@@ -218,7 +220,7 @@ class RouteTable(Generic[Target]):
         self._root = build("/")
 
     def match(self, scope: Mapping[str, Any]) -> Target:
-        path: str = scope["path"]
+        path = routed_path(scope["path"])
         size, children, by_method = self._root
         while children is not None:
             cut = path.find("/", size)
@@ -245,6 +247,28 @@ class RouteTable(Generic[Target]):
 
     def __len__(self) -> int:
         return len(self.routes)
+
+
+def routed_path(path: str) -> str:
+    """The path routes are matched on: the server's (percent-decoded) path without dot segments and
+    with repeated slashes merged (RFC 3986 5.2.4), as a normalising server behind a sidecar serves it.
+
+    Without this, `/public/../api/x` or `//api/x` would miss an `/api/` route's guests and reach an
+    upstream that serves `/api/x`. Only the choice of chain uses it: guests and the app see the request
+    as it came.
+    """
+    if "//" not in path and "/." not in path:
+        return path
+    segments = path.split("/")
+    kept: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment not in (".", ""):
+            kept.append(segment)
+    folder = segments[-1] in ("", ".", "..") and bool(kept)  # it names a folder: keep the trailing slash
+    return "/" + "/".join(kept) + ("/" if folder else "")
 
 
 def _indexed(checks: tuple[_Check, ...]) -> tuple[_Check, ...] | _ByHost:

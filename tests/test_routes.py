@@ -6,6 +6,7 @@ the README's examples as written, and `serve` end to end."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from procs import COMMAND, free_port, run, serving
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, Route, load_config
 from http_wasm_asgi.config import build_middleware
 from http_wasm_asgi.middleware import Chain
-from http_wasm_asgi.routes import RouteTable, normal_host, request_host
+from http_wasm_asgi.routes import RouteTable, normal_host, request_host, routed_path
 from http_wasm_asgi.testing import echo_app
 
 ZIG = ROOT / "guests" / "zig"
@@ -137,6 +138,31 @@ def test_the_index_agrees_with_a_first_to_last_scan(routes: list[Route], path: s
                                                     tenant: str) -> None:
     request = scope(path, method, [(b"host", host.encode()), (b"x-t", tenant.encode())])
     assert pick(routes, request) == linear(routes, path, method, host, tenant)
+
+
+@pytest.mark.parametrize(("path", "routed"), [
+    ("/api/x", "/api/x"), ("/", "/"), ("/api/", "/api/"), ("/.well-known/x", "/.well-known/x"), ("/a/..b", "/a/..b"),
+    ("/public/../api/x", "/api/x"), ("//api//x", "/api/x"), ("/api/./x", "/api/x"), ("/a/b/..", "/a/"),
+    ("/a/b/.", "/a/b/"), ("/..", "/"), ("/../../api/x", "/api/x"), ("/api/x/..", "/api/"), ("/./", "/"),
+])
+def test_routes_match_the_path_without_dot_segments_or_repeated_slashes(path: str, routed: str) -> None:
+    assert routed_path(path) == routed
+    routes = [Route(path_prefix="/api/"), Route(path="/api/x"), Route(path="/a/"), Route(path_prefix="/")]
+    assert pick(routes, scope(path)) == pick(routes, scope(routed))
+
+
+NOISY_PATHS = st.lists(st.sampled_from(["a", "b", "bc", "healthz", ".", "..", ""]), max_size=5).map(
+    lambda segments: "/" + "/".join(segments))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ROUTES, NOISY_PATHS)
+def test_a_noisy_path_is_routed_as_its_normal_form(routes: list[Route], path: str) -> None:
+    routed = routed_path(path)
+    assert "//" not in routed and "/./" not in routed and "/../" not in routed and routed.startswith("/")
+    assert routed_path(routed) == routed
+    request = [(b"host", b"x.example.com"), (b"x-t", b"1")]
+    assert pick(routes, scope(path, headers=request)) == linear(routes, routed, "GET", "x.example.com", "1")
 
 
 # --- Python API ---------------------------------------------------------------------------------------
@@ -317,14 +343,28 @@ def check_routes_example(url: str, port: int) -> None:
         assert not {"x-debug-chain", "x-site", "x-powered-by"} & set(plain.headers)
 
 
+def raw_get(port: int, target: str) -> int:
+    """The status of `GET target` sent byte for byte (clients would remove the dot segments first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
 def test_serve_runs_the_routes_example() -> None:
     port = free_port()
     with serving([COMMAND, "serve", "examples/routes.yaml", "--port", str(port)], port, ready_path="/healthz") as s:
         check_routes_example(s.url, port)
+        for sneaky in ("/healthz/../api/whoami", "//api/whoami", "/api/./whoami", "/api/%2e%2e/api/whoami"):
+            assert raw_get(port, sneaky) == 401, sneaky  # the /api/ route's auth guest ran
+        assert raw_get(port, "/api/../healthz") == 200  # and /healthz's (no guests) for this one
         out = s.wait_for_output("guest.log: GET /api/whoami 200")
     assert "guest.log: GET /api/whoami 401" in out and "guest.log: HEAD" not in out
     assert "guest.log: GET / 200" in out  # the wildcard-host route logs too
-    assert "guest.log: GET /healthz" not in out and "guest.log: GET /anything" not in out
+    assert "guest.log: GET /healthz " not in out and "guest.log: GET /anything" not in out
+    assert "guest.log: GET /healthz/../api/whoami 401" in out  # the log guest sees the request as it came
 
 
 async def test_the_readme_python_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
