@@ -40,6 +40,7 @@ system-deps:
 test: install system-deps check-guests lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python bench/run.py --smoke
+	$(BIN)/python bench/paired.py --samples 100
 
 bench: install
 	$(BIN)/python bench/run.py
