@@ -220,7 +220,9 @@ class RouteTable(Generic[Target]):
         self._root = build("/")
 
     def match(self, scope: Mapping[str, Any]) -> Target:
-        path = routed_path(scope["path"])
+        path: str = scope["path"]
+        if "//" in path or "/." in path:  # rare: only such paths need routed_path's work
+            path = routed_path(path)
         size, children, by_method = self._root
         while children is not None:
             cut = path.find("/", size)
@@ -257,7 +259,7 @@ def routed_path(path: str) -> str:
     upstream that serves `/api/x`. Only the choice of chain uses it: guests and the app see the request
     as it came.
     """
-    if "//" not in path and "/." not in path:
+    if "//" not in path and "/." not in path:  # (match checks this itself before calling)
         return path
     segments = path.split("/")
     kept: list[str] = []
