@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=level, shutdown_timeout=args.shutdown_timeout or config.shutdown_timeout,
         metrics_host=args.metrics_host or config.metrics_host or host,
         metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
-        reload=args.reload))
+        reload=args.reload), config)
 
 
 def _serve_on_hypercorn(args: argparse.Namespace) -> int:
@@ -130,7 +130,7 @@ def _serve_on_hypercorn(args: argparse.Namespace) -> int:
         return 2
     level = (args.log_level or config.log_level).lower()
     serving.setup_logging(level)
-    _, middleware = serving.load_chain(os.path.abspath(args.config), args.upstream)
+    _, middleware = serving.load_chain(os.path.abspath(args.config), args.upstream, config)
     options = HypercornConfig()
     options.bind = [f"{args.host or config.host}:{args.port if args.port is not None else config.port}"]
     options.certfile, options.keyfile = args.certfile, args.keyfile

@@ -32,6 +32,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from . import sources
 from .asgi import Message, Receive, Scope, Send
 from .config import ChainConfig, ConfigError, build_middleware, load_config, reload_config
 from .middleware import HttpWasmMiddleware
@@ -67,9 +68,11 @@ def setup_logging(level: str) -> None:
     logger.setLevel(5 if level.lower() == "trace" else level.upper())
 
 
-def load_chain(path: str, upstream: str | None) -> tuple[ChainConfig, HttpWasmMiddleware]:
-    """The middleware for `serve`: the config's chain in front of its app, its upstream, or `upstream`."""
-    config = load_config(path)
+def load_chain(path: str, upstream: str | None,
+               config: ChainConfig | None = None) -> tuple[ChainConfig, HttpWasmMiddleware]:
+    """The middleware for `serve`: the config's chain in front of its app, its upstream, or `upstream`
+    (`config`: the file already loaded, so its url/oci guests are not fetched twice)."""
+    config = config or load_config(path)
     if upstream:
         config.app, config.upstream = None, upstream
     middleware = build_middleware(config)
@@ -218,10 +221,10 @@ async def _reply(from_app: asyncio.Queue[Message], app: asyncio.Future[None]) ->
 
 
 # -- running it --
-def serve(options: ServeOptions) -> int:
+def serve(options: ServeOptions, config: ChainConfig | None = None) -> int:
     """Load the chain (a bad guest or app fails here, before anything binds), then serve it."""
     signal.signal(signal.SIGHUP, _early_hup)
-    config, middleware = load_chain(options.config, options.upstream)
+    config, middleware = load_chain(options.config, options.upstream, config)
     if options.workers == 1:
         return _serve_one(options, config, middleware)
     middleware.close()  # each worker loads its own (from the compile cache this load filled)
@@ -271,6 +274,10 @@ def _serve_workers(options: ServeOptions) -> int:
     with tempfile.TemporaryDirectory(prefix="http-wasm-asgi-metrics-") as folder:
         os.environ[_ENV_OPTIONS] = json.dumps(dataclasses.asdict(options))
         os.environ[_ENV_METRICS_DIR] = folder if options.metrics_port is not None else ""
+        pins = Path(folder) / "sources" / "pins.json"  # unpinned sources: the modules this process fetched
+        sources.follow_pins = False
+        sources.write_pins(pins, sources.fetched_unpinned)
+        os.environ[sources.PINS_ENV] = str(pins)
         config = uvicorn.Config("http_wasm_asgi.serving:worker_app", factory=True, host=options.host,
                                 port=options.port, workers=options.workers, log_level=options.log_level,
                                 timeout_graceful_shutdown=math.ceil(options.shutdown_timeout))
@@ -282,6 +289,7 @@ def _serve_workers(options: ServeOptions) -> int:
             # inherit the option from the listener (Linux).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         supervisor = _Supervisor(config, sockets=[sock])
+        supervisor.options, supervisor.pins = options, pins
         with _worker_metrics(options, Path(folder), supervisor), _watching(options):
             supervisor.run()
     return 0
@@ -322,12 +330,31 @@ def _watching(options: ServeOptions) -> Iterator[None]:
 class _Supervisor(Multiprocess):
     """uvicorn's worker supervisor, but SIGHUP makes every worker reload its chain in place."""
 
+    options: ServeOptions
+    pins: Path
+
     def handle_hup(self) -> None:
         log.info("process %d: SIGHUP: every worker reloads its chain", os.getpid())
+        self._refetch_unpinned()
         for process in self.processes:
             if process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGHUP)
+
+
+    def _refetch_unpinned(self) -> None:
+        """Fetch the unpinned sources again, once for every worker, before they reload (a failure keeps
+        the modules they run: their reload then fails or keeps them, and says so)."""
+        if not sources.fetched_unpinned:
+            return
+        sources.fetched_unpinned.clear()
+        try:
+            load_config(self.options.config)
+        except ConfigError as exc:
+            log.error("process %d: fetching the unpinned guests again failed, the workers keep theirs: %s",
+                      os.getpid(), exc)
+            return
+        sources.write_pins(self.pins, sources.fetched_unpinned)
 
 
 class _QuietServer(uvicorn.Server):

@@ -3,7 +3,10 @@
 
 A pinned module already in the cache is used without asking the network: a start-up with the
 source down works. A fetched module whose sha256 differs from the pin is refused. An unpinned
-source (only with `allow_unpinned: true`) is fetched on every start and fails when unreachable.
+source (only with `allow_unpinned: true`) is fetched on every load and fails when unreachable.
+`serve --workers N` fetches it in the serve process and hands the workers its digest (a pins file
+named by $HTTP_WASM_ASGI_SOURCE_PINS), so every worker runs the same module even when the tag or URL
+moves meanwhile; a SIGHUP fetches it again, before the workers reload.
 
 Cache (under $HTTP_WASM_ASGI_CACHE_DIR or ~/.cache/http-wasm-asgi, beside the compiled modules):
 `sources/sha256/<hex>.wasm` (the modules, by their digest) and `sources/oci/<manifest hex>` (the
@@ -12,7 +15,9 @@ module digest a pinned manifest digest stands for).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import ssl
 import tempfile
@@ -22,6 +27,11 @@ from urllib.parse import urlsplit
 
 from . import oci
 from .runtime import default_cache_dir
+
+PINS_ENV = "HTTP_WASM_ASGI_SOURCE_PINS"  # a JSON file {"url:..." or "oci:...": sha256} that unpinned sources follow
+
+fetched_unpinned: dict[str, str] = {}  # what the last loads fetched for unpinned sources: pins_key -> sha256
+follow_pins = True  # False in the process that writes the pins file (it fetches for itself)
 
 
 class SourceError(Exception):
@@ -85,9 +95,35 @@ def fetch(*, url: str | None = None, oci: str | None = None, sha256: str | None 
     return resolve(source)
 
 
+def pins_key(source: RemoteSource) -> str:
+    return f"{source.kind}:{source.location}"
+
+
+def write_pins(path: Path, pins: dict[str, str]) -> None:
+    """The pins file the workers of `serve` follow (written atomically: a worker may be reading it)."""
+    _store(path, json.dumps(pins, sort_keys=True).encode())
+
+
+def _followed_pin(source: RemoteSource) -> str | None:
+    """The digest the serve process fetched for this unpinned source, when this is one of its workers."""
+    pins_file = os.environ.get(PINS_ENV)
+    if not follow_pins or not pins_file:
+        return None
+    try:
+        pins = json.loads(Path(pins_file).read_text())
+    except (OSError, ValueError):
+        return None
+    pin = pins.get(pins_key(source)) if isinstance(pins, dict) else None
+    return pin if isinstance(pin, str) else None
+
+
 def resolve(source: RemoteSource, cache: Path | None = None) -> Path:
     """The cached file of a source's module: from the cache when pinned and present, else fetched."""
     cache = cache or sources_dir()
+    unpinned_key = None if source.pinned else pins_key(source)
+    followed = None if unpinned_key is None else _followed_pin(source)
+    if followed is not None:  # the module the serve process fetched: this one or none
+        source = dataclasses.replace(source, sha256=followed)
     cached = _cached(source, cache)
     if cached is not None:
         return cached
@@ -103,6 +139,8 @@ def resolve(source: RemoteSource, cache: Path | None = None) -> Path:
                           f"{source.sha256}, got sha256:{actual}; refused. fix: if the new module is the one "
                           "you want, pin its digest")
     path = _store(cache / "sha256" / f"{actual}.wasm", wasm)
+    if unpinned_key is not None and followed is None:
+        fetched_unpinned[unpinned_key] = actual
     if manifest is not None and source.kind == "oci" and source.reference.digest is not None:
         _store(cache / "oci" / manifest.removeprefix("sha256:"), actual.encode())
     return path

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"asgi"},
     "config": {"asgi", "errors", "guest", "middleware", "proxy", "routes", "sources"},
     "metrics": {"asgi", "guest", "middleware", "runtime"},
-    "serving": {"asgi", "config", "middleware", "metrics"},
+    "serving": {"asgi", "config", "middleware", "metrics", "sources"},
     "testing": {"asgi", "errors", "guest", "middleware", "tracing"},
     "pytest_plugin": {"testing"},  # imported inside fixtures only: pytest loads the plugin in every session
     "devtools": {"asgi", "guest", "middleware", "testing"},

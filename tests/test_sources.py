@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import sys
 import tarfile
@@ -287,6 +288,51 @@ def test_unpinned_and_unreachable_exits_2_with_a_clear_error(tmp_path: Path, cac
     served = run([COMMAND, "serve", str(config), "--port", str(free_port())], env={"HTTP_WASM_ASGI_CACHE_DIR":
                                                                                    str(cache)})
     assert served.returncode == 2 and "is unreachable" in served.stderr and "Traceback" not in served.stderr
+
+
+class Moving(BaseHTTPRequestHandler):
+    """Each GET gets the next of `bodies` (the last one again once they run out): a tag that moves."""
+
+    bodies: ClassVar[list[bytes]] = []
+    served: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        body = self.bodies[min(len(self.served), len(self.bodies) - 1)]
+        self.served.append(self.path)
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Path, cache: Path) -> None:
+    """serve --workers 2 fetches an unpinned source once and every worker runs that module, though the
+    source serves another one to the next fetch; a SIGHUP fetches once more, then every worker reloads."""
+    handler = type("Handler", (Moving,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": []})
+    source = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=source.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{source.server_address[1]}/moving.wasm"
+    config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
+    port = free_port()
+    args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
+    try:
+        with serving(args, port, cwd=tmp_path, env={"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}) as server:
+            first = [httpx.get(server.url + "/", timeout=10) for _ in range(30)]  # a new connection each
+            assert [(r.status_code, r.headers.get("x-v")) for r in first] == [(200, "one")] * 30  # the tagger
+            assert handler.served == ["/moving.wasm"]  # fetched once, by the serve process
+            os.kill(server.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} != {401}:
+                assert time.monotonic() < deadline, server.output()[-2000:]
+                time.sleep(0.2)
+            assert {httpx.get(server.url + "/", timeout=10).status_code for _ in range(30)} == {401}  # auth now
+            assert handler.served == ["/moving.wasm"] * 2  # once more, for both workers
+    finally:
+        source.shutdown()
+        source.server_close()
 
 
 # --- oci: ---------------------------------------------------------------------------------------------
