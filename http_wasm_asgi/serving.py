@@ -343,16 +343,13 @@ class _Supervisor(Multiprocess):
 
 
     def _refetch_unpinned(self) -> None:
-        """Fetch the unpinned sources again, once for every worker, before they reload (a failure keeps
-        the modules they run: their reload then fails or keeps them, and says so)."""
-        if not sources.fetched_unpinned:
-            return
+        """Fetch the config's unpinned sources (it may name new ones) once for every worker, before they
+        reload. On a failure the pins stay: each worker's reload then fails too and keeps its chain."""
         sources.fetched_unpinned.clear()
         try:
             load_config(self.options.config)
         except ConfigError as exc:
-            log.error("process %d: fetching the unpinned guests again failed, the workers keep theirs: %s",
-                      os.getpid(), exc)
+            log.error("process %d: reading the config for its unpinned guests failed: %s", os.getpid(), exc)
             return
         sources.write_pins(self.pins, sources.fetched_unpinned)
 
