@@ -42,7 +42,7 @@ from .guest import Guest
 from .middleware import DEFAULT_MAX_BODY_SIZE, RELOADS, HttpWasmMiddleware
 from .proxy import ProxyApp, UpstreamTimeout
 from .routes import MATCH_KEYS, Route
-from .sources import RemoteSource, SourceError, file_sha256, resolve
+from .sources import RemoteSource, SourceError, cached_digest, file_sha256, resolve
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level",
             "metrics")
@@ -75,7 +75,7 @@ class GuestSpec:
     name: str
     path: Path  # for a url/oci source: the module's file in the cache
     options: dict[str, Any] = field(default_factory=dict)
-    source: str = ""  # "url: ..." or "oci: ..." when fetched
+    source: str = ""  # "url: ..." or "oci: ..." when fetched (as `sources.pins_key` names it)
 
 
 @dataclass
@@ -113,6 +113,11 @@ class ChainConfig:
             raise ConfigError(self.file, f"guests[{index}].path",
                               f"{exc}; fix: use an http-wasm guest built for this host (see `http-wasm-asgi "
                               f"inspect {spec.path}`) and give it the config it expects") from None
+
+    def source_pins(self) -> dict[str, str]:
+        """The digest of each url/oci guest's module as loaded, by source: what `serve --workers` hands its
+        workers, so they all run these modules (an unpinned tag may move meanwhile)."""
+        return {spec.source: cached_digest(spec.path) for spec in self.guests if spec.source}
 
     def load_guests(self) -> list[Guest]:
         """Every guest, in order; on a failure the ones already loaded are closed."""

@@ -228,7 +228,7 @@ def serve(options: ServeOptions, config: ChainConfig | None = None) -> int:
     if options.workers == 1:
         return _serve_one(options, config, middleware)
     middleware.close()  # each worker loads its own (from the compile cache this load filled)
-    return _serve_workers(options)
+    return _serve_workers(options, config)
 
 
 def _serve_one(options: ServeOptions, config: ChainConfig, middleware: HttpWasmMiddleware) -> int:
@@ -270,13 +270,13 @@ def worker_app() -> ServedChain:
     return ServedChain(config, middleware, options, Path(folder) if folder else None)
 
 
-def _serve_workers(options: ServeOptions) -> int:
+def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="http-wasm-asgi-metrics-") as folder:
         os.environ[_ENV_OPTIONS] = json.dumps(dataclasses.asdict(options))
         os.environ[_ENV_METRICS_DIR] = folder if options.metrics_port is not None else ""
-        pins = Path(folder) / "sources" / "pins.json"  # unpinned sources: the modules this process fetched
+        pins = Path(folder) / "sources" / "pins.json"  # url/oci guests: the modules this process loaded
         sources.follow_pins = False
-        sources.write_pins(pins, sources.fetched_unpinned)
+        sources.write_pins(pins, loaded.source_pins())
         os.environ[sources.PINS_ENV] = str(pins)
         config = uvicorn.Config("http_wasm_asgi.serving:worker_app", factory=True, host=options.host,
                                 port=options.port, workers=options.workers, log_level=options.log_level,
@@ -341,17 +341,15 @@ class _Supervisor(Multiprocess):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGHUP)
 
-
     def _refetch_unpinned(self) -> None:
         """Fetch the config's unpinned sources (it may name new ones) once for every worker, before they
         reload. On a failure the pins stay: each worker's reload then fails too and keeps its chain."""
-        sources.fetched_unpinned.clear()
         try:
-            load_config(self.options.config)
+            config = load_config(self.options.config)
         except ConfigError as exc:
             log.error("process %d: reading the config for its unpinned guests failed: %s", os.getpid(), exc)
             return
-        sources.write_pins(self.pins, sources.fetched_unpinned)
+        sources.write_pins(self.pins, config.source_pins())
 
 
 class _QuietServer(uvicorn.Server):

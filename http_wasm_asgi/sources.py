@@ -28,9 +28,8 @@ from urllib.parse import urlsplit
 from . import oci
 from .runtime import default_cache_dir
 
-PINS_ENV = "HTTP_WASM_ASGI_SOURCE_PINS"  # a JSON file {"url:..." or "oci:...": sha256} that unpinned sources follow
+PINS_ENV = "HTTP_WASM_ASGI_SOURCE_PINS"  # a JSON file {"url: ..." or "oci: ...": sha256} unpinned sources follow
 
-fetched_unpinned: dict[str, str] = {}  # what the last loads fetched for unpinned sources: pins_key -> sha256
 follow_pins = True  # False in the process that writes the pins file (it fetches for itself)
 
 
@@ -96,7 +95,13 @@ def fetch(*, url: str | None = None, oci: str | None = None, sha256: str | None 
 
 
 def pins_key(source: RemoteSource) -> str:
-    return f"{source.kind}:{source.location}"
+    """How the pins file (and a loaded config's guest) names a source: "url: https://..." or "oci: ..."."""
+    return f"{source.kind}: {source.location}"
+
+
+def cached_digest(path: Path) -> str:
+    """The sha256 of a module `resolve` returned: the cache names its files by it."""
+    return path.stem
 
 
 def write_pins(path: Path, pins: dict[str, str]) -> None:
@@ -120,8 +125,7 @@ def _followed_pin(source: RemoteSource) -> str | None:
 def resolve(source: RemoteSource, cache: Path | None = None) -> Path:
     """The cached file of a source's module: from the cache when pinned and present, else fetched."""
     cache = cache or sources_dir()
-    unpinned_key = None if source.pinned else pins_key(source)
-    followed = None if unpinned_key is None else _followed_pin(source)
+    followed = None if source.pinned else _followed_pin(source)
     if followed is not None:  # the module the serve process fetched: this one or none
         source = dataclasses.replace(source, sha256=followed)
     cached = _cached(source, cache)
@@ -139,8 +143,6 @@ def resolve(source: RemoteSource, cache: Path | None = None) -> Path:
                           f"{source.sha256}, got sha256:{actual}; refused. fix: if the new module is the one "
                           "you want, pin its digest")
     path = _store(cache / "sha256" / f"{actual}.wasm", wasm)
-    if unpinned_key is not None and followed is None:
-        fetched_unpinned[unpinned_key] = actual
     if manifest is not None and source.kind == "oci" and source.reference.digest is not None:
         _store(cache / "oci" / manifest.removeprefix("sha256:"), actual.encode())
     return path
