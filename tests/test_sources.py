@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import sys
 import tarfile
@@ -33,6 +32,7 @@ import httpx
 import pytest
 import trustme
 from conftest import ROOT
+from ops import hup, wait_until
 from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, load_config
@@ -77,6 +77,19 @@ class Files(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
+def running(server: ThreadingHTTPServer) -> Iterator[int]:
+    """`server` serving on a thread until the block ends; yields its port."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def https_server(ca: trustme.CA, files: dict[str, bytes]) -> Iterator[str]:
     """A real HTTPS server on 127.0.0.1 (certificate from the test CA) serving `files`."""
     handler = type("Handler", (Files,), {"files": files})
@@ -84,14 +97,8 @@ def https_server(ca: trustme.CA, files: dict[str, bytes]) -> Iterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with running(server) as port:
+        yield f"https://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
@@ -312,27 +319,20 @@ def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Pat
     """serve --workers 2 fetches an unpinned source once and every worker runs that module, though the
     source serves another one to the next fetch; a SIGHUP fetches once more, then every worker reloads."""
     handler = type("Handler", (Moving,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": []})
-    source = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=source.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{source.server_address[1]}/moving.wasm"
-    config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
-    port = free_port()
-    args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
-    try:
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as source_port:
+        url = f"http://127.0.0.1:{source_port}/moving.wasm"
+        config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
+        port = free_port()
+        args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
         with serving(args, port, cwd=tmp_path, env={"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}) as server:
             first = [httpx.get(server.url + "/", timeout=10) for _ in range(30)]  # a new connection each
             assert [(r.status_code, r.headers.get("x-v")) for r in first] == [(200, "one")] * 30  # the tagger
             assert handler.served == ["/moving.wasm"]  # fetched once, by the serve process
-            os.kill(server.proc.pid, signal.SIGHUP)
-            deadline = time.monotonic() + 20
-            while {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} != {401}:
-                assert time.monotonic() < deadline, server.output()[-2000:]
-                time.sleep(0.2)
+            hup(server.proc.pid)
+            wait_until(lambda: {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} == {401},
+                       20, "every worker on the module fetched at SIGHUP")
             assert {httpx.get(server.url + "/", timeout=10).status_code for _ in range(30)} == {401}  # auth now
             assert handler.served == ["/moving.wasm"] * 2  # once more, for both workers
-    finally:
-        source.shutdown()
-        source.server_close()
 
 
 # --- oci: ---------------------------------------------------------------------------------------------
