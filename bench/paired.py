@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(root: Path, samples: int) -> str:
-    """Child side: import http_wasm_asgi from `root`, time bare vs 1 and 3 WAT copy-header guests."""
+    """Child side: import http_wasm_asgi from `root`, time bare vs 1 and 3 WAT copy-header guests.
+
+    The app and the request are bench/run.py's section 1, written out here: run.py imports parts of the
+    package (devtools) that older checkouts do not have."""
     sys.path.insert(0, str(root))
     import asyncio
 
