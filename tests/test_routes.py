@@ -6,7 +6,6 @@ the README's examples as written, and `serve` end to end."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from attack import raw_http
 from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -343,14 +343,10 @@ def check_routes_example(url: str, port: int) -> None:
         assert not {"x-debug-chain", "x-site", "x-powered-by"} & set(plain.headers)
 
 
-def raw_get(port: int, target: str) -> int:
+def raw_get(url: str, target: str) -> int:
     """The status of `GET target` sent byte for byte (clients would remove the dot segments first)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    return int(reply.split(b" ", 2)[1])
+    request = f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode()
+    return int(raw_http(url, request, timeout=10).split(b" ", 2)[1])
 
 
 def test_serve_runs_the_routes_example() -> None:
@@ -358,8 +354,8 @@ def test_serve_runs_the_routes_example() -> None:
     with serving([COMMAND, "serve", "examples/routes.yaml", "--port", str(port)], port, ready_path="/healthz") as s:
         check_routes_example(s.url, port)
         for sneaky in ("/healthz/../api/whoami", "//api/whoami", "/api/./whoami", "/api/%2e%2e/api/whoami"):
-            assert raw_get(port, sneaky) == 401, sneaky  # the /api/ route's auth guest ran
-        assert raw_get(port, "/api/../healthz") == 200  # and /healthz's (no guests) for this one
+            assert raw_get(s.url, sneaky) == 401, sneaky  # the /api/ route's auth guest ran
+        assert raw_get(s.url, "/api/../healthz") == 200  # and /healthz's (no guests) for this one
         out = s.wait_for_output("guest.log: GET /api/whoami 200")
     assert "guest.log: GET /api/whoami 401" in out and "guest.log: HEAD" not in out
     assert "guest.log: GET / 200" in out  # the wildcard-host route logs too
