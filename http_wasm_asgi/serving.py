@@ -288,8 +288,7 @@ def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
             # delayed ACK, ~40 ms per keep-alive request (uvicorn issue #3149). Accepted sockets
             # inherit the option from the listener (Linux).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        supervisor = _Supervisor(config, sockets=[sock])
-        supervisor.options, supervisor.pins = options, pins
+        supervisor = _Supervisor(config, [sock], options, pins)
         with _worker_metrics(options, Path(folder), supervisor), _watching(options):
             supervisor.run()
     return 0
@@ -330,16 +329,29 @@ def _watching(options: ServeOptions) -> Iterator[None]:
 class _Supervisor(Multiprocess):
     """uvicorn's worker supervisor, but SIGHUP makes every worker reload its chain in place."""
 
-    options: ServeOptions
-    pins: Path
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], options: ServeOptions,
+                 pins: Path) -> None:
+        super().__init__(config, sockets=sockets)
+        self.options = options
+        self.pins = pins
+        self._reloading = threading.Lock()  # one reload at a time, in the order the signals came
 
     def handle_hup(self) -> None:
+        """On a thread: fetching the unpinned sources may take up to their timeout, and meanwhile this
+        process must go on restarting workers that die and answering SIGTERM."""
         log.info("process %d: SIGHUP: every worker reloads its chain", os.getpid())
-        self._refetch_unpinned()
-        for process in self.processes:
-            if process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGHUP)
+        threading.Thread(target=self._reload_workers, daemon=True, name="http-wasm-asgi-reload").start()
+
+    def _reload_workers(self) -> None:
+        with self._reloading:
+            try:
+                self._refetch_unpinned()
+            except Exception:  # the workers reload all the same, each following the pins it has
+                log.exception("process %d: fetching the unpinned guests for the reload failed", os.getpid())
+            for process in list(self.processes):
+                if process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
 
     def _refetch_unpinned(self) -> None:
         """Fetch the config's unpinned sources (it may name new ones) once for every worker, before they

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import sys
 import tarfile
@@ -333,6 +334,49 @@ def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Pat
                        20, "every worker on the module fetched at SIGHUP")
             assert {httpx.get(server.url + "/", timeout=10).status_code for _ in range(30)} == {401}  # auth now
             assert handler.served == ["/moving.wasm"] * 2  # once more, for both workers
+
+
+class Stalling(Moving):
+    """Like Moving, but every fetch after the first waits until `release` is set: a source that hangs."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    arrived: ClassVar[list[str]] = []  # every fetch, counted as it comes in (`served` counts answered ones)
+
+    def do_GET(self) -> None:
+        self.arrived.append(self.path)
+        if len(self.arrived) > 1:
+            self.release.wait(60)
+        super().do_GET()
+
+
+def test_a_hanging_source_at_sighup_does_not_hold_up_the_serve_process(tmp_path: Path, cache: Path) -> None:
+    """The serve process fetches at SIGHUP on a thread: while the source hangs, the workers serve the old
+    module and SIGTERM still ends everything at once (before, the supervisor waited for the fetch, up to its
+    30 s timeout, before it even read the signal); once the source answers, every worker reloads."""
+    handler = type("Handler", (Stalling,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": [],
+                                            "arrived": [], "release": threading.Event()})
+    with running(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as source_port:
+        url = f"http://127.0.0.1:{source_port}/moving.wasm"
+        config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
+        port = free_port()
+        args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
+        env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
+        with serving(args, port, cwd=tmp_path, env=env) as server:
+            hup(server.proc.pid)
+            wait_until(lambda: len(handler.arrived) == 2, 20, "the fetch at SIGHUP reached the source")
+            assert {httpx.get(server.url + "/", timeout=10).headers.get("x-v") for _ in range(10)} == {"one"}
+            handler.release.set()  # the source answers: every worker reloads onto what it served
+            wait_until(lambda: {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} == {401},
+                       20, "every worker on the module fetched at SIGHUP")
+        with serving(args, port, cwd=tmp_path, env=env) as server:  # fetched at start: the source answers
+            handler.release.clear()
+            hup(server.proc.pid)
+            wait_until(lambda: len(handler.arrived) == 4, 20, "the second fetch at SIGHUP reached the source")
+            os.kill(server.proc.pid, signal.SIGTERM)
+            took = wait_until(lambda: server.proc.poll() is not None, 20, "serve ended after SIGTERM")
+            assert server.proc.returncode == 0, server.output()
+            assert took < 10, f"SIGTERM took {took:.1f} s while a fetch hung"
+        handler.release.set()
 
 
 # --- oci: ---------------------------------------------------------------------------------------------
