@@ -178,6 +178,23 @@ def slow(seconds: float) -> Any:
     return app
 
 
+def together(count: int) -> Any:
+    """The echo app once `count` requests are in it at the same time (each holds its instances meanwhile):
+    a burst that needs `count` instances however slowly the machine starts the requests (a fixed wait
+    may let the first request end, and give its instance to a later one, on a stalled machine)."""
+    arrived = 0
+    everyone = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == count:
+            everyone.set()
+        await asyncio.wait_for(everyone.wait(), 10)
+        await echo_app(scope, receive, send)
+    return app
+
+
 async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -203,7 +220,7 @@ async def test_instances_without_a_snapshot_are_created_off_the_event_loop() -> 
 async def test_idle_instances_are_closed_after_a_burst() -> None:
     guest = Guest(ZIG / "auth.wasm", config=b"t", idle_timeout=0.2)
 
-    app = HttpWasmMiddleware(slow(0.05), guests=[guest])
+    app = HttpWasmMiddleware(together(8), guests=[guest])
     token = {"authorization": "Bearer t"}
     assert [r.status_code for r in await asyncio.gather(*(get(app, headers=token) for _ in range(8)))] == [200] * 8
     assert guest.pool.size == 8
@@ -214,7 +231,7 @@ async def test_idle_instances_are_closed_after_a_burst() -> None:
 async def test_max_idle_keeps_only_that_many_idle() -> None:
     guest = Guest(ZIG / "auth.wasm", config=b"t", max_idle=2)
 
-    app = HttpWasmMiddleware(slow(0.05), guests=[guest])
+    app = HttpWasmMiddleware(together(6), guests=[guest])
     await asyncio.gather(*(get(app, headers={"authorization": "Bearer t"}) for _ in range(6)))
     assert guest.pool.idle == 2 and guest.pool.size == 2
 
