@@ -249,8 +249,11 @@ def test_sigterm_lets_requests_in_flight_finish_then_closes_every_pool(tmp_path:
     with serving([COMMAND, "serve", str(config), "--port", str(port), "--metrics-port", str(metrics_port)], port,
                  cwd=tmp_path) as server, ThreadPoolExecutor(1) as pool:
         assert httpx.get(metrics + "/readyz", timeout=5).status_code == 200
-        slow = pool.submit(httpx.get, server.url + "/slow?s=2", headers=AUTH, timeout=10)
-        time.sleep(0.5)
+        slow = pool.submit(httpx.get, server.url + "/slow?s=3", headers=AUTH, timeout=10)
+        # SIGTERM once the request is in flight (its guests hold their instances while the app sleeps), not
+        # after a fixed wait: a loaded machine may not have delivered it yet, and the server would refuse it
+        wait_until(lambda: total(scrape(metrics), "http_wasm_pool_instances", state="in_use") >= 1, 10,
+                   "the slow request in flight")
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: httpx.get(metrics + "/readyz", timeout=5).status_code == 503, 1.5, "503 while draining")
         assert httpx.get(metrics + "/healthz", timeout=5).status_code == 200
