@@ -546,7 +546,12 @@ def test_no_pooled_connection_in_time_gives_503(upstream: Upstream) -> None:
         async def both() -> list[int]:
             async with httpx.AsyncClient(timeout=10) as client:
                 first = asyncio.create_task(client.get(front_url + "/hold"))
-                await asyncio.sleep(0.3)
+                # the second request once the upstream holds the first (the proxy's one connection is taken),
+                # not after a fixed wait a loaded machine may pass before the first got its connection
+                deadline = time.monotonic() + 10
+                while not upstream.requests and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                assert [seen["path"] for seen in upstream.requests] == ["/hold"]
                 second = await client.get(front_url + "/hold")
                 return [(await first).status_code, second.status_code]
 
