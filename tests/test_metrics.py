@@ -85,7 +85,12 @@ async def test_in_process_pool_gauges_and_timeouts(client: ClientFactory) -> Non
         first = asyncio.ensure_future(c.get("/"))
         await asyncio.sleep(0.1)
         second = asyncio.ensure_future(c.get("/"))
-        await asyncio.sleep(0.1)
+        # read the gauges while the second request waits (its 0.3 s pool_timeout from now), polled rather
+        # than after a fixed sleep that a stalled loop could stretch past that window
+        for _ in range(50):
+            if sample("http_wasm_pool_waiting", guest="count-pool") == 1:
+                break
+            await asyncio.sleep(0.002)
         assert sample("http_wasm_pool_instances", guest="count-pool", state="in_use") == 1
         assert sample("http_wasm_pool_waiting", guest="count-pool") == 1
         assert (await second).status_code == 503
