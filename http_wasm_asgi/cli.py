@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import re
-import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .abi import feature_names
 from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
 from .errors import GuestError
 from .routes import Route
+
+if TYPE_CHECKING:
+    from . import serving
 
 log = logging.getLogger("http_wasm_asgi")
 
@@ -98,73 +99,46 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import serving
 
-    if args.server == "hypercorn" or args.certfile or args.keyfile:
-        return _serve_on_hypercorn(args)
     config = load_config(args.config)
     level = (args.log_level or config.log_level).lower()
-    serving.setup_logging(level)
     host = args.host or config.host
-    return serving.serve(serving.ServeOptions(
+    options = serving.ServeOptions(
         config=os.path.abspath(args.config), upstream=args.upstream, host=host,
         port=args.port if args.port is not None else config.port, workers=args.workers or config.workers,
         log_level=level, shutdown_timeout=args.shutdown_timeout or config.shutdown_timeout,
         metrics_host=args.metrics_host or config.metrics_host or host,
         metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
-        reload=args.reload), config)
-
-
-def _serve_on_hypercorn(args: argparse.Namespace) -> int:
-    """`serve --server hypercorn`: the chain on Hypercorn, in one process; with --certfile/--keyfile over
-    TLS, where clients get HTTP/2 (and response trailers, which uvicorn cannot send) or HTTP/1.1 (ALPN)."""
-    from . import serving
-
-    config = load_config(args.config)
-    problem = _hypercorn_flags_problem(args)
-    try:
-        from hypercorn.asyncio import serve as hypercorn_serve
-        from hypercorn.config import Config as HypercornConfig
-    except ImportError:
-        problem = problem or "Hypercorn is not installed; fix: pip install 'http-wasm-asgi[servers]' (or hypercorn)"
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    level = (args.log_level or config.log_level).lower()
+        reload=args.reload)
+    if args.server == "hypercorn" or args.certfile or args.keyfile:
+        problem = _hypercorn_problem(args, options)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        serving.setup_logging(level)
+        return serving.serve_on_hypercorn(options, config, args.certfile, args.keyfile)
     serving.setup_logging(level)
-    _, middleware = serving.load_chain(os.path.abspath(args.config), args.upstream, config)
-    options = HypercornConfig()
-    options.bind = [f"{args.host or config.host}:{args.port if args.port is not None else config.port}"]
-    options.certfile, options.keyfile = args.certfile, args.keyfile
-    options.loglevel = "DEBUG" if level == "trace" else level.upper()
-    options.accesslog = "-" if level in ("info", "debug", "trace") else None
-    options.graceful_timeout = args.shutdown_timeout or config.shutdown_timeout
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await hypercorn_serve(middleware, options, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    try:
-        asyncio.run(run())
-    finally:
-        middleware.close()
-    return 0
+    return serving.serve(options, config)
 
 
-def _hypercorn_flags_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with serve's flags for Hypercorn (uvicorn-only flags, unpaired TLS files), if anything."""
+def _hypercorn_problem(args: argparse.Namespace, options: serving.ServeOptions) -> str | None:
+    """What keeps `serve` from running on Hypercorn (flags it cannot honour, unpaired or missing TLS files, no
+    Hypercorn installed), if anything."""
     if args.server != "hypercorn":
         return "--certfile/--keyfile: TLS needs --server hypercorn (uvicorn serves no HTTP/2)"
     if bool(args.certfile) != bool(args.keyfile):
         return "--server hypercorn: give both --certfile and --keyfile, or neither"
-    uvicorn_only = [flag for flag, value in (("--workers", args.workers and args.workers > 1),
-                                              ("--metrics-port", args.metrics_port is not None),
-                                              ("--reload", args.reload)) if value]
-    if uvicorn_only:
-        return (f"--server hypercorn: {', '.join(uvicorn_only)} need the default server, uvicorn; "
-                "fix: leave them out, or run hypercorn yourself (README, 'ASGI servers')")
+    if options.workers > 1:
+        return (f"--server hypercorn: {options.workers} workers need the default server, uvicorn (Hypercorn runs "
+                "in one process here); fix: leave out --workers (and the config's server.workers), or run "
+                "hypercorn yourself (README, 'ASGI servers')")
     missing = [path for path in (args.certfile, args.keyfile) if path and not os.path.isfile(path)]
-    return f"--server hypercorn: file {missing[0]!r} not found" if missing else None
+    if missing:
+        return f"--server hypercorn: file {missing[0]!r} not found"
+    try:
+        import hypercorn  # noqa: F401
+    except ImportError:
+        return "Hypercorn is not installed; fix: pip install 'http-wasm-asgi[servers]' (or hypercorn)"
+    return None
 
 
 def _add_server_choice(serve: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +243,56 @@ def _serve_one(options: ServeOptions, config: ChainConfig, middleware: HttpWasmM
 
 
 async def _run_one(server: uvicorn.Server, served: ServedChain, options: ServeOptions) -> None:
+    async with _beside_the_server(served, options, lambda: server.started and not server.should_exit):
+        await server.serve()
+
+
+def serve_on_hypercorn(options: ServeOptions, config: ChainConfig, certfile: str | None = None,
+                       keyfile: str | None = None) -> int:
+    """`serve --server hypercorn`: the chain on Hypercorn in this one process (over TLS: HTTP/2 and
+    HTTP/1.1), with the metrics listener, SIGHUP, `--reload` and SIGTERM as on uvicorn."""
+    from hypercorn.config import Config as HypercornConfig
+
+    signal.signal(signal.SIGHUP, _early_hup)
+    config, middleware = load_chain(options.config, options.upstream, config)
+    served = ServedChain(config, middleware, options, None)
+    hypercorn = HypercornConfig()
+    hypercorn.bind = [f"{options.host}:{options.port}"]
+    hypercorn.certfile, hypercorn.keyfile = certfile, keyfile
+    hypercorn.loglevel = "DEBUG" if options.log_level == "trace" else options.log_level.upper()
+    hypercorn.accesslog = "-" if options.log_level in ("info", "debug", "trace") else None
+    hypercorn.graceful_timeout = options.shutdown_timeout
+    try:
+        asyncio.run(_run_on_hypercorn(served, hypercorn, options))
+    finally:
+        middleware.close()  # the lifespan's shutdown closed it, unless the server never got that far
+    return 0
+
+
+async def _run_on_hypercorn(served: ServedChain, hypercorn: Any, options: ServeOptions) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with _beside_the_server(served, options, lambda: not stop.is_set()):
+        await hypercorn_serve(served, hypercorn, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _beside_the_server(served: ServedChain, options: ServeOptions,
+                             serving: Callable[[], bool]) -> AsyncIterator[None]:
+    """What one serving process runs beside its ASGI server: the metrics listener (ready while the chain
+    is and `serving()`) and the `--reload` watcher."""
     listener = None
     if options.metrics_port is not None:
         from . import metrics
 
-        listener = _Listener(metrics.MetricsApp(metrics.registry(), lambda: served.ready and server.started
-                                                and not server.should_exit), options)
+        listener = _Listener(metrics.MetricsApp(metrics.registry(), lambda: served.ready and serving()), options)
         await listener.start()
     watcher = _Watcher(options.config) if options.reload else None
     try:
-        await server.serve()
+        yield
     finally:
         if watcher is not None:
             watcher.stop()

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +39,7 @@ from asgi_servers import (
     running,
     wait_for,
 )
+from ops import AUTH, hup, scrape, total, wait_until, write_config
 from procs import BIN, COMMAND, ROOT, free_port, run, serving
 from test_examples import check_example_chain
 
@@ -396,10 +400,50 @@ def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_f
     assert server.proc.returncode == 0, server.final_output
 
 
+def test_serve_on_hypercorn_has_metrics_reload_and_a_clean_sigterm(tmp_path: Path) -> None:
+    """`--server hypercorn` runs with the same operations as uvicorn: the metrics listener (/metrics,
+    /readyz), `--reload` (a changed config reloads through SIGHUP, as the watcher sends it), and SIGTERM
+    (/readyz 503 while draining, pools closed, status 0). Before, those flags were refused, and a SIGHUP
+    killed the process."""
+    config = write_config(tmp_path, 1)
+    port, metrics_port = free_port(), free_port()
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    args = [COMMAND, "serve", str(config), "--server", "hypercorn", "--port", str(port),
+            "--metrics-port", str(metrics_port), "--reload"]
+    with serving(args, port, cwd=tmp_path) as server:
+        assert httpx.get(server.url + "/", timeout=10).status_code == 401
+        first = httpx.get(server.url + "/", headers=AUTH, timeout=10)
+        assert first.status_code == 200 and first.headers["x-version"] == "1"
+        assert httpx.get(metrics + "/readyz", timeout=5).status_code == 200
+        samples = scrape(metrics)
+        # three requests so far (serving()'s readiness probe and the first above were refused), one let in
+        assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") == 3
+        assert total(samples, "http_wasm_guest_short_circuits_total", guest="auth") == 2
+        assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_response") == 1
+        write_config(tmp_path, 2)  # --reload sees it and sends this process SIGHUP
+        wait_until(lambda: httpx.get(server.url + "/", headers=AUTH, timeout=10).headers["x-version"] == "2", 20,
+                   "the changed config served")
+        hup(server.proc.pid)  # an operator's SIGHUP reloads too, and does not end the process
+        server.wait_for_output("chain reloaded", count=2)
+        assert httpx.get(server.url + "/", headers=AUTH, timeout=10).headers["x-version"] == "2"
+        assert total(scrape(metrics), "http_wasm_reloads_total", result="ok") == 2
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.get, server.url + "/slow?s=2", headers=AUTH, timeout=10)
+            wait_until(lambda: total(scrape(metrics), "http_wasm_pool_instances", state="in_use") >= 1, 10,
+                       "the slow request in flight")
+            server.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: httpx.get(metrics + "/readyz", timeout=5).status_code == 503, 5,
+                       "503 while draining")
+            assert slow.result().status_code == 200  # the request in flight finished
+        wait_until(lambda: server.proc.poll() is not None, 15, "serve ended after SIGTERM")
+    assert server.proc.returncode == 0, server.final_output
+    assert "chain closed (2 guests)" in server.final_output
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--certfile", "c.pem", "--keyfile", "k.pem"], "--certfile/--keyfile: TLS needs --server hypercorn"),
     (["--server", "hypercorn", "--certfile", "README.md"], "give both --certfile and --keyfile, or neither"),
-    (["--server", "hypercorn", "--workers", "2"], "--workers need the default server, uvicorn"),
+    (["--server", "hypercorn", "--workers", "2"], "2 workers need the default server, uvicorn"),
     (["--server", "hypercorn", "--certfile", "nope.pem", "--keyfile", "README.md"], "file 'nope.pem' not found"),
 ])
 def test_serve_on_hypercorn_refuses_what_it_cannot_do(flags: list[str], message: str) -> None:
