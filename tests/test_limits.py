@@ -92,10 +92,13 @@ def _spin_probe(threaded: bool) -> dict[str, float]:
     return got
 
 
-def test_a_spinning_guest_blocks_the_event_loop_no_longer_than_its_cpu_limit() -> None:
-    """Default (calls on the event loop): other requests wait at most the spinning call's limit."""
+def test_a_spinning_guest_on_the_event_loop_does_not_hold_up_other_requests() -> None:
+    """Default (cooperative calls on the event loop): the spinning call yields every slice, so a healthy
+    request is answered long before the spinner's 1 s CPU limit ends it (before issue 13 it waited for the
+    whole limit), as fast as with a threaded guest."""
     got = _spin_probe(threaded=False)
-    assert got["healthy_seconds"] < 1.0 + 0.3, "a healthy request waited longer than the guest's CPU limit"
+    assert got["healthy_seconds"] < 0.25, f"a healthy request waited {got['healthy_seconds']:.2f} s for another " \
+                                          "request's spinning guest"
 
 
 def test_threaded_guest_leaves_the_event_loop_free_while_it_spins() -> None:
