@@ -12,6 +12,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -207,12 +208,20 @@ async def test_instances_without_a_snapshot_are_created_off_the_event_loop() -> 
     guest = Guest(HEAVY, snapshot=False, max_instances=4)
 
     app = HttpWasmMiddleware(slow(0.05), guests=[guest])
+    create, threads = guest.pool._create, []
+
+    def recorded() -> Any:  # where each new instance is made: the pool's creator, watched
+        threads.append(threading.current_thread())
+        return create()
+
+    guest.pool._create = recorded
     stop, lags = asyncio.Event(), []
     tick = asyncio.create_task(ticker(stop, lags))
     responses = await asyncio.gather(*(get(app) for _ in range(4)))
     stop.set()
     await tick
     assert [r.status_code for r in responses] == [200] * 4 and guest.pool.size == 4  # three new ones
+    assert len(threads) == 3 and threading.main_thread() not in threads, [t.name for t in threads]
     # on the loop, the three inits would hold it for ~0.75 s in a row
     assert max(lags) < 0.4, f"the loop stalled {max(lags) * 1000:.0f} ms (an init takes ~250 ms)"
 
