@@ -108,30 +108,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=level, shutdown_timeout=args.shutdown_timeout or config.shutdown_timeout,
         metrics_host=args.metrics_host or config.metrics_host or host,
         metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
-        reload=args.reload)
-    if args.server == "hypercorn" or args.certfile or args.keyfile:
-        problem = _hypercorn_problem(args, options)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        serving.setup_logging(level)
-        return serving.serve_on_hypercorn(options, config, args.certfile, args.keyfile)
+        reload=args.reload, server=args.server, certfile=args.certfile, keyfile=args.keyfile)
+    problem = _server_problem(options)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     serving.setup_logging(level)
     return serving.serve(options, config)
 
 
-def _hypercorn_problem(args: argparse.Namespace, options: serving.ServeOptions) -> str | None:
-    """What keeps `serve` from running on Hypercorn (flags it cannot honour, unpaired or missing TLS files, no
-    Hypercorn installed), if anything."""
-    if args.server != "hypercorn":
-        return "--certfile/--keyfile: TLS needs --server hypercorn (uvicorn serves no HTTP/2)"
-    if bool(args.certfile) != bool(args.keyfile):
+def _server_problem(options: serving.ServeOptions) -> str | None:
+    """What keeps `serve` from running on the server asked for (TLS files for uvicorn; on Hypercorn, flags it
+    cannot honour, unpaired or missing TLS files, Hypercorn not installed), if anything."""
+    if options.server != "hypercorn":
+        if options.certfile or options.keyfile:
+            return "--certfile/--keyfile: TLS needs --server hypercorn (uvicorn serves no HTTP/2)"
+        return None
+    if bool(options.certfile) != bool(options.keyfile):
         return "--server hypercorn: give both --certfile and --keyfile, or neither"
     if options.workers > 1:
         return (f"--server hypercorn: {options.workers} workers need the default server, uvicorn (Hypercorn runs "
                 "in one process here); fix: leave out --workers (and the config's server.workers), or run "
                 "hypercorn yourself (README, 'ASGI servers')")
-    missing = [path for path in (args.certfile, args.keyfile) if path and not os.path.isfile(path)]
+    missing = [path for path in (options.certfile, options.keyfile) if path and not os.path.isfile(path)]
     if missing:
         return f"--server hypercorn: file {missing[0]!r} not found"
     try:

@@ -56,6 +56,9 @@ class ServeOptions:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     reload: bool = False
+    server: str = "uvicorn"  # or "hypercorn" (one process; with certfile and keyfile: TLS, HTTP/2)
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 def setup_logging(level: str) -> None:
@@ -225,6 +228,8 @@ def serve(options: ServeOptions, config: ChainConfig | None = None) -> int:
     """Load the chain (a bad guest or app fails here, before anything binds), then serve it."""
     signal.signal(signal.SIGHUP, _early_hup)
     config, middleware = load_chain(options.config, options.upstream, config)
+    if options.server == "hypercorn":
+        return _serve_on_hypercorn(options, config, middleware)
     if options.workers == 1:
         return _serve_one(options, config, middleware)
     middleware.close()  # each worker loads its own (from the compile cache this load filled)
@@ -247,18 +252,15 @@ async def _run_one(server: uvicorn.Server, served: ServedChain, options: ServeOp
         await server.serve()
 
 
-def serve_on_hypercorn(options: ServeOptions, config: ChainConfig, certfile: str | None = None,
-                       keyfile: str | None = None) -> int:
+def _serve_on_hypercorn(options: ServeOptions, config: ChainConfig, middleware: HttpWasmMiddleware) -> int:
     """`serve --server hypercorn`: the chain on Hypercorn in this one process (over TLS: HTTP/2 and
     HTTP/1.1), with the metrics listener, SIGHUP, `--reload` and SIGTERM as on uvicorn."""
     from hypercorn.config import Config as HypercornConfig
 
-    signal.signal(signal.SIGHUP, _early_hup)
-    config, middleware = load_chain(options.config, options.upstream, config)
     served = ServedChain(config, middleware, options, None)
     hypercorn = HypercornConfig()
     hypercorn.bind = [f"{options.host}:{options.port}"]
-    hypercorn.certfile, hypercorn.keyfile = certfile, keyfile
+    hypercorn.certfile, hypercorn.keyfile = options.certfile, options.keyfile
     hypercorn.loglevel = "DEBUG" if options.log_level == "trace" else options.log_level.upper()
     hypercorn.accesslog = "-" if options.log_level in ("info", "debug", "trace") else None
     hypercorn.graceful_timeout = options.shutdown_timeout
@@ -384,10 +386,7 @@ class _Supervisor(Multiprocess):
 
     def _reload_workers(self) -> None:
         with self._reloading:
-            try:
-                self._refetch_unpinned()
-            except Exception:  # the workers reload all the same, each following the pins it has
-                log.exception("process %d: fetching the unpinned guests for the reload failed", os.getpid())
+            self._refetch_unpinned()
             for process in list(self.processes):
                 if process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -395,13 +394,15 @@ class _Supervisor(Multiprocess):
 
     def _refetch_unpinned(self) -> None:
         """Fetch the config's unpinned sources (it may name new ones) once for every worker, before they
-        reload. On a failure the pins stay: each worker's reload then fails too and keeps its chain."""
+        reload. On a failure the pins stay as they were: a bad config fails each worker's reload too (it
+        keeps its chain), and a source that could not be fetched leaves the workers on the module they
+        follow."""
         try:
-            config = load_config(self.options.config)
+            sources.write_pins(self.pins, load_config(self.options.config).source_pins())
         except ConfigError as exc:
             log.error("process %d: reading the config for its unpinned guests failed: %s", os.getpid(), exc)
-            return
-        sources.write_pins(self.pins, config.source_pins())
+        except Exception:  # e.g. the pins file cannot be written: never the end of the reload thread
+            log.exception("process %d: fetching the unpinned guests for the reload failed", os.getpid())
 
 
 class _QuietServer(uvicorn.Server):
