@@ -316,24 +316,33 @@ class Moving(BaseHTTPRequestHandler):
         pass
 
 
-def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Path, cache: Path) -> None:
-    """serve --workers 2 fetches an unpinned source once and every worker runs that module, though the
-    source serves another one to the next fetch; a SIGHUP fetches once more, then every worker reloads."""
-    handler = type("Handler", (Moving,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": []})
+@contextlib.contextmanager
+def moving_source(tmp_path: Path, kind: type[Moving], **attrs: Any) -> Iterator[tuple[Any, list[str], int]]:
+    """A loopback source of `kind` that serves the tagger first and the auth guest after, and the
+    `serve --workers 2` command (and its port) of a config naming it unpinned: (handler, command, port)."""
+    handler: Any = type("Handler", (kind,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": [],
+                                             **attrs})
     with running(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as source_port:
         url = f"http://127.0.0.1:{source_port}/moving.wasm"
         config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
         port = free_port()
-        args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
-        with serving(args, port, cwd=tmp_path, env={"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}) as server:
-            first = [httpx.get(server.url + "/", timeout=10) for _ in range(30)]  # a new connection each
-            assert [(r.status_code, r.headers.get("x-v")) for r in first] == [(200, "one")] * 30  # the tagger
-            assert handler.served == ["/moving.wasm"]  # fetched once, by the serve process
-            hup(server.proc.pid)
-            wait_until(lambda: {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} == {401},
-                       20, "every worker on the module fetched at SIGHUP")
-            assert {httpx.get(server.url + "/", timeout=10).status_code for _ in range(30)} == {401}  # auth now
-            assert handler.served == ["/moving.wasm"] * 2  # once more, for both workers
+        yield handler, [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"], port
+
+
+def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Path, cache: Path) -> None:
+    """serve --workers 2 fetches an unpinned source once and every worker runs that module, though the
+    source serves another one to the next fetch; a SIGHUP fetches once more, then every worker reloads."""
+    env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
+    with moving_source(tmp_path, Moving) as (handler, args, port), serving(args, port, cwd=tmp_path,
+                                                                            env=env) as server:
+        first = [httpx.get(server.url + "/", timeout=10) for _ in range(30)]  # a new connection each
+        assert [(r.status_code, r.headers.get("x-v")) for r in first] == [(200, "one")] * 30  # the tagger
+        assert handler.served == ["/moving.wasm"]  # fetched once, by the serve process
+        hup(server.proc.pid)
+        wait_until(lambda: {httpx.get(server.url + "/", timeout=10).status_code for _ in range(10)} == {401},
+                   20, "every worker on the module fetched at SIGHUP")
+        assert {httpx.get(server.url + "/", timeout=10).status_code for _ in range(30)} == {401}  # auth now
+        assert handler.served == ["/moving.wasm"] * 2  # once more, for both workers
 
 
 class Stalling(Moving):
@@ -353,13 +362,7 @@ def test_a_hanging_source_at_sighup_does_not_hold_up_the_serve_process(tmp_path:
     """The serve process fetches at SIGHUP on a thread: while the source hangs, the workers serve the old
     module and SIGTERM still ends everything at once (before, the supervisor waited for the fetch, up to its
     30 s timeout, before it even read the signal); once the source answers, every worker reloads."""
-    handler = type("Handler", (Stalling,), {"bodies": [TAGGER.read_bytes(), AUTH.read_bytes()], "served": [],
-                                            "arrived": [], "release": threading.Event()})
-    with running(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as source_port:
-        url = f"http://127.0.0.1:{source_port}/moving.wasm"
-        config = write(tmp_path, f"  - {{url: '{url}', allow_unpinned: true, config: response x-v one}}\n")
-        port = free_port()
-        args = [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"]
+    with moving_source(tmp_path, Stalling, arrived=[], release=threading.Event()) as (handler, args, port):
         env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
         with serving(args, port, cwd=tmp_path, env=env) as server:
             hup(server.proc.pid)
@@ -372,7 +375,7 @@ def test_a_hanging_source_at_sighup_does_not_hold_up_the_serve_process(tmp_path:
             handler.release.clear()
             hup(server.proc.pid)
             wait_until(lambda: len(handler.arrived) == 4, 20, "the second fetch at SIGHUP reached the source")
-            os.kill(server.proc.pid, signal.SIGTERM)
+            server.proc.send_signal(signal.SIGTERM)
             took = wait_until(lambda: server.proc.poll() is not None, 20, "serve ended after SIGTERM")
             assert server.proc.returncode == 0, server.output()
             assert took < 10, f"SIGTERM took {took:.1f} s while a fetch hung"
