@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 6 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 7 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -86,10 +86,12 @@ typedef struct {
 } val_t;
 
 /* Slot offsets of the host's classes, from the slots they declare in NATIVE_SLOTS (configure_host). */
-static PyTypeObject *t_host, *t_exchange;
+static PyTypeObject *t_host, *t_exchange, *t_flow;
 static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features, o_host_request_read,
     o_host_request_written, o_host_response_read, o_host_response_written;
 static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
+static Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send, o_flow_sent,
+    o_flow_started;
 static PyObject *phase_init, *phase_request, *phase_response, *zero; /* the ints GuestHost.phase takes */
 static PyObject *merge_fallback; /* the Python reference of merge_response_headers (accelerated()) */
 static int native_ready;
@@ -959,16 +961,20 @@ static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
     return m->offset;
 }
 
+enum { OF_HOST, OF_EXCHANGE, OF_FLOW }; /* the classes whose slots the native code reads */
 typedef struct { int exchange; const char *name; Py_ssize_t *out; } slot_need;
 
-/* The slots the native code reads: the host's NATIVE_SLOTS must declare exactly these. */
+/* The slots the native code reads: each class's NATIVE_SLOTS must declare exactly these. */
 static slot_need needs[] = {
-    {0, "exchange", &o_host_exchange},       {0, "phase", &o_host_phase},
-    {0, "features", &o_host_features},       {0, "request_read", &o_host_request_read},
-    {0, "request_written", &o_host_request_written}, {0, "response_read", &o_host_response_read},
-    {0, "response_written", &o_host_response_written}, {0, "config", &o_host_config},
-    {1, "request_headers", &o_ex_request_headers}, {1, "response_headers", &o_ex_response_headers},
-    {1, "headers_changed", &o_ex_headers_changed}, {1, "status", &o_ex_status}, {1, "method", &o_ex_method},
+    {OF_HOST, "exchange", &o_host_exchange},       {OF_HOST, "phase", &o_host_phase},
+    {OF_HOST, "features", &o_host_features},       {OF_HOST, "request_read", &o_host_request_read},
+    {OF_HOST, "request_written", &o_host_request_written}, {OF_HOST, "response_read", &o_host_response_read},
+    {OF_HOST, "response_written", &o_host_response_written}, {OF_HOST, "config", &o_host_config},
+    {OF_EXCHANGE, "request_headers", &o_ex_request_headers}, {OF_EXCHANGE, "response_headers", &o_ex_response_headers},
+    {OF_EXCHANGE, "headers_changed", &o_ex_headers_changed}, {OF_EXCHANGE, "status", &o_ex_status}, {OF_EXCHANGE, "method", &o_ex_method},
+    {OF_FLOW, "buffered", &o_flow_buffered}, {OF_FLOW, "chain", &o_flow_chain}, {OF_FLOW, "exchange", &o_flow_exchange},
+    {OF_FLOW, "held", &o_flow_held}, {OF_FLOW, "pending", &o_flow_pending}, {OF_FLOW, "send", &o_flow_send},
+    {OF_FLOW, "sent", &o_flow_sent}, {OF_FLOW, "started", &o_flow_started},
 };
 #define NNEEDS ((Py_ssize_t)(sizeof needs / sizeof needs[0]))
 
@@ -1018,7 +1024,7 @@ static PyObject *configure_host(PyObject *self, PyObject *args) {
                           &values))
         return NULL;
     native_ready = 0;
-    if (learn_slots(h, hs, 0) < 0 || learn_slots(e, es, 1) < 0)
+    if (learn_slots(h, hs, OF_HOST) < 0 || learn_slots(e, es, OF_EXCHANGE) < 0)
         return NULL;
     byte_table(token_char, tokens);
     byte_table(value_char, values);
@@ -1271,6 +1277,316 @@ static PyObject *accelerated(PyObject *self, PyObject *reference) {
     return PyObject_GetAttrString(self, "merge_response_headers");
 }
 
+/* ---------------------------------------------------------------- the ASGI binding's per-request fast path */
+
+/* middleware._Flow's enter, leave and stream as C methods (flow_methods): the same steps as the Python
+ * reference methods, on the slots _Flow declares in NATIVE_SLOTS. Anything but the common case goes back to
+ * Python: enter and leave stop (leaving a call's outcome in `pending`), stream calls the reference. */
+static PyObject *guest_trap;      /* errors.GuestTrap: a call's outcome, not a failure of the fast path */
+static long buffer_response_bit;  /* abi.Feature.BUFFER_RESPONSE */
+static PyObject *stream_reference; /* the Python _Flow.stream */
+static PyObject *s_guests, *s_threaded, *s_reads_request_body, *s_request_body, *s_pool, *s_try_acquire, *s_release,
+    *s_context, *s_features, *s_core, *s_pass_on_request_body, *s_type, *s_status, *s_headers, *s_start, *s_body;
+
+/* getattr(obj, name) as a truth value: 1, 0, or -1 with an exception */
+static int attr_true(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* The running instance's Core (its `_core` slot), a new reference; NULL (no exception) for another kind. */
+static Core *core_of(PyObject *instance) {
+    PyObject *core = PyObject_GetAttr(instance, s_core);
+    if (core != NULL && !Py_IS_TYPE(core, &CoreType)) {
+        Py_DECREF(core);
+        return NULL;
+    }
+    PyErr_Clear();
+    return (Core *)core;
+}
+
+/* flow.pending = (guest, instance, outcome); outcome stolen. 0, or -1 with an exception. */
+static int set_pending(PyObject *flow, PyObject *guest, PyObject *instance, PyObject *outcome) {
+    PyObject *t = outcome ? PyTuple_Pack(3, guest, instance, outcome) : NULL;
+    Py_XDECREF(outcome);
+    if (t == NULL)
+        return -1;
+    Py_XSETREF(FIELD(flow, o_flow_pending), t);
+    return 0;
+}
+
+/* The exception of a call that failed, when it is a GuestTrap (its outcome); NULL, exception kept, otherwise. */
+static PyObject *take_guest_trap(void) {
+    if (!PyErr_ExceptionMatches(guest_trap))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* _Flow.hold: the guest said next; it keeps its instance (held) until its handle_response. */
+static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *core, PyObject *ctx_next) {
+    PyObject *host = core->host;
+    if (!Py_IS_TYPE(host, t_host)) {
+        PyErr_SetString(PyExc_TypeError, "enter: the instance's host is not a GuestHost");
+        return -1;
+    }
+    int read = PyObject_IsTrue(FIELD(host, o_host_request_read));
+    if (read < 0 || (read && call_host(host, "pass_on_request_body") < 0))
+        return -1;
+    PyObject *req_ctx = PyLong_FromUnsignedLongLong(PyLong_AsUnsignedLongLongMask(ctx_next) >> 32);
+    PyObject *entry = req_ctx ? PyTuple_Pack(4, guest, instance, host, req_ctx) : NULL;
+    Py_XDECREF(req_ctx);
+    if (entry == NULL || PyList_Append(FIELD(flow, o_flow_held), entry) < 0) {
+        Py_XDECREF(entry);
+        return -1;
+    }
+    Py_DECREF(entry);
+    long features = PyLong_AsLong(FIELD(host, o_host_features));
+    if (features == -1 && PyErr_Occurred())
+        return -1;
+    if (features & buffer_response_bit)
+        SET_FIELD(flow, o_flow_buffered, Py_True);
+    return 0;
+}
+
+/* One guest's handle_request on the fast path: 1 held, 0 stopped (before the guest, or with its outcome in
+ * pending), -1 error. */
+static int enter_guest(PyObject *flow, PyObject *guest, PyObject *exchange) {
+    int stop = attr_true(guest, s_threaded);
+    if (stop == 0 && (stop = attr_true(guest, s_reads_request_body)) == 1) {
+        PyObject *body = PyObject_GetAttr(exchange, s_request_body);
+        stop = body == NULL ? -1 : body == Py_None;
+        Py_XDECREF(body);
+    }
+    if (stop)
+        return stop < 0 ? -1 : 0;
+    PyObject *pool = PyObject_GetAttr(guest, s_pool);
+    PyObject *instance = pool ? PyObject_CallMethodNoArgs(pool, s_try_acquire) : NULL;
+    Py_XDECREF(pool);
+    if (instance == NULL || instance == Py_None) {
+        Py_XDECREF(instance);
+        return instance == NULL ? -1 : 0;
+    }
+    int rc = -1;
+    PyObject *context = PyObject_GetAttr(guest, s_context);
+    PyObject *features = context ? PyObject_GetAttr(context, s_features) : NULL;
+    Py_XDECREF(context);
+    Core *core = features ? core_of(instance) : NULL;
+    if (core == NULL) {
+        if (features != NULL)
+            PyErr_SetString(PyExc_TypeError, "enter: the instance has no accelerator Core");
+        goto out;
+    }
+    PyObject *args[2] = {exchange, features};
+    PyObject *outcome = request_call(core, args, 2, 1);
+    if (outcome == NULL) {
+        outcome = take_guest_trap();
+        rc = outcome == NULL ? -1 : set_pending(flow, guest, instance, outcome);
+    } else if (outcome == suspended || !(PyLong_AsUnsignedLongLongMask(outcome) & 1)) {
+        rc = set_pending(flow, guest, instance, outcome);
+    } else {
+        rc = flow_hold(flow, guest, instance, core, outcome) < 0 ? -1 : 1;
+        Py_DECREF(outcome);
+    }
+out:
+    Py_XDECREF((PyObject *)core);
+    Py_XDECREF(features);
+    Py_DECREF(instance);
+    return rc;
+}
+
+/* _Flow.enter() -> bool */
+static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
+    PyObject *exchange = FIELD(flow, o_flow_exchange), *held = FIELD(flow, o_flow_held);
+    if (exchange == NULL || held == NULL || !PyList_CheckExact(held)) {
+        PyErr_SetString(PyExc_TypeError, "enter: the flow has no exchange or held list");
+        return NULL;
+    }
+    PyObject *guests = PyObject_GetAttr(FIELD(flow, o_flow_chain), s_guests);
+    if (guests == NULL)
+        return NULL;
+    if (!PyTuple_CheckExact(guests)) {
+        Py_DECREF(guests);
+        PyErr_SetString(PyExc_TypeError, "enter: chain.guests is not a tuple");
+        return NULL;
+    }
+    int rc = 1;
+    while (rc == 1 && PyList_GET_SIZE(held) < PyTuple_GET_SIZE(guests))
+        rc = enter_guest(flow, PyTuple_GET_ITEM(guests, PyList_GET_SIZE(held)), exchange);
+    Py_DECREF(guests);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
+/* One held guest's handle_response on the fast path (entry popped already): 1 done and released, 0 its outcome
+ * in pending, -1 error. */
+static int leave_guest(PyObject *flow, PyObject *entry, PyObject *is_error) {
+    PyObject *guest = PyTuple_GET_ITEM(entry, 0), *instance = PyTuple_GET_ITEM(entry, 1);
+    Core *core = core_of(instance);
+    if (core == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "leave: the instance has no accelerator Core");
+        return -1;
+    }
+    PyObject *args[2] = {PyTuple_GET_ITEM(entry, 3), is_error};
+    PyObject *outcome = response_call(core, args, 2, 1);
+    Py_DECREF((PyObject *)core);
+    if (outcome == NULL) {
+        outcome = take_guest_trap();
+        return outcome == NULL ? -1 : set_pending(flow, guest, instance, outcome);
+    }
+    if (outcome != Py_None)
+        return set_pending(flow, guest, instance, outcome);
+    Py_DECREF(outcome);
+    PyObject *pool = PyObject_GetAttr(guest, s_pool);
+    PyObject *r = pool ? PyObject_CallMethodOneArg(pool, s_release, instance) : NULL;
+    Py_XDECREF(pool);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 1;
+}
+
+/* _Flow.leave(is_error) -> bool */
+static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
+    PyObject *held = FIELD(flow, o_flow_held);
+    if (held == NULL || !PyList_CheckExact(held)) {
+        PyErr_SetString(PyExc_TypeError, "leave: the flow has no held list");
+        return NULL;
+    }
+    int err = PyObject_IsTrue(is_error);
+    if (err < 0)
+        return NULL;
+    PyObject *as_bool = err ? Py_True : Py_False;
+    int rc = 1;
+    while (rc == 1 && PyList_GET_SIZE(held)) {
+        Py_ssize_t last = PyList_GET_SIZE(held) - 1;
+        PyObject *entry = PyList_GET_ITEM(held, last);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+            PyErr_SetString(PyExc_TypeError, "leave: a held entry is not (guest, instance, host, req_ctx)");
+            return NULL;
+        }
+        int threaded = attr_true(PyTuple_GET_ITEM(entry, 0), s_threaded);
+        if (threaded)
+            return threaded < 0 ? NULL : Py_NewRef(Py_False);
+        Py_INCREF(entry);
+        if (PyList_SetSlice(held, last, last + 1, NULL) < 0) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        rc = leave_guest(flow, entry, as_bool);
+        Py_DECREF(entry);
+    }
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
+static int is_kind(PyObject *kind, PyObject *name) {
+    return kind == name || (PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, name) == 0);
+}
+
+/* _Flow.stream(message) -> the server's send awaitable: start and body messages here, the rest by the reference */
+static PyObject *flow_stream(PyObject *flow, PyObject *message) {
+    PyObject *kind = PyDict_CheckExact(message) ? PyDict_GetItemWithError(message, s_type) : NULL;
+    PyObject *exchange = FIELD(flow, o_flow_exchange), *send = FIELD(flow, o_flow_send);
+    if (kind == NULL || exchange == NULL || send == NULL || !Py_IS_TYPE(exchange, t_exchange))
+        goto reference;
+    if (is_kind(kind, s_body))
+        return PyObject_CallOneArg(send, message);
+    if (!is_kind(kind, s_start))
+        goto reference;
+    PyObject *status = PyDict_GetItemWithError(message, s_status);
+    PyObject *headers = PyDict_GetItemWithError(message, s_headers);
+    if (status == NULL || PyErr_Occurred())
+        goto reference;
+    int has = headers == NULL ? 0 : PyObject_IsTrue(headers);
+    if (has < 0)
+        return NULL;
+    headers = has ? Py_NewRef(headers) : PyList_New(0);
+    if (headers == NULL)
+        return NULL;
+    PyObject *guest_headers = FIELD(exchange, o_ex_response_headers);
+    int set_by_guest = guest_headers == NULL ? 0 : PyObject_IsTrue(guest_headers);
+    Py_INCREF(message);
+    if (set_by_guest) { /* a copy of the message with the merged headers: the app's dict stays as it sent it */
+        PyObject *args[2] = {guest_headers, headers};
+        PyObject *merged = merge_response_headers(NULL, args, 2);
+        Py_SETREF(message, merged ? PyDict_Copy(message) : NULL);
+        if (message == NULL || PyDict_SetItem(message, s_headers, merged) < 0) {
+            Py_XDECREF(merged);
+            Py_XDECREF(message);
+            Py_DECREF(headers);
+            return NULL;
+        }
+        Py_SETREF(headers, merged);
+    } else if (set_by_guest < 0) {
+        Py_DECREF(message);
+        Py_DECREF(headers);
+        return NULL;
+    }
+    SET_FIELD(exchange, o_ex_status, status);
+    Py_XSETREF(FIELD(exchange, o_ex_response_headers), headers); /* read-only from here: no copy */
+    SET_FIELD(flow, o_flow_started, Py_True);
+    SET_FIELD(flow, o_flow_sent, Py_True);
+    PyObject *r = PyObject_CallOneArg(send, message);
+    Py_DECREF(message);
+    return r;
+reference:
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallFunctionObjArgs(stream_reference, flow, message, NULL);
+}
+
+static PyMethodDef flow_methods[] = {
+    {"enter", (PyCFunction)flow_enter, METH_NOARGS, "handle_request of the guests whose calls end at once in next."},
+    {"leave", (PyCFunction)flow_leave, METH_O, "handle_response of the held guests whose calls end at once."},
+    {"stream", (PyCFunction)flow_stream, METH_O, "Pass the app's response through, remembering what guests read."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* native_flow(_Flow, its NATIVE_SLOTS, GuestTrap, BUFFER_RESPONSE) -> {name: method descriptor} of the methods
+ * above, for the class to take in place of its Python ones (which stream still falls back to). */
+static PyObject *native_flow(PyObject *self, PyObject *args) {
+    PyTypeObject *cls;
+    PyObject *slots, *trap;
+    long bit;
+    if (!PyArg_ParseTuple(args, "O!O!Ol", &PyType_Type, &cls, &PyTuple_Type, &slots, &trap, &bit))
+        return NULL;
+    if (!native_ready) {
+        PyErr_SetString(PyExc_TypeError, "the host's classes are not configured (configure_host)");
+        return NULL;
+    }
+    if (!PyType_Check(trap) || !PyType_IsSubtype((PyTypeObject *)trap, (PyTypeObject *)PyExc_BaseException)) {
+        PyErr_SetString(PyExc_TypeError, "native_flow: the trap class is not an exception");
+        return NULL;
+    }
+    PyObject *reference = PyDict_GetItemString(cls->tp_dict, "stream"); /* borrowed */
+    if (reference == NULL || !PyFunction_Check(reference)) {
+        PyErr_SetString(PyExc_TypeError, "native_flow: the class has no Python stream method");
+        return NULL;
+    }
+    if (learn_slots(cls, slots, OF_FLOW) < 0)
+        return NULL;
+    Py_XSETREF(t_flow, (PyTypeObject *)Py_NewRef(cls));
+    Py_XSETREF(guest_trap, Py_NewRef(trap));
+    Py_XSETREF(stream_reference, Py_NewRef(reference));
+    buffer_response_bit = bit;
+    PyObject *out = PyDict_New();
+    for (PyMethodDef *m = flow_methods; out != NULL && m->ml_name != NULL; m++) {
+        PyObject *descr = PyDescr_NewMethod(cls, m);
+        if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(descr);
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------- configure, ticker */
 
 /* configure(call_async, instantiate_async, future_poll, future_delete, yield_update, set_deadline, trap_new,
@@ -1343,6 +1659,7 @@ static PyMethodDef methods[] = {
     {"merge_response_headers", (PyCFunction)(void (*)(void))merge_response_headers, METH_FASTCALL,
      "Guest-set response headers the app does not set, then the app's."},
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
+    {"native_flow", native_flow, METH_VARARGS, "The ASGI binding's per-request methods, for its _Flow class."},
     {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"quick_calls", quick_calls_count, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
     {"set_turn", set_turn, METH_VARARGS, "set_turn(turn, window, long): guest seconds per event-loop turn."},
@@ -1354,6 +1671,15 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     str_raise_trap = PyUnicode_InternFromString("_raise_trap");
+    PyObject **names[] = {&s_guests, &s_threaded, &s_reads_request_body, &s_request_body, &s_pool, &s_try_acquire,
+                          &s_release, &s_context, &s_features, &s_core, &s_pass_on_request_body, &s_type, &s_status,
+                          &s_headers, &s_start, &s_body};
+    const char *texts[] = {"guests", "threaded", "reads_request_body", "request_body", "pool", "try_acquire",
+                           "release", "context", "features", "_core", "pass_on_request_body", "type", "status",
+                           "headers", "http.response.start", "http.response.body"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL)
+            return NULL;
     suspended = PyLong_FromLong(-1);
     if (str_raise_trap == NULL || suspended == NULL || PyType_Ready(&CoreType) < 0)
         return NULL;

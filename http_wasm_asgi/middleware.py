@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import quote, unquote_to_bytes
 
 from .abi import HeaderKind, split_ctx_next
@@ -27,7 +27,7 @@ from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
 from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, GuestHost, merge_response_headers
 from .routes import Route, RouteTable
-from .runtime import SUSPENDED, WasmInstance, accelerated
+from .runtime import SUSPENDED, WasmInstance, accelerated, bind_native_flow
 
 merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
 
@@ -126,7 +126,7 @@ class HttpWasmMiddleware:
             flow = _Flow(route, scope, receive, send)
         chain.active += 1
         try:
-            if await flow.request_phase():
+            if flow.enter() or await flow.request_phase():
                 await flow.call_app()
                 if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
                     await flow.finish()
@@ -271,7 +271,9 @@ class _Flow:
     """One request through the chain: its `Exchange`, the guests holding an instance, the ASGI plumbing."""
 
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
-                 "held", "receive", "response_too_large", "scope", "send", "sent", "started")
+                 "held", "pending", "receive", "response_too_large", "scope", "send", "sent", "started")
+    # the slots the C accelerator's enter, leave and stream read and write (bind_native_flow, below the class)
+    NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "send", "sent", "started")
 
     def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
         self.chain = chain
@@ -280,6 +282,8 @@ class _Flow:
         self.send = send
         self.exchange = exchange_from_scope(scope, chain.max_body_size)
         self.held: list[Held] = []
+        # A guest call that enter() or leave() left to the async path: (guest, instance, its outcome).
+        self.pending: tuple[Guest, WasmInstance, Any] | None = None
         self.buffered = False  # a held guest enabled buffer_response: the app's response is collected
         self.started = False  # the app sent http.response.start (to us or through us)
         self.sent = False  # http.response.start went to the client
@@ -289,41 +293,91 @@ class _Flow:
         self.response_too_large = False
 
     # -- the way in --
-    async def request_phase(self) -> bool:
-        """handle_request of each guest in order; False when a guest answered (or failed) instead."""
+    def enter(self) -> bool:
+        """handle_request of the guests whose calls end at once in next, in order: True when all did.
+
+        The per-request fast path (the C accelerator has the same method). It stops before a guest
+        that needs more (its request body read, a worker thread, an instance to wait for), or after a
+        call that ended otherwise: that call's outcome (ctx_next, SUSPENDED or its GuestTrap) is left
+        in `pending` for request_phase, which goes on from there.
+        """
         exchange = self.exchange
-        for guest in self.chain.guests:
+        guests = self.chain.guests
+        held = self.held
+        while len(held) < len(guests):
+            guest = guests[len(held)]
+            if guest.threaded or (guest.reads_request_body and exchange.request_body is None):
+                return False
+            instance = guest.pool.try_acquire()
+            if instance is None:
+                return False
+            try:
+                ctx_next = instance.start_request(exchange, guest.context.features)
+            except GuestTrap as trap:
+                self.pending = (guest, instance, trap)
+                return False
+            if ctx_next == SUSPENDED or not split_ctx_next(ctx_next)[1]:
+                self.pending = (guest, instance, ctx_next)
+                return False
+            self.hold(guest, instance, ctx_next)
+        return True
+
+    async def request_phase(self) -> bool:
+        """handle_request of each guest `enter` left; False when a guest answered (or failed) instead."""
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if not await self.entered(*pending):
+                return False
+        exchange = self.exchange
+        for guest in self.chain.guests[len(self.held):]:
             if guest.reads_request_body and exchange.request_body is None:
                 await self.buffer_request_body()
             pool = guest.pool
             instance = pool.try_acquire() or await pool.acquire()
-            host = instance.host
+            outcome: int | GuestTrap
             try:  # host.begin, handle_request, host.after_next on next=1
                 if guest.threaded:
-                    ctx_next = await self.chain.threads.run(guest, instance, instance.request, exchange,
-                                                            guest.context.features)
+                    outcome = await self.chain.threads.run(guest, instance, instance.request, exchange,
+                                                           guest.context.features)
                 else:  # in slices: a guest that runs past its first ~1 ms lets other requests in
-                    ctx_next = instance.start_request(exchange, guest.context.features)
-                    if ctx_next == SUSPENDED:
-                        ctx_next = await _finish_call(guest, instance)
+                    outcome = instance.start_request(exchange, guest.context.features)
             except GuestTrap as trap:
-                self.drop_trapped(guest, instance, host, trap)
-                await self.unwind(is_error=True)
-                await self.respond_error(trap.status)
+                outcome = trap
+            if not await self.entered(guest, instance, outcome):
                 return False
-            req_ctx, next_ = split_ctx_next(ctx_next)
-            if not next_:  # this guest answered
-                host.end()
-                pool.release(instance)
-                await self.unwind(is_error=False)
-                await self.send_exchange(short_circuit=True)
-                return False
-            if host.request_read:
-                host.pass_on_request_body()
-            self.held.append((guest, instance, host, req_ctx))
-            if host.features & BUFFER_RESPONSE:
-                self.buffered = True
         return True
+
+    async def entered(self, guest: Guest, instance: WasmInstance, outcome: int | GuestTrap) -> bool:
+        """What a guest's handle_request call ended with: True when the guest is held for the way back,
+        False when it answered the request (or failed, and the request got its error)."""
+        if outcome == SUSPENDED:
+            try:
+                outcome = await _finish_call(guest, instance)
+            except GuestTrap as trap:
+                outcome = trap
+        if isinstance(outcome, GuestTrap):
+            self.drop_trapped(guest, instance, instance.host, outcome)
+            await self.unwind(is_error=True)
+            await self.respond_error(outcome.status)
+            return False
+        if not split_ctx_next(outcome)[1]:  # this guest answered
+            instance.host.end()
+            guest.pool.release(instance)
+            await self.unwind(is_error=False)
+            await self.send_exchange(short_circuit=True)
+            return False
+        self.hold(guest, instance, outcome)
+        return True
+
+    def hold(self, guest: Guest, instance: WasmInstance, ctx_next: int) -> None:
+        """A guest said next: it keeps its instance until its handle_response."""
+        host = instance.host
+        if host.request_read:
+            host.pass_on_request_body()
+        self.held.append((guest, instance, host, split_ctx_next(ctx_next)[0]))
+        if host.features & BUFFER_RESPONSE:
+            self.buffered = True
 
     async def buffer_request_body(self) -> None:
         """Read the request body (up to max_body_size) for a guest that may read it."""
@@ -361,7 +415,9 @@ class _Flow:
             self.response_too_large = True
         except Exception as exc:
             app_error = exc
-        await self.unwind(is_error=app_error is not None or self.response_too_large)
+        is_error = app_error is not None or self.response_too_large
+        if not self.leave(is_error):
+            await self.unwind(is_error=is_error)
         if app_error is not None:
             raise app_error
 
@@ -418,23 +474,56 @@ class _Flow:
             await self.send(message)  # e.g. http.response.early_hint: not ours to hold
 
     # -- the way back --
+    def leave(self, is_error: bool) -> bool:
+        """handle_response of the held guests whose calls end at once, innermost first; frees their
+        instances. True when no guest is left.
+
+        The per-request fast path (the C accelerator has the same method). It stops before a guest on
+        worker threads, or after a call that did not end at once (SUSPENDED) or trapped: that outcome
+        is left in `pending` for unwind, which goes on from there.
+        """
+        held = self.held
+        while held:
+            guest, instance, _, req_ctx = held[-1]
+            if guest.threaded:
+                return False
+            held.pop()
+            try:
+                outcome = instance.start_response(req_ctx, is_error)
+            except GuestTrap as trap:
+                self.pending = (guest, instance, trap)
+                return False
+            if outcome is not None:
+                self.pending = (guest, instance, outcome)
+                return False
+            guest.pool.release(instance)
+        return True
+
     async def unwind(self, *, is_error: bool) -> None:
         """handle_response of every held guest, innermost first; frees their instances.
 
         A guest that traps is dropped and makes is_error true for the guests before it; a
         response not yet sent becomes its error status.
         """
-        held = self.held
-        while held:
-            guest, instance, host, req_ctx = held.pop()
-            try:  # handle_response, host.end()
-                if guest.threaded:
-                    await self.chain.threads.run(guest, instance, instance.response, req_ctx, is_error)
-                elif instance.start_response(req_ctx, is_error) == SUSPENDED:
-                    await _finish_call(guest, instance)
-            except GuestTrap as trap:
-                self.drop_trapped(guest, instance, host, trap)
-                self.error_status = trap.status
+        while self.pending is not None or not self.leave(is_error):
+            outcome: int | GuestTrap | None
+            if self.pending is not None:
+                guest, instance, outcome = self.pending
+                self.pending = None
+            else:  # a guest whose calls run on worker threads
+                guest, instance, _, req_ctx = self.held.pop()
+                try:
+                    outcome = await self.chain.threads.run(guest, instance, instance.response, req_ctx, is_error)
+                except GuestTrap as trap:
+                    outcome = trap
+            if outcome == SUSPENDED:
+                try:
+                    outcome = await _finish_call(guest, instance)
+                except GuestTrap as trap:
+                    outcome = trap
+            if isinstance(outcome, GuestTrap):
+                self.drop_trapped(guest, instance, instance.host, outcome)
+                self.error_status = outcome.status
                 is_error = True
             else:
                 guest.pool.release(instance)
@@ -482,6 +571,11 @@ class _Flow:
         host.end()
         guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
+
+
+# The accelerator's enter, leave and stream take the place of these when it is built (tests compare them).
+PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "leave", "stream")}
+bind_native_flow(_Flow, GuestTrap, BUFFER_RESPONSE)
 
 
 def _framed(exchange: Exchange, status: int, *, short_circuit: bool,

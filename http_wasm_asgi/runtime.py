@@ -76,7 +76,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 6  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 7  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
@@ -579,6 +579,26 @@ def bind_native_host(host_class: type, exchange_class: type, phases: Sequence[in
     except (TypeError, AttributeError) as exc:  # the classes changed shape: the Python host functions do it all
         log.warning("native host functions disabled: %s", exc)
         NATIVE_HOST_FUNCTIONS = frozenset()
+
+
+def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_response: int) -> None:
+    """Give the ASGI binding's per-request class the accelerator's `enter`, `leave` and `stream`.
+
+    `flow_class` declares the slots they read and write in `NATIVE_SLOTS`; `trap_class` is the
+    exception a guest call's trap raises (an outcome the methods hand back, not a failure);
+    `buffer_response` the feature bit that makes a guest's response buffered. Without the
+    accelerator, or when the class changed shape, its Python methods stay.
+    """
+    if _fastpath is None or not NATIVE_HOST_FUNCTIONS:
+        return
+    try:
+        methods = _fastpath.native_flow(flow_class, tuple(flow_class.NATIVE_SLOTS),  # type: ignore[attr-defined]
+                                        trap_class, buffer_response)
+    except (TypeError, AttributeError) as exc:
+        log.warning("native request flow disabled: %s", exc)
+        return
+    for name, method in methods.items():
+        setattr(flow_class, name, method)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -14,7 +14,7 @@ from driver import BUF, EMIT_RESULTS, REQUEST, RESPONSE, RETURN, Program
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware, host, runtime
+from http_wasm_asgi import Guest, HttpWasmMiddleware, host, middleware, runtime
 from http_wasm_asgi.testing import echo_app
 
 
@@ -61,6 +61,8 @@ def test_native_host_functions_and_helpers_are_in_use() -> None:
     assert {"get_header_values", "set_header_value", "add_header_value", "remove_header", "get_status_code",
             "get_config", "get_method"} <= runtime.NATIVE_HOST_FUNCTIONS
     assert runtime.accelerated(host.merge_response_headers) is not host.merge_response_headers
+    for name in ("enter", "leave", "stream"):  # the ASGI binding's per-request fast path
+        assert type(getattr(middleware._Flow, name)).__name__ == "method_descriptor", name
 
 
 MERGE_CASES = [
@@ -82,6 +84,50 @@ def test_native_merge_matches_the_reference() -> None:
         got = runtime.accelerated(host.merge_response_headers)(guest_headers, app_headers)  # type: ignore[arg-type]
         assert got == expected, (guest_headers, app_headers)
         assert got is not app_headers
+
+
+STREAM_CASES = [
+    ([], {"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]}),
+    ([(b"x-id", b"1")], {"type": "http.response.start", "status": 200, "headers": [(b"X-ID", b"app")]}),
+    ([(b"x-id", b"1")], {"type": "http.response.start", "status": 204}),  # no headers key
+    ([(b"x-a", b"1")], {"type": "http.response.start", "status": 200, "headers": ()}),
+    ([], {"type": "http.response.body", "body": b"hi", "more_body": True}),
+    ([], {"type": "http.response.trailers", "headers": [(b"x-t", b"1")], "more_trailers": False}),
+    ([], {"type": "http.response.early_hint", "links": []}),
+    ([(b"x-a", b"1")], {"type": "http.response.start"}),  # no status: the same KeyError from both
+]
+
+
+def test_native_stream_matches_the_reference() -> None:
+    """The accelerator's _Flow.stream against the Python one: what the server gets, what the guests see."""
+    if not runtime.FAST_PATH:
+        return
+    reference = middleware.PYTHON_FLOW_METHODS["stream"]
+
+    async def never() -> dict[str, object]:
+        raise AssertionError("stream does not receive")
+    for guest_headers, message in STREAM_CASES:
+        got = []
+        for stream in (middleware._Flow.stream, reference):
+            sent: list[dict[str, object]] = []
+
+            async def send(msg: dict[str, object]) -> None:
+                sent.append(msg)
+
+            chain = middleware.Chain(echo_app, (), 1024)
+            flow = middleware._Flow(chain, {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+                                            "headers": []}, never, send)
+            flow.exchange.response_headers = list(guest_headers)
+            app_message = dict(message)
+            try:
+                asyncio.run(stream(flow, app_message))  # type: ignore[arg-type]
+                outcome: object = None
+            except KeyError as exc:
+                outcome = repr(exc)
+            ex = flow.exchange
+            got.append((outcome, sent, app_message, ex.status, list(ex.response_headers), list(ex.response_trailers),
+                        flow.started, flow.sent))
+        assert got[0] == got[1], message
 
 
 NAMES = [b"x-id", b"X-ID", b"x-new", b"content-type", b"", b"bad name", b"x\0y", b"host"]
