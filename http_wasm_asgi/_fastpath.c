@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 7 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 8 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -90,6 +90,8 @@ static PyTypeObject *t_host, *t_exchange, *t_flow;
 static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features, o_host_request_read,
     o_host_request_written, o_host_response_read, o_host_response_written;
 static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
+static Py_ssize_t o_ex_path, o_ex_query, o_ex_max_body_size, o_ex_protocol, o_ex_client, o_ex_trailers_supported;
+static Py_ssize_t o_flow_receive, o_flow_scope;
 static Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send, o_flow_sent,
     o_flow_started;
 static PyObject *phase_init, *phase_request, *phase_response, *zero; /* the ints GuestHost.phase takes */
@@ -975,6 +977,10 @@ static slot_need needs[] = {
     {OF_FLOW, "buffered", &o_flow_buffered}, {OF_FLOW, "chain", &o_flow_chain}, {OF_FLOW, "exchange", &o_flow_exchange},
     {OF_FLOW, "held", &o_flow_held}, {OF_FLOW, "pending", &o_flow_pending}, {OF_FLOW, "send", &o_flow_send},
     {OF_FLOW, "sent", &o_flow_sent}, {OF_FLOW, "started", &o_flow_started},
+    {OF_FLOW, "receive", &o_flow_receive}, {OF_FLOW, "scope", &o_flow_scope},
+    {OF_EXCHANGE, "path", &o_ex_path}, {OF_EXCHANGE, "query", &o_ex_query},
+    {OF_EXCHANGE, "max_body_size", &o_ex_max_body_size}, {OF_EXCHANGE, "protocol", &o_ex_protocol},
+    {OF_EXCHANGE, "client", &o_ex_client}, {OF_EXCHANGE, "trailers_supported", &o_ex_trailers_supported},
 };
 #define NNEEDS ((Py_ssize_t)(sizeof needs / sizeof needs[0]))
 
@@ -1550,13 +1556,140 @@ static PyMethodDef flow_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* native_flow(_Flow, its NATIVE_SLOTS, GuestTrap, BUFFER_RESPONSE) -> {name: method descriptor} of the methods
- * above, for the class to take in place of its Python ones (which stream still falls back to). */
+/* open_flow(chain, scope, receive, send) -> _Flow: middleware.open_flow in one call. The two objects start as
+ * copies of prototypes the Python constructors made (the defaults are written once, in Python), then take what
+ * this request brings. Scopes out of the common case go to the Python reference. */
+static PyObject *open_flow_reference, *flow_prototype, *exchange_prototype, *protocols, *empty_bytes;
+static PyObject *s_method, *s_raw_path, *s_query_string, *s_http_version, *s_client, *s_extensions, *s_trailers_ext,
+    *s_max_body_size, *s_default_version;
+
+/* A new object of the prototype's class with each of its slots (all plain object slots) */
+static PyObject *clone_slots(PyObject *prototype) {
+    PyTypeObject *type = Py_TYPE(prototype);
+    PyObject *obj = type->tp_alloc(type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (PyMemberDef *m = type->tp_members; m != NULL && m->name != NULL; m++)
+        if (m->type == T_OBJECT_EX)
+            Py_XINCREF(FIELD(obj, m->offset) = FIELD(prototype, m->offset));
+    return obj;
+}
+
+/* A prototype fit for clone_slots: slots only, each slot set to a value its copies may share (an immutable one) but
+ * for the slots `own` (offsets, -1 ended) that open_flow sets itself. */
+static int check_prototype(PyObject *prototype, PyTypeObject *type, const Py_ssize_t *own) {
+    if (!Py_IS_TYPE(prototype, type) || type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0) {
+        PyErr_Format(PyExc_TypeError, "the %s prototype is not a plain slotted object", type->tp_name);
+        return -1;
+    }
+    for (PyMemberDef *m = type->tp_members; m != NULL && m->name != NULL; m++) {
+        if (m->type != T_OBJECT_EX)
+            continue;
+        int set_here = 0;
+        for (const Py_ssize_t *o = own; *o >= 0; o++)
+            set_here |= *o == m->offset;
+        PyObject *v = FIELD(prototype, m->offset);
+        if (set_here)
+            continue;
+        if (v == NULL || !(v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyBytes_CheckExact(v) ||
+                           PyUnicode_CheckExact(v) || PyTuple_CheckExact(v) || PyFloat_CheckExact(v))) {
+            PyErr_Format(PyExc_TypeError, "%s.%s starts as a value its copies cannot share", type->tp_name, m->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *new_exchange(PyObject *chain, PyObject *scope) {
+    PyObject *method = PyDict_GetItemWithError(scope, s_method), *raw = PyDict_GetItemWithError(scope, s_raw_path);
+    PyObject *headers = PyDict_GetItemWithError(scope, s_headers);
+    if (method == NULL || headers == NULL || raw == NULL || !PyBytes_CheckExact(raw) || PyBytes_GET_SIZE(raw) == 0)
+        return NULL; /* the reference decides (an error, or a path to encode) */
+    PyObject *version = PyDict_GetItemWithError(scope, s_http_version);
+    PyObject *protocol = PyDict_GetItemWithError(protocols, version ? version : s_default_version);
+    if (protocol == NULL)
+        return NULL;
+    PyObject *query = PyDict_GetItemWithError(scope, s_query_string);
+    int has_query = query == NULL ? 0 : PyObject_IsTrue(query);
+    PyObject *client = PyDict_GetItemWithError(scope, s_client);
+    PyObject *extensions = PyDict_GetItemWithError(scope, s_extensions);
+    int trailers = extensions == NULL || extensions == Py_None ? 0 : PySequence_Contains(extensions, s_trailers_ext);
+    if (has_query < 0 || trailers < 0 || PyErr_Occurred())
+        return NULL;
+    PyObject *max_body_size = PyObject_GetAttr(chain, s_max_body_size);
+    PyObject *ex = max_body_size ? clone_slots(exchange_prototype) : NULL;
+    if (ex == NULL) {
+        Py_XDECREF(max_body_size);
+        return NULL;
+    }
+    SET_FIELD(ex, o_ex_method, method);
+    SET_FIELD(ex, o_ex_path, raw);
+    SET_FIELD(ex, o_ex_query, has_query ? query : empty_bytes);
+    SET_FIELD(ex, o_ex_request_headers, headers);
+    Py_XSETREF(FIELD(ex, o_ex_max_body_size), max_body_size);
+    SET_FIELD(ex, o_ex_protocol, protocol);
+    SET_FIELD(ex, o_ex_client, client ? client : Py_None);
+    SET_FIELD(ex, o_ex_trailers_supported, trailers ? Py_True : Py_False);
+    return ex;
+}
+
+static PyObject *open_flow(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "open_flow(chain, scope, receive, send)");
+        return NULL;
+    }
+    PyObject *exchange = PyDict_CheckExact(args[1]) ? new_exchange(args[0], args[1]) : NULL;
+    if (exchange == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(open_flow_reference, args, 4, NULL);
+    }
+    PyObject *flow = clone_slots(flow_prototype);
+    PyObject *held = flow ? PyList_New(0) : NULL;
+    if (held == NULL) {
+        Py_XDECREF(flow);
+        Py_DECREF(exchange);
+        return NULL;
+    }
+    SET_FIELD(flow, o_flow_chain, args[0]);
+    SET_FIELD(flow, o_flow_scope, args[1]);
+    SET_FIELD(flow, o_flow_receive, args[2]);
+    SET_FIELD(flow, o_flow_send, args[3]);
+    Py_XSETREF(FIELD(flow, o_flow_exchange), exchange);
+    Py_XSETREF(FIELD(flow, o_flow_held), held);
+    return flow;
+}
+
+static PyMethodDef open_flow_def = {"open_flow", (PyCFunction)(void (*)(void))open_flow, METH_FASTCALL,
+                                    "A request's _Flow through the chain, over the Exchange of its scope."};
+
+/* The open_flow function, for these prototypes (a _Flow, an Exchange), http_version -> protocol map and reference */
+static PyObject *make_open_flow(PyObject *flow_proto, PyObject *exchange_proto, PyObject *versions, PyObject *reference) {
+    const Py_ssize_t flow_own[] = {o_flow_chain, o_flow_scope, o_flow_receive, o_flow_send, o_flow_exchange, o_flow_held, -1};
+    const Py_ssize_t ex_own[] = {o_ex_method, o_ex_path, o_ex_query, o_ex_request_headers, o_ex_max_body_size,
+                                 o_ex_protocol, o_ex_client, o_ex_trailers_supported, -1};
+    if (!PyDict_CheckExact(versions) || !PyCallable_Check(reference)) {
+        PyErr_SetString(PyExc_TypeError, "open_flow needs a dict of protocols and a reference function");
+        return NULL;
+    }
+    if (check_prototype(flow_proto, t_flow, flow_own) < 0 || check_prototype(exchange_proto, t_exchange, ex_own) < 0)
+        return NULL;
+    Py_XSETREF(flow_prototype, Py_NewRef(flow_proto));
+    Py_XSETREF(exchange_prototype, Py_NewRef(exchange_proto));
+    Py_XSETREF(protocols, Py_NewRef(versions));
+    Py_XSETREF(open_flow_reference, Py_NewRef(reference));
+    return PyCFunction_New(&open_flow_def, NULL);
+}
+
+/* native_flow(_Flow, its NATIVE_SLOTS, GuestTrap, BUFFER_RESPONSE, (flow prototype, exchange prototype),
+ * {http_version: protocol}, open_flow reference) -> {name: method descriptor} of the methods above, for the class
+ * to take in place of its Python ones (which stream still falls back to), and "open_flow": the function. */
 static PyObject *native_flow(PyObject *self, PyObject *args) {
     PyTypeObject *cls;
-    PyObject *slots, *trap;
+    PyObject *slots, *trap, *flow_proto, *exchange_proto, *versions, *reference;
     long bit;
-    if (!PyArg_ParseTuple(args, "O!O!Ol", &PyType_Type, &cls, &PyTuple_Type, &slots, &trap, &bit))
+    if (!PyArg_ParseTuple(args, "O!O!Ol(OO)OO", &PyType_Type, &cls, &PyTuple_Type, &slots, &trap, &bit, &flow_proto,
+                          &exchange_proto, &versions, &reference))
         return NULL;
     if (!native_ready) {
         PyErr_SetString(PyExc_TypeError, "the host's classes are not configured (configure_host)");
@@ -1566,8 +1699,8 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "native_flow: the trap class is not an exception");
         return NULL;
     }
-    PyObject *reference = PyDict_GetItemString(cls->tp_dict, "stream"); /* borrowed */
-    if (reference == NULL || !PyFunction_Check(reference)) {
+    PyObject *python_stream = PyDict_GetItemString(cls->tp_dict, "stream"); /* borrowed */
+    if (python_stream == NULL || !PyFunction_Check(python_stream)) {
         PyErr_SetString(PyExc_TypeError, "native_flow: the class has no Python stream method");
         return NULL;
     }
@@ -1575,9 +1708,13 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
         return NULL;
     Py_XSETREF(t_flow, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(guest_trap, Py_NewRef(trap));
-    Py_XSETREF(stream_reference, Py_NewRef(reference));
+    Py_XSETREF(stream_reference, Py_NewRef(python_stream));
     buffer_response_bit = bit;
-    PyObject *out = PyDict_New();
+    PyObject *opener = make_open_flow(flow_proto, exchange_proto, versions, reference);
+    PyObject *out = opener ? PyDict_New() : NULL;
+    if (out != NULL && PyDict_SetItemString(out, "open_flow", opener) < 0)
+        Py_CLEAR(out);
+    Py_XDECREF(opener);
     for (PyMethodDef *m = flow_methods; out != NULL && m->ml_name != NULL; m++) {
         PyObject *descr = PyDescr_NewMethod(cls, m);
         if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
@@ -1673,13 +1810,18 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     str_raise_trap = PyUnicode_InternFromString("_raise_trap");
     PyObject **names[] = {&s_guests, &s_threaded, &s_reads_request_body, &s_request_body, &s_pool, &s_try_acquire,
                           &s_release, &s_context, &s_features, &s_core, &s_pass_on_request_body, &s_type, &s_status,
-                          &s_headers, &s_start, &s_body};
+                          &s_headers, &s_start, &s_body, &s_method, &s_raw_path, &s_query_string, &s_http_version,
+                          &s_client, &s_extensions, &s_trailers_ext, &s_max_body_size, &s_default_version};
     const char *texts[] = {"guests", "threaded", "reads_request_body", "request_body", "pool", "try_acquire",
                            "release", "context", "features", "_core", "pass_on_request_body", "type", "status",
-                           "headers", "http.response.start", "http.response.body"};
+                           "headers", "http.response.start", "http.response.body", "method", "raw_path",
+                           "query_string", "http_version", "client", "extensions", "http.response.trailers",
+                           "max_body_size", "1.1"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL)
             return NULL;
+    if ((empty_bytes = PyBytes_FromStringAndSize("", 0)) == NULL)
+        return NULL;
     suspended = PyLong_FromLong(-1);
     if (str_raise_trap == NULL || suspended == NULL || PyType_Ready(&CoreType) < 0)
         return NULL;

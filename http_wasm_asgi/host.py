@@ -71,7 +71,8 @@ class Exchange:
                  "request_trailers", "response_body", "response_body_replaced", "response_headers",
                  "response_trailers", "status", "trailers_supported", "uri")
     # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
-    NATIVE_SLOTS: ClassVar = ("headers_changed", "method", "request_headers", "response_headers", "status")
+    NATIVE_SLOTS: ClassVar = ("client", "headers_changed", "max_body_size", "method", "path", "protocol", "query",
+                              "request_headers", "response_headers", "status", "trailers_supported")
 
     def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, max_body_size: int,
                  protocol: bytes = b"HTTP/1.1", client: tuple[str, int] | None = None,

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import quote, unquote_to_bytes
 
 from .abi import HeaderKind, split_ctx_next
@@ -117,13 +117,13 @@ class HttpWasmMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chain = self.chain  # read once: the request keeps this chain (and its routes) to its end
         if scope["type"] == "http" and chain.guests:
-            flow = _Flow(chain, scope, receive, send)
+            flow = open_flow(chain, scope, receive, send)
         else:  # no guests of its own: per-route chains (chosen once, here), or straight to the app
             route = chain.routes.match(scope) if chain.routes is not None and scope["type"] == "http" else None
             if route is None:
                 await chain.app(scope, receive, send)
                 return
-            flow = _Flow(route, scope, receive, send)
+            flow = open_flow(route, scope, receive, send)
         chain.active += 1
         try:
             if flow.enter() or await flow.request_phase():
@@ -273,14 +273,15 @@ class _Flow:
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
                  "held", "pending", "receive", "response_too_large", "scope", "send", "sent", "started")
     # the slots the C accelerator's enter, leave and stream read and write (bind_native_flow, below the class)
-    NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "send", "sent", "started")
+    NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "receive", "scope", "send", "sent",
+                              "started")
 
-    def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         self.chain = chain
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.exchange = exchange_from_scope(scope, chain.max_body_size)
+        self.exchange = exchange
         self.held: list[Held] = []
         # A guest call that enter() or leave() left to the async path: (guest, instance, its outcome).
         self.pending: tuple[Guest, WasmInstance, Any] | None = None
@@ -573,9 +574,19 @@ class _Flow:
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
 
 
-# The accelerator's enter, leave and stream take the place of these when it is built (tests compare them).
+def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -> _Flow:
+    """One request's way through `chain`: a `_Flow` over the `Exchange` of its scope."""
+    return _Flow(chain, scope, receive, send, exchange_from_scope(scope, chain.max_body_size))
+
+
+# The accelerator's enter, leave and stream take the place of these when it is built, and its open_flow
+# (one C call) that of python_open_flow; tests compare them. Its open_flow starts from copies of these
+# prototypes, so the defaults stay written once, in the constructors.
 PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "leave", "stream")}
-bind_native_flow(_Flow, GuestTrap, BUFFER_RESPONSE)
+_PROTOTYPE_EXCHANGE: Final = Exchange("GET", b"/", b"", [], 0)
+_PROTOTYPE_FLOW: Final = _Flow(cast(Chain, None), {}, cast(Receive, None), cast(Send, None), _PROTOTYPE_EXCHANGE)
+open_flow: Final = bind_native_flow(_Flow, GuestTrap, BUFFER_RESPONSE, python_open_flow,
+                                    (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS)
 
 
 def _framed(exchange: Exchange, status: int, *, short_circuit: bool,

@@ -76,7 +76,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 7  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 8  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
@@ -581,27 +581,34 @@ def bind_native_host(host_class: type, exchange_class: type, phases: Sequence[in
         NATIVE_HOST_FUNCTIONS = frozenset()
 
 
-def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_response: int) -> None:
-    """Give the ASGI binding's per-request class the accelerator's `enter`, `leave` and `stream`.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_response: int, open_flow: F,
+                     prototypes: tuple[object, object], protocols: Mapping[str, bytes]) -> F:
+    """Give the ASGI binding's per-request class the accelerator's `enter`, `leave` and `stream`, and
+    return the accelerator's `open_flow` (the same call: the flow and its exchange in one step).
 
     `flow_class` declares the slots they read and write in `NATIVE_SLOTS`; `trap_class` is the
     exception a guest call's trap raises (an outcome the methods hand back, not a failure);
-    `buffer_response` the feature bit that makes a guest's response buffered. Without the
-    accelerator, or when the class changed shape, its Python methods stay.
+    `buffer_response` the feature bit that makes a guest's response buffered. The native `open_flow`
+    starts from copies of `prototypes` (a flow and an exchange made by the Python constructors, so
+    the defaults are written once), maps the scope's http_version through `protocols`, and leaves
+    any scope out of the common case to `open_flow`. Without the accelerator, or when the classes
+    changed shape, the Python methods and `open_flow` stay.
     """
     if _fastpath is None or not NATIVE_HOST_FUNCTIONS:
-        return
+        return open_flow
     try:
         methods = _fastpath.native_flow(flow_class, tuple(flow_class.NATIVE_SLOTS),  # type: ignore[attr-defined]
-                                        trap_class, buffer_response)
+                                        trap_class, buffer_response, prototypes, dict(protocols), open_flow)
     except (TypeError, AttributeError) as exc:
         log.warning("native request flow disabled: %s", exc)
-        return
+        return open_flow
+    native_open: F = methods.pop("open_flow")
     for name, method in methods.items():
         setattr(flow_class, name, method)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
+    return native_open
 
 
 def accelerated(reference: F) -> F:

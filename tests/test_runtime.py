@@ -111,12 +111,12 @@ def test_native_stream_matches_the_reference() -> None:
         for stream in (middleware._Flow.stream, reference):
             sent: list[dict[str, object]] = []
 
-            async def send(msg: dict[str, object]) -> None:
+            async def send(msg: dict[str, object], sent: list[dict[str, object]] = sent) -> None:
                 sent.append(msg)
 
             chain = middleware.Chain(echo_app, (), 1024)
-            flow = middleware._Flow(chain, {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
-                                            "headers": []}, never, send)
+            flow = middleware.open_flow(chain, {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+                                                "headers": []}, never, send)
             flow.exchange.response_headers = list(guest_headers)
             app_message = dict(message)
             try:
@@ -128,6 +128,52 @@ def test_native_stream_matches_the_reference() -> None:
             got.append((outcome, sent, app_message, ex.status, list(ex.response_headers), list(ex.response_trailers),
                         flow.started, flow.sent))
         assert got[0] == got[1], message
+
+
+SCOPES = [
+    {"method": "GET", "path": "/", "raw_path": b"/", "query_string": b"a=1", "headers": [(b"host", b"h")],
+     "http_version": "1.1", "client": ("127.0.0.1", 5000), "extensions": {"http.response.trailers": {}}},
+    {"method": "POST", "path": "/x", "raw_path": b"/x", "query_string": b"", "headers": [], "http_version": "2",
+     "client": None, "extensions": {}},
+    {"method": "PUT", "path": "/caf\u00e9 x", "headers": [], "http_version": "1.0"},  # no raw_path: encoded again
+    {"method": "GET", "path": "/", "raw_path": b"", "headers": [], "extensions": None},  # an empty raw_path
+    {"method": "GET", "path": "/", "raw_path": b"/", "headers": [], "http_version": "9"},  # unknown version
+    {"method": "GET", "path": "/", "raw_path": b"/q", "headers": ()},
+    {"path": "/", "raw_path": b"/", "headers": []},  # no method: the same KeyError from both
+]
+
+
+def test_native_open_flow_matches_the_reference() -> None:
+    """The accelerator's open_flow against the Python one: every slot of the flow and of its exchange."""
+    if not runtime.FAST_PATH:
+        return
+    assert middleware.open_flow is not middleware.python_open_flow
+    chain = middleware.Chain(echo_app, (), 1234)
+
+    async def receive() -> dict[str, object]:
+        return {}
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    def state(obj: object) -> dict[str, object]:
+        return {name: getattr(obj, name) for name in type(obj).__slots__}  # type: ignore[attr-defined]
+
+    for scope in SCOPES:
+        got = []
+        for opener in (middleware.open_flow, middleware.python_open_flow):
+            try:
+                flow = opener(chain, {"type": "http", **scope}, receive, send)  # type: ignore[arg-type]
+            except KeyError as exc:
+                got.append(repr(exc))
+                continue
+            fields = state(flow)
+            fields["exchange"] = state(flow.exchange)
+            got.append(fields)
+        assert got[0] == got[1], scope
+    one = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
+    two = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
+    assert one.held is not two.held and one.exchange is not two.exchange  # nothing mutable shared
 
 
 NAMES = [b"x-id", b"X-ID", b"x-new", b"content-type", b"", b"bad name", b"x\0y", b"host"]
