@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 8 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 9 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -92,6 +92,8 @@ static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features,
 static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
 static Py_ssize_t o_ex_path, o_ex_query, o_ex_max_body_size, o_ex_protocol, o_ex_client, o_ex_trailers_supported;
 static Py_ssize_t o_flow_receive, o_flow_scope;
+static Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size,
+    o_pool_min_size, o_pool_trim_handle, o_pool_idle_timeout;
 static Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send, o_flow_sent,
     o_flow_started;
 static PyObject *phase_init, *phase_request, *phase_response, *zero; /* the ints GuestHost.phase takes */
@@ -963,7 +965,7 @@ static Py_ssize_t slot_offset(PyTypeObject *type, const char *name) {
     return m->offset;
 }
 
-enum { OF_HOST, OF_EXCHANGE, OF_FLOW }; /* the classes whose slots the native code reads */
+enum { OF_HOST, OF_EXCHANGE, OF_FLOW, OF_POOL }; /* the classes whose slots the native code reads */
 typedef struct { int exchange; const char *name; Py_ssize_t *out; } slot_need;
 
 /* The slots the native code reads: each class's NATIVE_SLOTS must declare exactly these. */
@@ -981,6 +983,10 @@ static slot_need needs[] = {
     {OF_EXCHANGE, "path", &o_ex_path}, {OF_EXCHANGE, "query", &o_ex_query},
     {OF_EXCHANGE, "max_body_size", &o_ex_max_body_size}, {OF_EXCHANGE, "protocol", &o_ex_protocol},
     {OF_EXCHANGE, "client", &o_ex_client}, {OF_EXCHANGE, "trailers_supported", &o_ex_trailers_supported},
+    {OF_POOL, "_idle", &o_pool_idle}, {OF_POOL, "_low", &o_pool_low}, {OF_POOL, "reuse", &o_pool_reuse},
+    {OF_POOL, "_waiters", &o_pool_waiters}, {OF_POOL, "max_idle", &o_pool_max_idle}, {OF_POOL, "size", &o_pool_size},
+    {OF_POOL, "min_size", &o_pool_min_size}, {OF_POOL, "_trim_handle", &o_pool_trim_handle},
+    {OF_POOL, "idle_timeout", &o_pool_idle_timeout},
 };
 #define NNEEDS ((Py_ssize_t)(sizeof needs / sizeof needs[0]))
 
@@ -1724,6 +1730,123 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---------------------------------------------------------------- the instance pool's fast cases */
+
+/* pool.InstancePool's try_acquire and release as C methods (pool_methods): an idle instance taken from (and
+ * given back to) the end of `_idle`, as the Python methods do; every other case goes to them. */
+static PyTypeObject *t_pool;
+static PyObject *pool_try_acquire_reference, *pool_release_reference, *s_closed, *s_schedule_trim;
+
+/* InstancePool.try_acquire() */
+static PyObject *pool_try_acquire(PyObject *pool, PyObject *unused) {
+    PyObject *idle = FIELD(pool, o_pool_idle), *low = FIELD(pool, o_pool_low);
+    if (idle == NULL || !PyList_CheckExact(idle) || PyList_GET_SIZE(idle) == 0 || low == NULL || !PyLong_CheckExact(low))
+        return PyObject_CallOneArg(pool_try_acquire_reference, pool);
+    Py_ssize_t left = PyList_GET_SIZE(idle) - 1;
+    PyObject *instance = Py_NewRef(PyList_GET_ITEM(idle, left));
+    if (PyList_SetSlice(idle, left, left + 1, NULL) < 0) {
+        Py_DECREF(instance);
+        return NULL;
+    }
+    if (left < PyLong_AsSsize_t(low)) {
+        PyObject *n = PyLong_FromSsize_t(left);
+        if (n == NULL) {
+            Py_DECREF(instance);
+            return NULL;
+        }
+        Py_XSETREF(FIELD(pool, o_pool_low), n);
+    }
+    return instance;
+}
+
+/* compare two plain ints of the pool: a < b as 1/0, -1 when they are not ints */
+static int int_less(PyObject *a, PyObject *b) {
+    if (a == NULL || b == NULL || !PyLong_CheckExact(a) || !PyLong_CheckExact(b))
+        return -1;
+    return PyLong_AsSsize_t(a) < PyLong_AsSsize_t(b);
+}
+
+/* InstancePool.release(instance, *, discard=False) */
+static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *idle = FIELD(pool, o_pool_idle), *waiters = FIELD(pool, o_pool_waiters);
+    PyObject *max_idle = FIELD(pool, o_pool_max_idle), *size = FIELD(pool, o_pool_size);
+    PyObject *min_size = FIELD(pool, o_pool_min_size);
+    if (nargs != 1 || kwnames != NULL || idle == NULL || !PyList_CheckExact(idle) || FIELD(pool, o_pool_reuse) != Py_True
+        || waiters == NULL || max_idle == NULL)
+        goto reference;
+    int closed = attr_true(args[0], s_closed);
+    Py_ssize_t waiting = PyObject_Length(waiters);
+    if (closed < 0 || waiting < 0)
+        return NULL;
+    int above = int_less(min_size, size); /* size > min_size */
+    if (closed || waiting || above < 0)
+        goto reference;
+    if (max_idle != Py_None) { /* room among the idle ones, or the pool at its floor */
+        PyObject *count = PyLong_FromSsize_t(PyList_GET_SIZE(idle));
+        int room = count ? int_less(count, max_idle) : -1;
+        Py_XDECREF(count);
+        if (room < 0 || (!room && above))
+            goto reference;
+    }
+    if (PyList_Append(idle, args[0]) < 0)
+        return NULL;
+    PyObject *timeout = FIELD(pool, o_pool_idle_timeout);
+    if (above && FIELD(pool, o_pool_trim_handle) == Py_None && timeout != NULL && timeout != Py_None)
+        return PyObject_CallMethodNoArgs(pool, s_schedule_trim);
+    Py_RETURN_NONE;
+reference:
+    if (PyErr_Occurred())
+        return NULL;
+    {
+        PyObject *stack[8];
+        Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        if (n > 7) {
+            PyErr_SetString(PyExc_TypeError, "release: too many arguments");
+            return NULL;
+        }
+        stack[0] = pool;
+        for (Py_ssize_t i = 0; i < n; i++)
+            stack[i + 1] = args[i];
+        return PyObject_Vectorcall(pool_release_reference, stack, (size_t)nargs + 1, kwnames);
+    }
+}
+
+static PyMethodDef pool_methods[] = {
+    {"try_acquire", (PyCFunction)pool_try_acquire, METH_NOARGS, "An idle instance (or a cheap new one), else None."},
+    {"release", (PyCFunction)(void (*)(void))pool_release, METH_FASTCALL | METH_KEYWORDS,
+     "Give an instance back (to the idle ones, a waiter, or closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* native_pool(InstancePool, its NATIVE_SLOTS) -> {name: method descriptor} of the methods above, for the class to
+ * take in place of its Python ones (which they fall back to). */
+static PyObject *native_pool(PyObject *self, PyObject *args) {
+    PyTypeObject *cls;
+    PyObject *slots;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &cls, &PyTuple_Type, &slots))
+        return NULL;
+    PyObject *acquire = PyDict_GetItemString(cls->tp_dict, "try_acquire"); /* borrowed */
+    PyObject *release = PyDict_GetItemString(cls->tp_dict, "release");
+    if (acquire == NULL || release == NULL || !PyFunction_Check(acquire) || !PyFunction_Check(release)) {
+        PyErr_SetString(PyExc_TypeError, "native_pool: the class has no Python try_acquire and release");
+        return NULL;
+    }
+    if (learn_slots(cls, slots, OF_POOL) < 0)
+        return NULL;
+    Py_XSETREF(t_pool, (PyTypeObject *)Py_NewRef(cls));
+    Py_XSETREF(pool_try_acquire_reference, Py_NewRef(acquire));
+    Py_XSETREF(pool_release_reference, Py_NewRef(release));
+    PyObject *out = PyDict_New();
+    for (PyMethodDef *m = pool_methods; out != NULL && m->ml_name != NULL; m++) {
+        PyObject *descr = PyDescr_NewMethod(cls, m);
+        if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(descr);
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------- configure, ticker */
 
 /* configure(call_async, instantiate_async, future_poll, future_delete, yield_update, set_deadline, trap_new,
@@ -1796,6 +1919,7 @@ static PyMethodDef methods[] = {
     {"merge_response_headers", (PyCFunction)(void (*)(void))merge_response_headers, METH_FASTCALL,
      "Guest-set response headers the app does not set, then the app's."},
     {"define", define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
+    {"native_pool", native_pool, METH_VARARGS, "The instance pool's fast cases, for its class."},
     {"native_flow", native_flow, METH_VARARGS, "The ASGI binding's per-request methods, for its _Flow class."},
     {"set_current", set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"quick_calls", quick_calls_count, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
@@ -1811,12 +1935,13 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     PyObject **names[] = {&s_guests, &s_threaded, &s_reads_request_body, &s_request_body, &s_pool, &s_try_acquire,
                           &s_release, &s_context, &s_features, &s_core, &s_pass_on_request_body, &s_type, &s_status,
                           &s_headers, &s_start, &s_body, &s_method, &s_raw_path, &s_query_string, &s_http_version,
-                          &s_client, &s_extensions, &s_trailers_ext, &s_max_body_size, &s_default_version};
+                          &s_client, &s_extensions, &s_trailers_ext, &s_max_body_size, &s_default_version,
+                          &s_closed, &s_schedule_trim};
     const char *texts[] = {"guests", "threaded", "reads_request_body", "request_body", "pool", "try_acquire",
                            "release", "context", "features", "_core", "pass_on_request_body", "type", "status",
                            "headers", "http.response.start", "http.response.body", "method", "raw_path",
                            "query_string", "http_version", "client", "extensions", "http.response.trailers",
-                           "max_body_size", "1.1"};
+                           "max_body_size", "1.1", "closed", "_schedule_trim"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL)
             return NULL;

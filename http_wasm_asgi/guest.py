@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import runtime
 from .errors import GuestError
@@ -25,6 +25,9 @@ from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal
 from .tracing import HostCallSink, sinks_for, traced
 
 runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
+# The accelerator's try_acquire and release take the place of these when it is built (tests compare them).
+PYTHON_POOL_METHODS: Final = {name: vars(InstancePool)[name] for name in ("try_acquire", "release")}
+runtime.bind_native_pool(InstancePool)
 
 GuestSource = str | os.PathLike[str] | bytes | bytearray
 GuestConfig = bytes | str | Mapping[str, Any] | None

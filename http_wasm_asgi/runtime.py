@@ -76,7 +76,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 8  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 9  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
@@ -582,6 +582,21 @@ def bind_native_host(host_class: type, exchange_class: type, phases: Sequence[in
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bind_native_pool(pool_class: type) -> None:
+    """Give the instance pool the accelerator's `try_acquire` and `release`: their fast cases (an idle
+    instance taken and given back) in C, every other case by the Python methods, for the slots
+    `pool_class` declares in `NATIVE_SLOTS`. Without the accelerator the Python methods stay."""
+    if _fastpath is None:
+        return
+    try:
+        methods = _fastpath.native_pool(pool_class, tuple(pool_class.NATIVE_SLOTS))  # type: ignore[attr-defined]
+    except (TypeError, AttributeError) as exc:
+        log.warning("native instance pool disabled: %s", exc)
+        return
+    for name, method in methods.items():
+        setattr(pool_class, name, method)
 
 
 def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_response: int, open_flow: F,

@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware, host, middleware, runtime
+from http_wasm_asgi.guest import PYTHON_POOL_METHODS
+from http_wasm_asgi.pool import InstancePool
 from http_wasm_asgi.testing import echo_app
 
 
@@ -61,8 +63,10 @@ def test_native_host_functions_and_helpers_are_in_use() -> None:
     assert {"get_header_values", "set_header_value", "add_header_value", "remove_header", "get_status_code",
             "get_config", "get_method"} <= runtime.NATIVE_HOST_FUNCTIONS
     assert runtime.accelerated(host.merge_response_headers) is not host.merge_response_headers
-    for name in ("enter", "leave", "stream"):  # the ASGI binding's per-request fast path
-        assert type(getattr(middleware._Flow, name)).__name__ == "method_descriptor", name
+    for cls, name in ((middleware._Flow, "enter"), (middleware._Flow, "leave"), (middleware._Flow, "stream"),
+                      (InstancePool, "try_acquire"), (InstancePool, "release")):  # the per-request fast path
+        assert type(getattr(cls, name)).__name__ == "method_descriptor", name
+    assert middleware.open_flow is not middleware.python_open_flow
 
 
 MERGE_CASES = [
@@ -174,6 +178,57 @@ def test_native_open_flow_matches_the_reference() -> None:
     one = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
     two = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
     assert one.held is not two.held and one.exchange is not two.exchange  # nothing mutable shared
+
+
+class _Pooled:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@settings(max_examples=500, deadline=None)
+@example(ops=[("acquire", 0), ("release", 0)], max_idle=0, min_size=1, create_inline=False, reuse=True)
+@example(ops=[("acquire", 0)] * 3 + [("release", 0)] * 3, max_idle=1, min_size=1, create_inline=True, reuse=True)
+@given(ops=st.lists(st.tuples(st.sampled_from(["acquire", "release", "discard", "close"]), st.integers(0, 5)),
+                    max_size=40),
+       max_idle=st.one_of(st.none(), st.integers(0, 3)), min_size=st.integers(0, 2), create_inline=st.booleans(),
+       reuse=st.booleans())
+def test_native_pool_matches_the_reference(ops: list[tuple[str, int]], max_idle: int | None, min_size: int,
+                                           create_inline: bool, reuse: bool) -> None:
+    """The accelerator's try_acquire and release against the Python ones, over any sequence of uses."""
+    if not runtime.FAST_PATH:
+        return
+    assert InstancePool.try_acquire is not PYTHON_POOL_METHODS["try_acquire"]
+    outcomes = []
+    for acquire, release in ((InstancePool.try_acquire, InstancePool.release),
+                             (PYTHON_POOL_METHODS["try_acquire"], PYTHON_POOL_METHODS["release"])):
+        numbers = iter(range(100))
+        pool: InstancePool[_Pooled] = InstancePool(lambda n=numbers: _Pooled(next(n)), max_size=4, timeout=1.0,
+                                                   min_size=min_size, max_idle=max_idle, idle_timeout=30.0,
+                                                   create_inline=create_inline, reuse=reuse)
+        pool.fill()
+        held: list[_Pooled] = []
+        trace: list[object] = []
+        for op, index in ops:
+            if op == "acquire":
+                instance = acquire(pool)
+                trace.append(None if instance is None else instance.number)
+                if instance is not None:
+                    held.append(instance)
+            elif held and op == "close":
+                held[index % len(held)].closed = True
+            elif held:
+                instance = held.pop(index % len(held))
+                if op == "discard":
+                    release(pool, instance, discard=True)
+                else:
+                    release(pool, instance)
+            trace.append((len(pool._idle), pool._low, pool.size))
+        outcomes.append((trace, [i.number for i in pool._idle], [i.closed for i in held]))
+    assert outcomes[0] == outcomes[1]
 
 
 NAMES = [b"x-id", b"X-ID", b"x-new", b"content-type", b"", b"bad name", b"x\0y", b"host"]
