@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 9 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 10 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -91,7 +91,7 @@ static Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features,
     o_host_request_written, o_host_response_read, o_host_response_written;
 static Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_ex_status, o_ex_method;
 static Py_ssize_t o_ex_path, o_ex_query, o_ex_max_body_size, o_ex_protocol, o_ex_client, o_ex_trailers_supported;
-static Py_ssize_t o_flow_receive, o_flow_scope;
+static Py_ssize_t o_flow_receive, o_flow_scope, o_ex_uri, o_ex_request_body, o_ex_request_body_replaced;
 static Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size,
     o_pool_min_size, o_pool_trim_handle, o_pool_idle_timeout;
 static Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send, o_flow_sent,
@@ -983,6 +983,8 @@ static slot_need needs[] = {
     {OF_EXCHANGE, "path", &o_ex_path}, {OF_EXCHANGE, "query", &o_ex_query},
     {OF_EXCHANGE, "max_body_size", &o_ex_max_body_size}, {OF_EXCHANGE, "protocol", &o_ex_protocol},
     {OF_EXCHANGE, "client", &o_ex_client}, {OF_EXCHANGE, "trailers_supported", &o_ex_trailers_supported},
+    {OF_EXCHANGE, "uri", &o_ex_uri}, {OF_EXCHANGE, "request_body", &o_ex_request_body},
+    {OF_EXCHANGE, "request_body_replaced", &o_ex_request_body_replaced},
     {OF_POOL, "_idle", &o_pool_idle}, {OF_POOL, "_low", &o_pool_low}, {OF_POOL, "reuse", &o_pool_reuse},
     {OF_POOL, "_waiters", &o_pool_waiters}, {OF_POOL, "max_idle", &o_pool_max_idle}, {OF_POOL, "size", &o_pool_size},
     {OF_POOL, "min_size", &o_pool_min_size}, {OF_POOL, "_trim_handle", &o_pool_trim_handle},
@@ -1299,6 +1301,8 @@ static long buffer_response_bit;  /* abi.Feature.BUFFER_RESPONSE */
 static PyObject *stream_reference; /* the Python _Flow.stream */
 static PyObject *s_guests, *s_threaded, *s_reads_request_body, *s_request_body, *s_pool, *s_try_acquire, *s_release,
     *s_context, *s_features, *s_core, *s_pass_on_request_body, *s_type, *s_status, *s_headers, *s_start, *s_body;
+static PyObject *s_method, *s_raw_path, *s_query_string, *s_http_version, *s_client, *s_extensions, *s_trailers_ext,
+    *s_max_body_size, *s_default_version;
 
 /* getattr(obj, name) as a truth value: 1, 0, or -1 with an exception */
 static int attr_true(PyObject *obj, PyObject *name) {
@@ -1555,10 +1559,78 @@ reference:
     return PyObject_CallFunctionObjArgs(stream_reference, flow, message, NULL);
 }
 
+/* _Flow.app_args() -> (scope, receive, send) for the next handler: the send that keeps what guests may read,
+ * the request body as the guests left it, and the scope unchanged when no guest changed the request (any other
+ * scope is scope_for_app's to build). */
+static PyObject *scope_for_app_reference;
+static PyObject *s_collect, *s_stream, *s_replay_receive, *s_observes_response, *s_pathsend, *s_zerocopysend;
+
+static PyObject *app_scope(PyObject *scope, PyObject *exchange) {
+    PyObject *method = PyDict_CheckExact(scope) ? PyDict_GetItemWithError(scope, s_method) : NULL;
+    PyObject *ex_method = FIELD(exchange, o_ex_method);
+    int same = method != NULL && ex_method != NULL && FIELD(exchange, o_ex_uri) == Py_None &&
+               FIELD(exchange, o_ex_headers_changed) == Py_False && FIELD(exchange, o_ex_request_body_replaced) == Py_False;
+    if (same && method != ex_method)
+        same = PyUnicode_CheckExact(method) && PyUnicode_CheckExact(ex_method) && PyUnicode_Compare(method, ex_method) == 0;
+    if (same) {
+        PyObject *extensions = PyDict_GetItemWithError(scope, s_extensions);
+        int has = extensions == NULL ? 0 : PyObject_IsTrue(extensions);
+        if (has > 0) {
+            int a = PySequence_Contains(extensions, s_pathsend), b = a ? a : PySequence_Contains(extensions, s_zerocopysend);
+            has = a < 0 || b < 0 ? -1 : a || b;
+        }
+        if (has < 0)
+            return NULL;
+        if (!has)
+            return Py_NewRef(scope);
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_CallFunctionObjArgs(scope_for_app_reference, scope, exchange, NULL);
+}
+
+static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
+    PyObject *exchange = FIELD(flow, o_flow_exchange), *scope = FIELD(flow, o_flow_scope);
+    PyObject *chain = FIELD(flow, o_flow_chain), *buffered = FIELD(flow, o_flow_buffered);
+    if (exchange == NULL || scope == NULL || chain == NULL || buffered == NULL || !Py_IS_TYPE(exchange, t_exchange)) {
+        PyErr_SetString(PyExc_TypeError, "app_args: the flow is not set up");
+        return NULL;
+    }
+    PyObject *send;
+    int observed = PyObject_IsTrue(buffered);
+    if (observed > 0) {
+        send = PyObject_GetAttr(flow, s_collect);
+    } else {
+        if (observed == 0 && (observed = attr_true(chain, s_observes_response)) == 0)
+            observed = PyObject_IsTrue(FIELD(exchange, o_ex_response_headers));
+        send = observed < 0 ? NULL : observed ? PyObject_GetAttr(flow, s_stream) : Py_XNewRef(FIELD(flow, o_flow_send));
+    }
+    PyObject *receive = FIELD(exchange, o_ex_request_body) == Py_None ? Py_XNewRef(FIELD(flow, o_flow_receive))
+                                                                        : PyObject_GetAttr(flow, s_replay_receive);
+    PyObject *app_scope_ = send && receive ? app_scope(scope, exchange) : NULL;
+    if (app_scope_ == NULL) {
+        Py_XDECREF(send);
+        Py_XDECREF(receive);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(3);
+    if (out == NULL) {
+        Py_DECREF(app_scope_);
+        Py_DECREF(send);
+        Py_DECREF(receive);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, app_scope_);
+    PyTuple_SET_ITEM(out, 1, receive);
+    PyTuple_SET_ITEM(out, 2, send);
+    return out;
+}
+
 static PyMethodDef flow_methods[] = {
     {"enter", (PyCFunction)flow_enter, METH_NOARGS, "handle_request of the guests whose calls end at once in next."},
     {"leave", (PyCFunction)flow_leave, METH_O, "handle_response of the held guests whose calls end at once."},
     {"stream", (PyCFunction)flow_stream, METH_O, "Pass the app's response through, remembering what guests read."},
+    {"app_args", (PyCFunction)flow_app_args, METH_NOARGS, "(scope, receive, send) for the next handler."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1566,8 +1638,6 @@ static PyMethodDef flow_methods[] = {
  * copies of prototypes the Python constructors made (the defaults are written once, in Python), then take what
  * this request brings. Scopes out of the common case go to the Python reference. */
 static PyObject *open_flow_reference, *flow_prototype, *exchange_prototype, *protocols, *empty_bytes;
-static PyObject *s_method, *s_raw_path, *s_query_string, *s_http_version, *s_client, *s_extensions, *s_trailers_ext,
-    *s_max_body_size, *s_default_version;
 
 /* A new object of the prototype's class with each of its slots (all plain object slots) */
 static PyObject *clone_slots(PyObject *prototype) {
@@ -1688,15 +1758,19 @@ static PyObject *make_open_flow(PyObject *flow_proto, PyObject *exchange_proto, 
 }
 
 /* native_flow(_Flow, its NATIVE_SLOTS, GuestTrap, BUFFER_RESPONSE, (flow prototype, exchange prototype),
- * {http_version: protocol}, open_flow reference) -> {name: method descriptor} of the methods above, for the class
+ * {http_version: protocol}, open_flow reference, scope_for_app) -> {name: method descriptor} of the methods above, for the class
  * to take in place of its Python ones (which stream still falls back to), and "open_flow": the function. */
 static PyObject *native_flow(PyObject *self, PyObject *args) {
     PyTypeObject *cls;
-    PyObject *slots, *trap, *flow_proto, *exchange_proto, *versions, *reference;
+    PyObject *slots, *trap, *flow_proto, *exchange_proto, *versions, *reference, *scoper;
     long bit;
-    if (!PyArg_ParseTuple(args, "O!O!Ol(OO)OO", &PyType_Type, &cls, &PyTuple_Type, &slots, &trap, &bit, &flow_proto,
-                          &exchange_proto, &versions, &reference))
+    if (!PyArg_ParseTuple(args, "O!O!Ol(OO)OOO", &PyType_Type, &cls, &PyTuple_Type, &slots, &trap, &bit, &flow_proto,
+                          &exchange_proto, &versions, &reference, &scoper))
         return NULL;
+    if (!PyCallable_Check(scoper)) {
+        PyErr_SetString(PyExc_TypeError, "native_flow: scope_for_app is not callable");
+        return NULL;
+    }
     if (!native_ready) {
         PyErr_SetString(PyExc_TypeError, "the host's classes are not configured (configure_host)");
         return NULL;
@@ -1715,6 +1789,7 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
     Py_XSETREF(t_flow, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(guest_trap, Py_NewRef(trap));
     Py_XSETREF(stream_reference, Py_NewRef(python_stream));
+    Py_XSETREF(scope_for_app_reference, Py_NewRef(scoper));
     buffer_response_bit = bit;
     PyObject *opener = make_open_flow(flow_proto, exchange_proto, versions, reference);
     PyObject *out = opener ? PyDict_New() : NULL;
@@ -1936,12 +2011,15 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
                           &s_release, &s_context, &s_features, &s_core, &s_pass_on_request_body, &s_type, &s_status,
                           &s_headers, &s_start, &s_body, &s_method, &s_raw_path, &s_query_string, &s_http_version,
                           &s_client, &s_extensions, &s_trailers_ext, &s_max_body_size, &s_default_version,
-                          &s_closed, &s_schedule_trim};
+                          &s_closed, &s_schedule_trim, &s_collect, &s_stream, &s_replay_receive,
+                          &s_observes_response, &s_pathsend, &s_zerocopysend};
     const char *texts[] = {"guests", "threaded", "reads_request_body", "request_body", "pool", "try_acquire",
                            "release", "context", "features", "_core", "pass_on_request_body", "type", "status",
                            "headers", "http.response.start", "http.response.body", "method", "raw_path",
                            "query_string", "http_version", "client", "extensions", "http.response.trailers",
-                           "max_body_size", "1.1", "closed", "_schedule_trim"};
+                           "max_body_size", "1.1", "closed", "_schedule_trim", "collect", "stream",
+                           "replay_receive", "observes_response", "http.response.pathsend",
+                           "http.response.zerocopysend"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i] = PyUnicode_InternFromString(texts[i])) == NULL)
             return NULL;

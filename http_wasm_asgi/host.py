@@ -72,7 +72,8 @@ class Exchange:
                  "response_trailers", "status", "trailers_supported", "uri")
     # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
     NATIVE_SLOTS: ClassVar = ("client", "headers_changed", "max_body_size", "method", "path", "protocol", "query",
-                              "request_headers", "response_headers", "status", "trailers_supported")
+                              "request_body", "request_body_replaced", "request_headers", "response_headers",
+                              "status", "trailers_supported", "uri")
 
     def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, max_body_size: int,
                  protocol: bytes = b"HTTP/1.1", client: tuple[str, int] | None = None,

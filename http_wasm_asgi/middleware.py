@@ -405,13 +405,10 @@ class _Flow:
     # -- the next handler --
     async def call_app(self) -> None:
         """Run the app with the guests' changes, then handle_response of every held guest."""
-        exchange = self.exchange
-        app_send = self.collect if self.buffered else self.stream \
-            if self.chain.observes_response or exchange.response_headers else self.send
-        receive = self.receive if exchange.request_body is None else self.replay_receive
+        scope, receive, send = self.app_args()
         app_error: Exception | None = None
         try:
-            await self.chain.app(scope_for_app(self.scope, exchange), receive, app_send)
+            await self.chain.app(scope, receive, send)
         except _ResponseTooLarge:
             self.response_too_large = True
         except Exception as exc:
@@ -421,6 +418,15 @@ class _Flow:
             await self.unwind(is_error=is_error)
         if app_error is not None:
             raise app_error
+
+    def app_args(self) -> tuple[Scope, Receive, Send]:
+        """What the next handler gets: the scope with the guests' changes, the request body as they left
+        it, and the send that keeps what they may read (the C accelerator has the same method)."""
+        exchange = self.exchange
+        send = self.collect if self.buffered else self.stream \
+            if self.chain.observes_response or exchange.response_headers else self.send
+        receive = self.receive if exchange.request_body is None else self.replay_receive
+        return scope_for_app(self.scope, exchange), receive, send
 
     async def replay_receive(self) -> Message:
         """The request body as the guests left it, then the rest of the stream (or disconnect)."""
@@ -579,14 +585,14 @@ def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -
     return _Flow(chain, scope, receive, send, exchange_from_scope(scope, chain.max_body_size))
 
 
-# The accelerator's enter, leave and stream take the place of these when it is built, and its open_flow
+# The accelerator's enter, app_args, leave and stream take the place of these when it is built, and its open_flow
 # (one C call) that of python_open_flow; tests compare them. Its open_flow starts from copies of these
 # prototypes, so the defaults stay written once, in the constructors.
-PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "leave", "stream")}
+PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "app_args", "leave", "stream")}
 _PROTOTYPE_EXCHANGE: Final = Exchange("GET", b"/", b"", [], 0)
 _PROTOTYPE_FLOW: Final = _Flow(cast(Chain, None), {}, cast(Receive, None), cast(Send, None), _PROTOTYPE_EXCHANGE)
 open_flow: Final = bind_native_flow(_Flow, GuestTrap, BUFFER_RESPONSE, python_open_flow,
-                                    (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS)
+                                    (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS, scope_for_app)
 
 
 def _framed(exchange: Exchange, status: int, *, short_circuit: bool,

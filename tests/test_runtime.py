@@ -63,8 +63,9 @@ def test_native_host_functions_and_helpers_are_in_use() -> None:
     assert {"get_header_values", "set_header_value", "add_header_value", "remove_header", "get_status_code",
             "get_config", "get_method"} <= runtime.NATIVE_HOST_FUNCTIONS
     assert runtime.accelerated(host.merge_response_headers) is not host.merge_response_headers
-    for cls, name in ((middleware._Flow, "enter"), (middleware._Flow, "leave"), (middleware._Flow, "stream"),
-                      (InstancePool, "try_acquire"), (InstancePool, "release")):  # the per-request fast path
+    for cls, name in ((middleware._Flow, "enter"), (middleware._Flow, "app_args"), (middleware._Flow, "leave"),
+                      (middleware._Flow, "stream"), (InstancePool, "try_acquire"),
+                      (InstancePool, "release")):  # the per-request fast path
         assert type(getattr(cls, name)).__name__ == "method_descriptor", name
     assert middleware.open_flow is not middleware.python_open_flow
 
@@ -178,6 +179,41 @@ def test_native_open_flow_matches_the_reference() -> None:
     one = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
     two = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
     assert one.held is not two.held and one.exchange is not two.exchange  # nothing mutable shared
+
+
+APP_ARGS_CASES: list[dict[str, object]] = [
+    {}, {"buffered": True}, {"observes": True}, {"response_headers": [(b"x-a", b"1")]},
+    {"request_body": b"abc"}, {"uri": b"/new?x=1"}, {"headers_changed": True}, {"method": "POST"},
+    {"request_body": b"", "request_body_replaced": True}, {"extensions": {"http.response.pathsend": {}}},
+    {"extensions": {"http.response.trailers": {}}}, {"method": "GE" + "T"},  # equal, not the same object
+]
+
+
+def test_native_app_args_match_the_reference() -> None:
+    """The accelerator's _Flow.app_args against the Python one: the scope, receive and send the app gets."""
+    if not runtime.FAST_PATH:
+        return
+    reference = middleware.PYTHON_FLOW_METHODS["app_args"]
+
+    async def receive() -> dict[str, object]:
+        return {}
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    for case in APP_ARGS_CASES:
+        scope: dict[str, object] = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "headers": [],
+                                    "extensions": case.get("extensions", {})}
+        chain = middleware.Chain(echo_app, (), 1024)
+        chain.observes_response = bool(case.get("observes"))
+        flow = middleware.open_flow(chain, scope, receive, send)  # type: ignore[arg-type]
+        flow.buffered = bool(case.get("buffered"))
+        for name in ("response_headers", "request_body", "uri", "headers_changed", "method", "request_body_replaced"):
+            if name in case:
+                setattr(flow.exchange, name, case[name])
+        native, python = middleware._Flow.app_args(flow), reference(flow)
+        assert native == python, case
+        assert (native[0] is scope) == (python[0] is scope), case  # the server's scope, unless it changed
 
 
 class _Pooled:
