@@ -1291,6 +1291,18 @@ static PyObject *accelerated(PyObject *self, PyObject *reference) {
     return PyObject_GetAttrString(self, "merge_response_headers");
 }
 
+/* {name: method descriptor} of `defs` for `cls`: methods the class takes in place of its Python ones */
+static PyObject *method_descriptors(PyTypeObject *cls, PyMethodDef *defs) {
+    PyObject *out = PyDict_New();
+    for (PyMethodDef *m = defs; out != NULL && m->ml_name != NULL; m++) {
+        PyObject *descr = PyDescr_NewMethod(cls, m);
+        if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(descr);
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------- the ASGI binding's per-request fast path */
 
 /* middleware._Flow's enter, leave and stream as C methods (flow_methods): the same steps as the Python
@@ -1792,16 +1804,10 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
     Py_XSETREF(scope_for_app_reference, Py_NewRef(scoper));
     buffer_response_bit = bit;
     PyObject *opener = make_open_flow(flow_proto, exchange_proto, versions, reference);
-    PyObject *out = opener ? PyDict_New() : NULL;
+    PyObject *out = opener ? method_descriptors(cls, flow_methods) : NULL;
     if (out != NULL && PyDict_SetItemString(out, "open_flow", opener) < 0)
         Py_CLEAR(out);
     Py_XDECREF(opener);
-    for (PyMethodDef *m = flow_methods; out != NULL && m->ml_name != NULL; m++) {
-        PyObject *descr = PyDescr_NewMethod(cls, m);
-        if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(descr);
-    }
     return out;
 }
 
@@ -1809,7 +1815,6 @@ static PyObject *native_flow(PyObject *self, PyObject *args) {
 
 /* pool.InstancePool's try_acquire and release as C methods (pool_methods): an idle instance taken from (and
  * given back to) the end of `_idle`, as the Python methods do; every other case goes to them. */
-static PyTypeObject *t_pool;
 static PyObject *pool_try_acquire_reference, *pool_release_reference, *s_closed, *s_schedule_trim;
 
 /* InstancePool.try_acquire() */
@@ -1909,17 +1914,9 @@ static PyObject *native_pool(PyObject *self, PyObject *args) {
     }
     if (learn_slots(cls, slots, OF_POOL) < 0)
         return NULL;
-    Py_XSETREF(t_pool, (PyTypeObject *)Py_NewRef(cls));
     Py_XSETREF(pool_try_acquire_reference, Py_NewRef(acquire));
     Py_XSETREF(pool_release_reference, Py_NewRef(release));
-    PyObject *out = PyDict_New();
-    for (PyMethodDef *m = pool_methods; out != NULL && m->ml_name != NULL; m++) {
-        PyObject *descr = PyDescr_NewMethod(cls, m);
-        if (descr == NULL || PyDict_SetItemString(out, m->ml_name, descr) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(descr);
-    }
-    return out;
+    return method_descriptors(cls, pool_methods);
 }
 
 /* ---------------------------------------------------------------- configure, ticker */

@@ -353,10 +353,7 @@ class _Flow:
         """What a guest's handle_request call ended with: True when the guest is held for the way back,
         False when it answered the request (or failed, and the request got its error)."""
         if outcome == SUSPENDED:
-            try:
-                outcome = await _finish_call(guest, instance)
-            except GuestTrap as trap:
-                outcome = trap
+            outcome = await _finish_call(guest, instance)
         if isinstance(outcome, GuestTrap):
             self.drop_trapped(guest, instance, instance.host, outcome)
             await self.unwind(is_error=True)
@@ -524,10 +521,7 @@ class _Flow:
                 except GuestTrap as trap:
                     outcome = trap
             if outcome == SUSPENDED:
-                try:
-                    outcome = await _finish_call(guest, instance)
-                except GuestTrap as trap:
-                    outcome = trap
+                outcome = await _finish_call(guest, instance)
             if isinstance(outcome, GuestTrap):
                 self.drop_trapped(guest, instance, instance.host, outcome)
                 self.error_status = outcome.status
@@ -619,12 +613,15 @@ def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
 
 
 async def _finish_call(guest: Guest, instance: WasmInstance) -> Any:
-    """The rest of a guest call that yielded, one slice per event-loop turn.
+    """The rest of a guest call that yielded, one slice per event-loop turn: what the call returns, or
+    the GuestTrap that ended it (an outcome, as enter and leave hand it over).
 
     A request cancelled meanwhile (the client left) abandons the call: its instance is dropped.
     """
     try:
         return await instance.finish()
+    except GuestTrap as trap:
+        return trap
     except asyncio.CancelledError:
         guest.pool.release(instance, discard=True)
         raise
