@@ -272,7 +272,8 @@ class _Flow:
 
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
                  "held", "pending", "receive", "response_too_large", "scope", "send", "sent", "started")
-    # the slots the C accelerator's enter, leave and stream read and write (bind_native_flow, below the class)
+    # the slots the C accelerator's open_flow, enter, app_args, leave and stream read and write
+    # (bind_native_flow, below the class)
     NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "receive", "scope", "send", "sent",
                               "started")
 
