@@ -60,7 +60,7 @@ static memory_size_fn p_memory_size;
 static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
 static PyObject *str_raise_trap, *suspended;
 
-#define FASTPATH_VERSION 10 /* bump with every change of what runtime.py calls */
+#define FASTPATH_VERSION 11 /* bump with every change of what runtime.py calls */
 #define SLOT 16 /* sizeof(wasmtime_val_raw_t): host function arguments */
 #define MAX_PARAMS 8
 #define NEXPORTS 4
@@ -1305,14 +1305,14 @@ static PyObject *method_descriptors(PyTypeObject *cls, PyMethodDef *defs) {
 
 /* ---------------------------------------------------------------- the ASGI binding's per-request fast path */
 
-/* middleware._Flow's enter, leave and stream as C methods (flow_methods): the same steps as the Python
+/* middleware._Flow's enter, leave, stream and app_args as C methods (flow_methods): the same steps as the Python
  * reference methods, on the slots _Flow declares in NATIVE_SLOTS. Anything but the common case goes back to
- * Python: enter and leave stop (leaving a call's outcome in `pending`), stream calls the reference. */
+ * Python: enter and leave stop (leaving a call's outcome in `pending`), stream and app_args call the reference. */
 static PyObject *guest_trap;      /* errors.GuestTrap: a call's outcome, not a failure of the fast path */
 static long buffer_response_bit;  /* abi.Feature.BUFFER_RESPONSE */
 static PyObject *stream_reference; /* the Python _Flow.stream */
-static PyObject *s_guests, *s_threaded, *s_reads_request_body, *s_request_body, *s_pool, *s_try_acquire, *s_release,
-    *s_context, *s_features, *s_core, *s_pass_on_request_body, *s_type, *s_status, *s_headers, *s_start, *s_body;
+static PyObject *s_guests, *s_threaded, *s_reads_request_body, *s_pool, *s_try_acquire, *s_release,
+    *s_context, *s_features, *s_core, *s_type, *s_status, *s_headers, *s_start, *s_body;
 static PyObject *s_method, *s_raw_path, *s_query_string, *s_http_version, *s_client, *s_extensions, *s_trailers_ext,
     *s_max_body_size, *s_default_version;
 
@@ -1372,7 +1372,7 @@ static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *
     if (read < 0 || (read && call_host(host, "pass_on_request_body") < 0))
         return -1;
     PyObject *req_ctx = PyLong_FromUnsignedLongLong(PyLong_AsUnsignedLongLongMask(ctx_next) >> 32);
-    PyObject *entry = req_ctx ? PyTuple_Pack(4, guest, instance, host, req_ctx) : NULL;
+    PyObject *entry = req_ctx ? PyTuple_Pack(3, guest, instance, req_ctx) : NULL;
     Py_XDECREF(req_ctx);
     if (entry == NULL || PyList_Append(FIELD(flow, o_flow_held), entry) < 0) {
         Py_XDECREF(entry);
@@ -1391,11 +1391,8 @@ static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *
  * pending), -1 error. */
 static int enter_guest(PyObject *flow, PyObject *guest, PyObject *exchange) {
     int stop = attr_true(guest, s_threaded);
-    if (stop == 0 && (stop = attr_true(guest, s_reads_request_body)) == 1) {
-        PyObject *body = PyObject_GetAttr(exchange, s_request_body);
-        stop = body == NULL ? -1 : body == Py_None;
-        Py_XDECREF(body);
-    }
+    if (stop == 0 && (stop = attr_true(guest, s_reads_request_body)) == 1)
+        stop = FIELD(exchange, o_ex_request_body) == Py_None; /* its body is still to be read */
     if (stop)
         return stop < 0 ? -1 : 0;
     PyObject *pool = PyObject_GetAttr(guest, s_pool);
@@ -1436,8 +1433,8 @@ out:
 /* _Flow.enter() -> bool */
 static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *held = FIELD(flow, o_flow_held);
-    if (exchange == NULL || held == NULL || !PyList_CheckExact(held)) {
-        PyErr_SetString(PyExc_TypeError, "enter: the flow has no exchange or held list");
+    if (exchange == NULL || held == NULL || !PyList_CheckExact(held) || !Py_IS_TYPE(exchange, t_exchange)) {
+        PyErr_SetString(PyExc_TypeError, "enter: the flow has no Exchange or held list");
         return NULL;
     }
     PyObject *guests = PyObject_GetAttr(FIELD(flow, o_flow_chain), s_guests);
@@ -1461,11 +1458,10 @@ static int leave_guest(PyObject *flow, PyObject *entry, PyObject *is_error) {
     PyObject *guest = PyTuple_GET_ITEM(entry, 0), *instance = PyTuple_GET_ITEM(entry, 1);
     Core *core = core_of(instance);
     if (core == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "leave: the instance has no accelerator Core");
+        PyErr_SetString(PyExc_TypeError, "leave: the instance has no accelerator Core");
         return -1;
     }
-    PyObject *args[2] = {PyTuple_GET_ITEM(entry, 3), is_error};
+    PyObject *args[2] = {PyTuple_GET_ITEM(entry, 2), is_error};
     PyObject *outcome = response_call(core, args, 2, 1);
     Py_DECREF((PyObject *)core);
     if (outcome == NULL) {
@@ -1497,8 +1493,8 @@ static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
     while (rc == 1 && PyList_GET_SIZE(held)) {
         Py_ssize_t last = PyList_GET_SIZE(held) - 1;
         PyObject *entry = PyList_GET_ITEM(held, last);
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
-            PyErr_SetString(PyExc_TypeError, "leave: a held entry is not (guest, instance, host, req_ctx)");
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_TypeError, "leave: a held entry is not (guest, instance, req_ctx)");
             return NULL;
         }
         int threaded = attr_true(PyTuple_GET_ITEM(entry, 0), s_threaded);
@@ -2004,14 +2000,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     str_raise_trap = PyUnicode_InternFromString("_raise_trap");
-    PyObject **names[] = {&s_guests, &s_threaded, &s_reads_request_body, &s_request_body, &s_pool, &s_try_acquire,
-                          &s_release, &s_context, &s_features, &s_core, &s_pass_on_request_body, &s_type, &s_status,
+    PyObject **names[] = {&s_guests, &s_threaded, &s_reads_request_body, &s_pool, &s_try_acquire,
+                          &s_release, &s_context, &s_features, &s_core, &s_type, &s_status,
                           &s_headers, &s_start, &s_body, &s_method, &s_raw_path, &s_query_string, &s_http_version,
                           &s_client, &s_extensions, &s_trailers_ext, &s_max_body_size, &s_default_version,
                           &s_closed, &s_schedule_trim, &s_collect, &s_stream, &s_replay_receive,
                           &s_observes_response, &s_pathsend, &s_zerocopysend};
-    const char *texts[] = {"guests", "threaded", "reads_request_body", "request_body", "pool", "try_acquire",
-                           "release", "context", "features", "_core", "pass_on_request_body", "type", "status",
+    const char *texts[] = {"guests", "threaded", "reads_request_body", "pool", "try_acquire",
+                           "release", "context", "features", "_core", "type", "status",
                            "headers", "http.response.start", "http.response.body", "method", "raw_path",
                            "query_string", "http_version", "client", "extensions", "http.response.trailers",
                            "max_body_size", "1.1", "closed", "_schedule_trim", "collect", "stream",

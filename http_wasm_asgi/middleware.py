@@ -25,7 +25,7 @@ from .abi import HeaderKind, split_ctx_next
 from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
 from .errors import GuestError, GuestTrap, PoolTimeout
 from .guest import Guest
-from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, GuestHost, merge_response_headers
+from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, merge_response_headers
 from .routes import Route, RouteTable
 from .runtime import SUSPENDED, WasmInstance, accelerated, bind_native_flow
 
@@ -43,8 +43,8 @@ _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "
 log = logging.getLogger("http_wasm_asgi")
 RELOADS: Final = {"ok": 0, "error": 0}  # chains replaced in this process, and reloads that failed (metrics)
 
-# A guest that returned next=1 and waits for handle_response: (guest, instance, host, req_ctx).
-Held = tuple[Guest, WasmInstance, GuestHost, int]
+# A guest that returned next=1 and waits for handle_response: (guest, instance, req_ctx).
+Held = tuple[Guest, WasmInstance, int]
 
 
 class HttpWasmMiddleware:
@@ -356,7 +356,7 @@ class _Flow:
         if outcome == SUSPENDED:
             outcome = await _finish_call(guest, instance)
         if isinstance(outcome, GuestTrap):
-            self.drop_trapped(guest, instance, instance.host, outcome)
+            self.drop_trapped(guest, instance, outcome)
             await self.unwind(is_error=True)
             await self.respond_error(outcome.status)
             return False
@@ -374,7 +374,7 @@ class _Flow:
         host = instance.host
         if host.request_read:
             host.pass_on_request_body()
-        self.held.append((guest, instance, host, split_ctx_next(ctx_next)[0]))
+        self.held.append((guest, instance, split_ctx_next(ctx_next)[0]))
         if host.features & BUFFER_RESPONSE:
             self.buffered = True
 
@@ -489,7 +489,7 @@ class _Flow:
         """
         held = self.held
         while held:
-            guest, instance, _, req_ctx = held[-1]
+            guest, instance, req_ctx = held[-1]
             if guest.threaded:
                 return False
             held.pop()
@@ -516,7 +516,7 @@ class _Flow:
                 guest, instance, outcome = self.pending
                 self.pending = None
             else:  # a guest whose calls run on worker threads
-                guest, instance, _, req_ctx = self.held.pop()
+                guest, instance, req_ctx = self.held.pop()
                 try:
                     outcome = await self.chain.threads.run(guest, instance, instance.response, req_ctx, is_error)
                 except GuestTrap as trap:
@@ -524,7 +524,7 @@ class _Flow:
             if outcome == SUSPENDED:
                 outcome = await _finish_call(guest, instance)
             if isinstance(outcome, GuestTrap):
-                self.drop_trapped(guest, instance, instance.host, outcome)
+                self.drop_trapped(guest, instance, outcome)
                 self.error_status = outcome.status
                 is_error = True
             else:
@@ -568,9 +568,9 @@ class _Flow:
         self.sent = True
         await send_error(self.send, status)
 
-    def drop_trapped(self, guest: Guest, instance: WasmInstance, host: GuestHost, trap: GuestTrap) -> None:
+    def drop_trapped(self, guest: Guest, instance: WasmInstance, trap: GuestTrap) -> None:
         """A guest call trapped: the instance is thrown away (never reused) and the cause logged."""
-        host.end()
+        instance.host.end()
         guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
 
@@ -586,7 +586,7 @@ def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -
 PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "app_args", "leave", "stream")}
 _PROTOTYPE_EXCHANGE: Final = Exchange("GET", b"/", b"", [], 0)
 _PROTOTYPE_FLOW: Final = _Flow(cast(Chain, None), {}, cast(Receive, None), cast(Send, None), _PROTOTYPE_EXCHANGE)
-open_flow: Final = bind_native_flow(_Flow, GuestTrap, BUFFER_RESPONSE, python_open_flow,
+open_flow: Final = bind_native_flow(_Flow, BUFFER_RESPONSE, python_open_flow,
                                     (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS, scope_for_app)
 
 

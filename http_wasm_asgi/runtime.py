@@ -76,7 +76,7 @@ HostFunction = Callable[..., int | None]
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
 WASMTIME_MAJOR: Final = 50
-FASTPATH_VERSION: Final = 10  # the _fastpath.c this module was written for (its VERSION)
+FASTPATH_VERSION: Final = 11  # the _fastpath.c this module was written for (its VERSION)
 # Cooperative calls (see WasmInstance.start_request and _Slices):
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
@@ -599,18 +599,18 @@ def bind_native_pool(pool_class: type) -> None:
         setattr(pool_class, name, method)
 
 
-def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_response: int, open_flow: F,
+def bind_native_flow(flow_class: type, buffer_response: int, open_flow: F,
                      prototypes: tuple[object, object], protocols: Mapping[str, bytes],
                      scope_for_app: Callable[..., Any]) -> F:
     """Give the ASGI binding's per-request class the accelerator's `enter`, `app_args`, `leave` and
     `stream`, and return the accelerator's `open_flow` (the same call: the flow and its exchange in
     one step).
 
-    `flow_class` declares the slots they read and write in `NATIVE_SLOTS`; `trap_class` is the
-    exception a guest call's trap raises (an outcome the methods hand back, not a failure);
-    `buffer_response` the feature bit that makes a guest's response buffered. The native `open_flow`
-    starts from copies of `prototypes` (a flow and an exchange made by the Python constructors, so
-    the defaults are written once), maps the scope's http_version through `protocols`, and leaves
+    `flow_class` declares the slots they read and write in `NATIVE_SLOTS` (a call's GuestTrap is an
+    outcome they hand back, not a failure); `buffer_response` is the feature bit that makes a guest's
+    response buffered. The native `open_flow` starts from copies of `prototypes` (a flow and an
+    exchange made by the Python constructors, so the defaults are written once), maps the scope's
+    http_version through `protocols`, and leaves
     any scope out of the common case to `open_flow`; `app_args` leaves a request the guests changed
     to `scope_for_app`. Without the accelerator, or when the classes changed shape, the Python
     methods and `open_flow` stay.
@@ -619,7 +619,7 @@ def bind_native_flow(flow_class: type, trap_class: type[BaseException], buffer_r
         return open_flow
     try:
         methods = _fastpath.native_flow(flow_class, tuple(flow_class.NATIVE_SLOTS),  # type: ignore[attr-defined]
-                                        trap_class, buffer_response, prototypes, dict(protocols), open_flow,
+                                        GuestTrap, buffer_response, prototypes, dict(protocols), open_flow,
                                         scope_for_app)
     except (TypeError, AttributeError) as exc:
         log.warning("native request flow disabled: %s", exc)
