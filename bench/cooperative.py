@@ -44,9 +44,10 @@ sys.path.insert(0, str(ROOT / "bench"))  # benchutil, also when uvicorn imports 
 
 from benchutil import free_port, wait_port, wrk_seconds  # noqa: E402
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime  # noqa: E402
+from http_wasm_asgi import Guest, HttpWasmMiddleware  # noqa: E402
 from http_wasm_asgi.host import Exchange  # noqa: E402
-from http_wasm_asgi.runtime import SUSPENDED  # noqa: E402
+from http_wasm_asgi.wasm import calls, capi, scheduler  # noqa: E402
+from http_wasm_asgi.wasm.calls import SUSPENDED  # noqa: E402
 
 SPIN = ROOT / "guests" / "wat" / "spin_on_header.wat"
 COPY = ROOT / "guests" / "wat" / "copy_header.wat"
@@ -255,15 +256,15 @@ async def heavy(smoke: bool, seconds: float, snapshot: bool) -> list[Check]:
 
     for inst in list(waf.pool._idle):
         inst.start_request, inst.start_response = timed(inst.start_request), timed(inst.start_response)
-    turn = runtime._Slices._turn
-    runtime._Slices._turn = timed(turn)  # type: ignore[method-assign]
+    turn = scheduler.CallScheduler._turn
+    scheduler.CallScheduler._turn = timed(turn)  # type: ignore[method-assign]
     results = {}
     try:
         for label, app in (("without the guest", echo), ("WAF, heavy rules", HttpWasmMiddleware(echo, [waf]))):
             calls.clear()
             results[label] = await _drive_in_process(app, seconds, httpx)
     finally:
-        runtime._Slices._turn = turn  # type: ignore[method-assign]
+        scheduler.CallScheduler._turn = turn  # type: ignore[method-assign]
     for label, (count, lags, holds, statuses) in results.items():
         print(f"{label}: {count} requests ({count / seconds:.0f}/s, statuses {statuses}); one loop callback held "
               f"the loop p99 {_pct(holds, 0.99) * 1000:.2f} ms, max {max(holds) * 1000:.2f} ms "
@@ -361,8 +362,8 @@ def main() -> int:
     args = parser.parse_args()
     smoke = args.smoke
     only = set(args.only or ("attack", "per-call", "heavy"))
-    print(f"python {sys.version.split()[0]}, wasmtime {runtime.wasmtime_version()}, {os.cpu_count()} cpus, "
-          f"accelerator {'on' if runtime.FAST_PATH else 'OFF (ctypes path)'}, load average "
+    print(f"python {sys.version.split()[0]}, wasmtime {capi.wasmtime_version()}, {os.cpu_count()} cpus, "
+          f"accelerator {'on' if (calls.NATIVE_PATH is not None) else 'OFF (ctypes path)'}, load average "
           f"{os.getloadavg()[0]:.1f}")
     results: list[Check] = []
     if "attack" in only:

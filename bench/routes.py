@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
-from http_wasm_asgi.routes import Route, RouteTable
+from http_wasm_asgi.asgi.routes import Route, RouteTable
 
 GOAL_US = 1.0
 ROOT = Path(__file__).resolve().parent.parent

@@ -41,8 +41,10 @@ from starlette.middleware.base import BaseHTTPMiddleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime  # noqa: E402
-from http_wasm_asgi.devtools import time_requests  # noqa: E402
+from http_wasm_asgi import Guest, HttpWasmMiddleware  # noqa: E402
+from http_wasm_asgi.devkit.devtools import time_requests  # noqa: E402
+from http_wasm_asgi import _native  # noqa: E402
+from http_wasm_asgi.wasm import calls, capi  # noqa: E402
 
 App = Callable[..., Any]
 
@@ -229,7 +231,7 @@ def _call_pair_us(rounds: int = 41, n: int = 3000) -> tuple[float, float, float]
 
 
 def _pair_round(g: Guest, n: int) -> float:
-    from http_wasm_asgi.middleware import exchange_from_scope
+    from http_wasm_asgi.asgi.flow import exchange_from_scope
 
     instance = g.pool.try_acquire()
     assert instance is not None
@@ -268,7 +270,7 @@ def tracing(report: Report, times: dict[str, list[float]]) -> None:
     added = {"default": default - bare, "off": off - bare, "on": on - bare}
     report.header("Host-call tracing (issue 18): 1 WAT guest, added cost per request, same run", "variant",
                   "added us", "")
-    native = sorted(runtime.NATIVE_HOST_FUNCTIONS & {"get_header_values", "set_header_value", "get_status_code"})
+    native = sorted(_native.native_host_functions() & {"get_header_values", "set_header_value", "get_status_code"})
     report.row("default Guest(): tracing off", f"+{added['default']:.2f}", f"native: {len(native)} of 3 host fns")
     report.row("Guest(trace=False)", f"+{added['off']:.2f}", f"default/this: {default / off:.2f}x")
     report.row("Guest(trace=callback): its 3 host calls traced", f"+{added['on']:.2f}", "Python wrappers")
@@ -495,6 +497,8 @@ async def _streaming_peak(mib: int) -> int:
 _POOL = """
 import asyncio, json, sys
 from http_wasm_asgi import Guest, HttpWasmMiddleware
+from http_wasm_asgi.wasm import calls
+from http_wasm_asgi.wasm import capi
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -568,8 +572,8 @@ def main() -> int:
     iterations = 300 if smoke else args.iterations
     rounds = args.rounds or (1 if smoke else 5)
     report = Report()
-    print(f"python {sys.version.split()[0]}, wasmtime {runtime.wasmtime_version()}, {os.cpu_count()} cpus, "
-          f"accelerator {'on' if runtime.FAST_PATH else 'OFF (ctypes path)'}")
+    print(f"python {sys.version.split()[0]}, wasmtime {capi.wasmtime_version()}, {os.cpu_count()} cpus, "
+          f"accelerator {'on' if (calls.NATIVE_PATH is not None) else 'OFF (ctypes path)'}")
     asyncio.run(in_process(report, iterations, 3 if smoke else 10))
     if args.no_e2e:
         report.skip("end to end", "--no-e2e")

@@ -61,7 +61,7 @@ CANDIDATES = ("httpx", "httpx+sniffio", "httpcore", "aiohttp", "aiosonic", "pyre
 
 
 def _prepare(scope: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bool]:
-    from http_wasm_asgi.proxy import request_headers
+    from http_wasm_asgi.asgi.proxy import request_headers
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string") or b""
     target = (path + b"?" + query if query else path).decode("latin-1")
@@ -79,7 +79,7 @@ async def _body(receive: Any) -> AsyncIterator[bytes]:
 
 
 async def _stream_back(send: Any, status: int, headers: list[tuple[bytes, bytes]], chunks: Any) -> None:
-    from http_wasm_asgi.proxy import response_headers
+    from http_wasm_asgi.asgi.proxy import response_headers
     await send({"type": "http.response.start", "status": status, "headers": response_headers(headers)})
     async for chunk in chunks:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})

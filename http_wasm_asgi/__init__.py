@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import GuestError, GuestTrap, HostTrap, PoolTimeout
 
 if TYPE_CHECKING:
-    from .config import ConfigError, load_config, reload_config
+    from .asgi.middleware import HttpWasmMiddleware
+    from .asgi.routes import Route
     from .guest import Guest
-    from .middleware import HttpWasmMiddleware
-    from .routes import Route
-    from .sources import SourceError
-    from .sources import fetch as fetch_guest
+    from .server.config import ConfigError, load_config, reload_config
+    from .server.sources import SourceError
+    from .server.sources import fetch as fetch_guest
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
            "Route", "SourceError", "fetch_guest", "load_config", "reload_config"]
@@ -35,19 +35,19 @@ def __getattr__(name: str) -> Any:
 
         return Guest
     if name == "HttpWasmMiddleware":
-        from .middleware import HttpWasmMiddleware
+        from .asgi.middleware import HttpWasmMiddleware
 
         return HttpWasmMiddleware
     if name in ("fetch_guest", "SourceError"):
-        from . import sources
+        from .server import sources
 
         return sources.fetch if name == "fetch_guest" else sources.SourceError
     if name == "Route":
-        from .routes import Route
+        from .asgi.routes import Route
 
         return Route
     if name in ("ConfigError", "load_config", "reload_config"):
-        from . import config
+        from .server import config
 
         return getattr(config, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

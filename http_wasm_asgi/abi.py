@@ -6,7 +6,9 @@ here. Source: https://http-wasm.io/http-handler-abi/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, IntFlag
+from types import MappingProxyType
 from typing import Final
 
 HOST_MODULE: Final = "http_handler"
@@ -85,12 +87,31 @@ class LogLevel(IntEnum):
     NONE = 3
 
 
+# `handle_request`'s i64 result: req_ctx in the upper 32 bits, the next flag in bit 0.
+NEXT_BIT: Final = 1
+REQ_CTX_SHIFT: Final = 32
+# A `count_len` (or `eof_len`) i64: the count (or eof) in the upper 32 bits, the length in the lower.
+COUNT_SHIFT: Final = 32
+
+
 def split_ctx_next(ctx_next: int) -> tuple[int, bool]:
     """Split `handle_request`'s i64 result into (req_ctx, next)."""
     value = ctx_next & 0xFFFF_FFFF_FFFF_FFFF
-    return value >> 32, bool(value & 1)
+    return value >> REQ_CTX_SHIFT, bool(value & NEXT_BIT)
 
 
 def count_len(count: int, length: int) -> int:
     """Encode a `count_len` (or `eof_len`) i64: count in the upper 32 bits."""
-    return (count << 32) | length
+    return (count << COUNT_SHIFT) | length
+
+
+# The facts the native path (http_wasm_asgi/_native) uses, handed to its configure_abi: it restates none of
+# them and refuses a missing or an unknown key.
+NATIVE_FACTS: Final[Mapping[str, int]] = MappingProxyType({
+    "next_bit": NEXT_BIT,
+    "req_ctx_shift": REQ_CTX_SHIFT,
+    "count_shift": COUNT_SHIFT,
+    "buffer_response": int(Feature.BUFFER_RESPONSE),
+    "header_kind_request": int(HeaderKind.REQUEST),
+    "header_kind_response": int(HeaderKind.RESPONSE),
+})

@@ -45,3 +45,13 @@ class GuestTrap(Exception):
 
 class PoolTimeout(Exception):
     """Every instance of a guest stayed busy for longer than the pool timeout."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The cause of an error (a wasmtime error or trap), without its backtrace."""
+    text = str(exc).strip()
+    if "Caused by:" in text:
+        cause = [line.strip() for line in text.split("Caused by:", 1)[1].splitlines() if line.strip()]
+        text = " ".join(cause)
+        return text.removeprefix("wasm trap: ")
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar
 
-from . import runtime
+from . import _native, registry
 from .errors import GuestError
-from .host import HEADER_BYTES, PHASES, Exchange, GuestContext, GuestHost
-from .host import HOST_FUNCTIONS as _HOST_FUNCTIONS
-from .pool import InstancePool
-from .runtime import CallStats, HostFunction, Limits, ModuleInfo, WasiOptions, WasmInstance, WasmModule
-from .snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
+from .host import HOST_FUNCTIONS, GuestContext, GuestHost
+from .pool import InstancePool, NativeInstancePool
+from .snapshot_cache import SnapshotEntry, snapshot_key
 from .tracing import HostCallSink, sinks_for, traced
-
-runtime.bind_native_host(GuestHost, Exchange, PHASES, HEADER_BYTES, _HOST_FUNCTIONS)  # host.py for the accelerator
-# The accelerator's try_acquire and release take the place of these when it is built (tests compare them).
-PYTHON_POOL_METHODS: Final = {name: vars(InstancePool)[name] for name in ("try_acquire", "release")}
-runtime.bind_native_pool(InstancePool)
+from .wasm.cache import default_cache_dir
+from .wasm.calls import HostFunction
+from .wasm.instance import WasmInstance
+from .wasm.module import Limits, ModuleInfo, WasiOptions, WasmModule, wasm_binary
+from .wasm.snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
+from .wasm.stats import CallStats
 
 GuestSource = str | os.PathLike[str] | bytes | bytearray
 GuestConfig = bytes | str | Mapping[str, Any] | None
@@ -39,25 +36,8 @@ DEFAULT_MAX_INSTANCES = 1024  # a count cap: what instances cost is bounded by m
 DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # linear memory of one guest's instances, beyond a shared snapshot
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds an instance may stay idle before it is closed (down to min_instances)
 INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memory (store, tables), for the budget
-SNAPSHOT_FORMAT = 2  # bump when what a snapshot captures changes: old cache entries are then ignored
 MEMORY_PROBE_LIMIT = 4 * 1024 * 1024 * 1024  # after an init that failed: what it needed (up to 4x the limit)
 _USE_DEFAULT: Any = object()
-# What the metrics read at scrape time: every open guest (its pool), and the counters of each guest name,
-# kept for the process's life so that a reloaded guest of the same name goes on counting.
-_OPEN_GUESTS: weakref.WeakSet[Guest] = weakref.WeakSet()
-_STATS_BY_NAME: dict[str, CallStats] = {}
-
-
-def open_guests() -> list[Guest]:
-    """The guests whose pools are open, in this process (a chain being retired is still here)."""
-    return list(_OPEN_GUESTS)
-
-
-def guest_stats() -> dict[str, CallStats]:
-    """The call counters of every guest name this process has loaded."""
-    return dict(_STATS_BY_NAME)
-
-
 def encode_config(config: GuestConfig) -> bytes:
     """bytes as they are, text as UTF-8, a mapping as compact JSON."""
     if config is None:
@@ -75,11 +55,11 @@ def _read_source(source: GuestSource, name: str | None) -> tuple[Path | None, st
     """(path, name, module binary) of a guest given as a file or as bytes (binary or text); the name defaults
     to the file's stem."""
     if isinstance(source, bytes | bytearray):
-        return None, name or "guest", runtime.wasm_binary(name or "guest", bytes(source))
+        return None, name or "guest", wasm_binary(name or "guest", bytes(source))
     path = Path(source)
     name = name or path.stem
     try:
-        return path, name, runtime.wasm_binary(name, path.read_bytes())
+        return path, name, wasm_binary(name, path.read_bytes())
     except OSError as exc:
         raise GuestError(name, f"cannot read {os.fspath(source)}: {exc.strerror or exc}") from None
 
@@ -93,28 +73,6 @@ class SnapshotInfo:
     init_seconds: float = 0.0  # what the guest's init took (when the snapshot was built)
     image_bytes: int = 0  # linear memory captured after init: mapped copy-on-write by every instance
     exports: tuple[tuple[str, str], ...] = ()  # the original module's exports (name, type), init ones included
-
-
-def _read_snapshot(files: tuple[Path, Path]) -> tuple[bytes, dict[str, Any]] | None:
-    """A snapshot from the disk cache (missing or unreadable: None, it is built again)."""
-    try:
-        meta = json.loads(files[1].read_text())
-        keys = ("features", "init_seconds", "image_bytes", "exports", "init_log")
-        return files[0].read_bytes(), {k: meta[k] for k in keys}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_snapshot(files: tuple[Path, Path], wasm: bytes, meta: dict[str, Any]) -> None:
-    """Both files, each replaced atomically; the metadata last, so a reader never sees it without its module."""
-    with contextlib.suppress(OSError):
-        files[0].parent.mkdir(parents=True, exist_ok=True)
-        for path, data in ((files[0], wasm), (files[1], json.dumps(meta).encode())):
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the guest's state
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
 
 
 class Guest:
@@ -133,6 +91,14 @@ class Guest:
     logs them to `http_wasm_asgi.trace.<name>` at TRACE; the default traces only when that logger
     is enabled for TRACE at load. Untraced guests (the default) pay nothing for it.
     """
+
+    # What the native path reads of a guest (see _native: the contract); set in __init__.
+    NATIVE_SLOTS: ClassVar = ()
+    NATIVE_ATTRIBUTES: ClassVar = ("context", "pool", "reads_request_body", "threaded")
+    context: GuestContext
+    pool: InstancePool[WasmInstance]
+    reads_request_body: bool
+    threaded: bool
 
     def __init__(
         self,
@@ -172,7 +138,7 @@ class Guest:
         self.threaded = threaded  # guest calls on worker threads (else on the event loop: fastest)
         self.context = GuestContext(self.name, self.config, self.logger)
         self.module, self.snapshot, self.info = self._load(
-            wasm, snapshot, runtime.default_cache_dir() if cache_dir is _USE_DEFAULT else
+            wasm, snapshot, default_cache_dir() if cache_dir is _USE_DEFAULT else
             (Path(cache_dir) if cache_dir else None),
             WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {})),
             Limits(call_timeout=call_timeout, init_timeout=init_timeout, memory_bytes=memory_limit))
@@ -183,7 +149,7 @@ class Guest:
                                     min_size=max(min_instances, 1), max_idle=max_idle, idle_timeout=idle_timeout,
                                     budget=memory_budget)
         self._fill(wasm)  # fail fast, and learn the init-time features
-        _OPEN_GUESTS.add(self)
+        registry.guest_opened(self)
 
     def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[list[HostCallSink] | None,
                                                                              Mapping[str, HostFunction]]:
@@ -191,7 +157,12 @@ class Guest:
         themselves (native ones with the accelerator), a traced one wrappers that report each call to
         `trace_sinks` (a list: a test client adds its own)."""
         sinks = sinks_for(self.name, trace)
-        return (None, _HOST_FUNCTIONS) if sinks is None else (sinks, traced(_HOST_FUNCTIONS, self.name, sinks))
+        return (None, HOST_FUNCTIONS) if sinks is None else (sinks, traced(HOST_FUNCTIONS, self.name, sinks))
+
+    @property
+    def native(self) -> bool:
+        """Whether this guest's calls take the native path (chosen when its module was linked)."""
+        return self.module.path.native
 
     @property
     def traced(self) -> bool:
@@ -202,10 +173,11 @@ class Guest:
         """The instance pool; an instance costs its linear memory beyond the snapshot's shared image.
 
         Its instances count their calls in the guest's stats (metrics)."""
-        self.stats = self.module.stats = _STATS_BY_NAME.setdefault(self.name, CallStats())
+        self.stats = self.module.stats = registry.stats_for(self.name, CallStats)
         self.instance_source = "snapshot" if self.snapshot.used else "init"
         image = self.snapshot.image_bytes
-        return InstancePool(self.new_instance, name=self.name, create_inline=self.snapshot.used,
+        pool_class = NativeInstancePool if self.native else InstancePool
+        return pool_class(self.new_instance, name=self.name, create_inline=self.snapshot.used,
                             cost=lambda instance: max(instance.memory_size() - image, 0) + INSTANCE_OVERHEAD,
                             **bounds)
 
@@ -251,7 +223,7 @@ class Guest:
         probe_limit = min(max(4 * limit, 1 << 30), MEMORY_PROBE_LIMIT)
         if limit >= probe_limit:
             return ""
-        roomy = WasmModule(self.name, wasm, _HOST_FUNCTIONS, wasi=module.wasi,
+        roomy = WasmModule(self.name, wasm, HOST_FUNCTIONS, wasi=module.wasi,
                            limits=dataclasses.replace(module.limits, memory_bytes=probe_limit))
         saved, self.context.logger = self.context.logger, logging.getLogger(f"{self.logger.name}.memory-probe")
         self.context.logger.disabled = True  # the probe's output is not the guest's log
@@ -301,20 +273,16 @@ class Guest:
 
         Processes starting together (N workers) build it once: the first holds the entry's lock.
         """
-        key = hashlib.sha256(b"\0".join([
-            f"http-wasm-asgi snapshot {SNAPSHOT_FORMAT}".encode(), sha256.encode(), self.config,
-            json.dumps(sorted(wasi.env.items())).encode()])).hexdigest()
+        key = snapshot_key(sha256, self.config, wasi.env)
         if cache_dir is None:
             return self._build_snapshot(wasm, None, key, wasi, limits)
-        files = (cache_dir / f"snapshot-{key}.wasm", cache_dir / f"snapshot-{key}.json")
-        refused = cache_dir / f"snapshot-{key}.refused"  # the reason, kept: the check reads every function
-        with runtime.cache_entry_lock(files[0]):
-            cached = _read_snapshot(files)
+        entry = SnapshotEntry(cache_dir, key)
+        with entry.lock():
+            cached = entry.read()
             if cached is None:
-                try:
-                    reason = refused.read_text()
-                except OSError:  # never checked (or the cache was cleared)
-                    return self._build_snapshot(wasm, files, key, wasi, limits, refused)
+                reason = entry.refusal()
+                if reason is None:  # never checked (or the cache was cleared)
+                    return self._build_snapshot(wasm, entry, key, wasi, limits)
                 raise SnapshotError(reason)
         snap, meta = cached
         self.context.features = int(meta["features"])
@@ -325,20 +293,19 @@ class Guest:
         return module, SnapshotInfo(True, "disk", float(meta["init_seconds"]), int(meta["image_bytes"]),
                                     tuple((str(n), str(t)) for n, t in meta["exports"]))
 
-    def _build_snapshot(self, wasm: bytes, files: tuple[Path, Path] | None, key: str, wasi: WasiOptions,
-                        limits: Limits, refused: Path | None = None) -> tuple[WasmModule, SnapshotInfo]:
+    def _build_snapshot(self, wasm: bytes, entry: SnapshotEntry | None, key: str, wasi: WasiOptions,
+                        limits: Limits) -> tuple[WasmModule, SnapshotInfo]:
         reason = refusal(wasm)
         if reason is not None:
-            if refused is not None:
-                with contextlib.suppress(OSError):
-                    refused.write_text(reason)
+            if entry is not None:
+                entry.refuse(reason)
             raise SnapshotError(reason)
         said = self.context.transcript = []
         try:
             snap, memory, seconds, exports = self._take_snapshot(wasm, wasi, limits)
         finally:
             self.context.transcript = None
-        module = WasmModule(self.name, snap, self.host_functions, cache_dir=files[0].parent if files else None,
+        module = WasmModule(self.name, snap, self.host_functions, cache_dir=entry.folder if entry else None,
                             wasi=wasi, limits=limits, cache_key=key)
         instance = module.instantiate(self._make_host, None)  # verify once: a fresh instance starts as captured
         try:
@@ -346,8 +313,8 @@ class Guest:
                 raise SnapshotError("a fresh instance of the snapshot does not hold the captured memory")
         finally:
             instance.close()
-        if files:
-            _write_snapshot(files, snap, {"features": self.context.features, "init_seconds": seconds,
+        if entry is not None:
+            entry.write(snap, {"features": self.context.features, "init_seconds": seconds,
                                           "image_bytes": len(memory), "exports": exports, "init_log": said})
         log.info("guest %r: snapshot after init (%.0f ms, %.1f MiB of memory); instances start from it",
                  self.name, seconds * 1000, len(memory) / 2**20)
@@ -376,9 +343,11 @@ class Guest:
 
     def close(self) -> None:
         self.pool.close()
-        if self in _OPEN_GUESTS:
-            _OPEN_GUESTS.discard(self)
+        if registry.guest_closed(self):
             self.stats.closed_pool_timeouts += self.pool.timeouts
 
     def __repr__(self) -> str:
         return f"Guest({self.name!r}, {self.info.size} bytes, features={self.features})"
+
+
+_native.learn("guest", Guest)

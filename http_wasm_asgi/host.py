@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import ClassVar, Final, Protocol, cast
 
+from . import _native
 from .abi import BodyKind, Feature, HeaderKind, LogLevel, count_len, feature_names
 from .errors import HostTrap
 
@@ -30,7 +31,7 @@ _PY_LEVELS: Final[dict[int, int]] = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INF
                                      LogLevel.WARN: logging.WARNING, LogLevel.ERROR: logging.ERROR}
 _TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE_CHARS: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # RFC 9110 field-value bytes
-HEADER_BYTES: Final = (_TOKEN_CHARS, _VALUE_CHARS)  # allowed in names, in values (the accelerator's tables)
+HEADER_BYTES: Final = (_TOKEN_CHARS, _VALUE_CHARS)  # allowed in names, in values (the native path's tables)
 _EDGE_SPACE: Final = (b" ", b"\t")  # field values neither start nor end with whitespace
 _BAD_URI = re.compile(rb"[\x00-\x20\x7f-\xff#]")
 # Plain ints on the hot path: IntFlag arithmetic costs a Python call per operation.
@@ -51,7 +52,7 @@ class Phase(IntEnum):
     RESPONSE = 2  # after next: the next handler ran (or is running)
 
 
-# Plain ints in GuestHost.phase (the C accelerator reads them; IntEnum comparisons cost a call).
+# Plain ints in GuestHost.phase (the native path reads them; IntEnum comparisons cost a call).
 _PHASE_INIT: Final = int(Phase.INIT)
 _PHASE_REQUEST: Final = int(Phase.REQUEST)
 _PHASE_RESPONSE: Final = int(Phase.RESPONSE)
@@ -70,10 +71,11 @@ class Exchange:
                  "request_body", "request_body_more", "request_body_replaced", "request_headers",
                  "request_trailers", "response_body", "response_body_replaced", "response_headers",
                  "response_trailers", "status", "trailers_supported", "uri")
-    # the slots the C accelerator reads (runtime.bind_native_host hands them to it)
+    # what the native path reads and writes (see _native: the contract)
     NATIVE_SLOTS: ClassVar = ("client", "headers_changed", "max_body_size", "method", "path", "protocol", "query",
                               "request_body", "request_body_replaced", "request_headers", "response_headers",
                               "status", "trailers_supported", "uri")
+    NATIVE_ATTRIBUTES: ClassVar = ()
 
     def __init__(self, method: str, path: bytes, query: bytes, headers: Headers, max_body_size: int,
                  protocol: bytes = b"HTTP/1.1", client: tuple[str, int] | None = None,
@@ -169,6 +171,10 @@ def merge_response_headers(guest_headers: Sequence[tuple[bytes, bytes]],
 class GuestContext:
     """What every instance of one guest shares: name, config, logger, init-time features."""
 
+    NATIVE_SLOTS: ClassVar = ()  # what the native path reads (see _native: the contract)
+    NATIVE_ATTRIBUTES: ClassVar = ("features",)
+    features: int
+
     def __init__(self, name: str, config: bytes, logger: logging.Logger) -> None:
         self.name = name
         self.config = config
@@ -216,14 +222,15 @@ class GuestHost:
 
     __slots__ = ("config", "exchange", "features", "guest", "mem", "phase", "request_read", "request_written",
                  "response_read", "response_written")
-    # the slots the C accelerator reads and writes (runtime.bind_native_host hands them to it)
+    # what the native path reads, writes and calls (see _native: the contract)
     NATIVE_SLOTS: ClassVar = ("config", "exchange", "features", "phase", "request_read", "request_written",
                               "response_read", "response_written")
+    NATIVE_ATTRIBUTES: ClassVar = ("after_next", "begin", "end", "pass_on_request_body")
 
     def __init__(self, mem: Memory, guest: GuestContext) -> None:
         self.mem = mem
         self.guest = guest
-        self.config = guest.config  # read by the accelerator's native get_config
+        self.config = guest.config  # read by the native get_config
         self.exchange: Exchange | None = None
         self.features = 0
         self.phase = _PHASE_INIT
@@ -541,3 +548,9 @@ HOST_FUNCTIONS: Final[dict[str, Callable[..., int | None]]] = {
         get_protocol_version, get_header_names, get_header_values, set_header_value, add_header_value,
         remove_header, read_body, write_body, get_status_code, set_status_code, get_source_addr)
 }
+
+
+_native.learn("context", GuestContext)
+_native.learn("exchange", Exchange)
+_native.learn("host", GuestHost)
+_native.bind_host(PHASES, HEADER_BYTES, HOST_FUNCTIONS)

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Generic, Protocol, TypeVar
 
+from . import _native
 from .errors import PoolTimeout
+from .wasm.instance import WasmInstance
 
 log = logging.getLogger("http_wasm_asgi.pool")
 
@@ -45,10 +47,11 @@ class InstancePool(Generic[T]):
     __slots__ = ("_budget_logged", "_create", "_executor", "_idle", "_live", "_low", "_trim_handle", "_waiters",
                  "budget", "budget_waits", "cost", "create_inline", "idle_timeout", "max_idle", "max_size",
                  "min_size", "name", "reuse", "size", "timeout", "timeouts")
-    # the slots the C accelerator's try_acquire and release read and write (their fast cases: an idle
-    # instance taken from and given back to the end of _idle; runtime.bind_native_pool)
+    # what NativeInstancePool's try_acquire and release read, write and call (their fast cases: an idle
+    # instance taken from and given back to the end of _idle); see _native: the contract
     NATIVE_SLOTS: ClassVar = ("_idle", "_low", "_trim_handle", "_waiters", "idle_timeout", "max_idle", "min_size",
                               "reuse", "size")
+    NATIVE_ATTRIBUTES: ClassVar = ("_schedule_trim", "release", "try_acquire")
 
     def __init__(self, create: Callable[[], T], *, max_size: int, timeout: float, reuse: bool = True,
                  name: str = "guest", min_size: int = 0, max_idle: int | None = None,
@@ -281,3 +284,15 @@ class InstancePool(Generic[T]):
         self._low = len(self._idle)
         if self.size > self.min_size:
             self._schedule_trim()
+
+
+class NativeInstancePool(InstancePool[WasmInstance]):
+    """The pool of a guest on the native path: `try_acquire` and `release` in C for their fast cases (an idle
+    instance taken and given back; they read the WasmInstance's contract too), every other case by the methods
+    above, which stay the reference."""
+
+    __slots__ = ()
+
+
+_native.learn("pool", InstancePool)
+_native.install(NativeInstancePool, _native.pool_methods(NativeInstancePool))

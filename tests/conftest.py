@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from http_wasm_asgi.testing import echo_app
+from http_wasm_asgi.wasm.calls import NATIVE_PATH, PYTHON_PATH, CallPath, using_path
 
 ROOT = Path(__file__).resolve().parent.parent
 WAT = ROOT / "guests" / "wat"
@@ -21,6 +22,17 @@ WAT = ROOT / "guests" / "wat"
 def _quiet_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compiled-module cache in a temp folder shared by the session: tests never touch the user's cache."""
     monkeypatch.setenv("HTTP_WASM_ASGI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "wasm-cache"))
+
+
+@pytest.fixture(params=["native", "python"])
+def call_path(request: pytest.FixtureRequest) -> Iterator[CallPath]:
+    """Runs the test once per call path: every guest it makes takes that path (the native path and its Python
+    reference must behave alike). The native path must be built (`make install` compiles it)."""
+    path = NATIVE_PATH if request.param == "native" else PYTHON_PATH
+    if path is None:
+        pytest.fail("the native path is not built (no C compiler at install?): see _native.OFF_REASON")
+    with using_path(path):
+        yield path
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
-from http_wasm_asgi.conformance import load_suite
+from http_wasm_asgi.devkit.conformance import load_suite
 from http_wasm_asgi.testing import echo_app
 
 from .driver import BUF, RETURN, WRITE_LAST, Program

@@ -26,6 +26,8 @@ from driver import (
 from http_wasm_asgi import HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app
 
+pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
+
 REQ, RESP = 0, 1  # header / body kinds
 
 

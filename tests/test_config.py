@@ -16,8 +16,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from http_wasm_asgi import ConfigError, HttpWasmMiddleware, load_config
-from http_wasm_asgi.config import middleware_from_config
-from http_wasm_asgi.proxy import ProxyApp, UpstreamTimeout
+from http_wasm_asgi.asgi.proxy import ProxyApp, UpstreamTimeout
+from http_wasm_asgi.server.config import middleware_from_config
 from http_wasm_asgi.testing import echo_app
 
 ZIG = ROOT / "guests" / "zig"

@@ -1,23 +1,29 @@
-"""Cooperative guest calls (issue 13), at the runtime's level: calls that yield to the event loop
-every epoch tick, their CPU limit, host functions inside them, cancellation, and the ctypes path."""
+"""Cooperative guest calls, at the wasm layer: calls that yield to the event loop every epoch tick, their CPU
+limit, host functions inside them and cancellation, on both call paths."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT, WAT
+from conftest import WAT
 
-from http_wasm_asgi import Guest, GuestTrap, runtime
+from http_wasm_asgi import Guest, GuestTrap
 from http_wasm_asgi.host import Exchange
-from http_wasm_asgi.runtime import SUSPENDED, WasmInstance
+from http_wasm_asgi.wasm import calls, engine
+from http_wasm_asgi.wasm.calls import SUSPENDED
+from http_wasm_asgi.wasm.instance import WasmInstance
+
+pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
 
 SPIN = WAT / "spin_on_header.wat"
-CALLS = 300_000 if runtime.FAST_PATH else 30_000  # host calls of a "long" request (~50 ms of guest time)
+
+
+def long_request_calls() -> int:
+    """Host calls of a "long" request (~50 ms of guest time) on the call path new guests take."""
+    return 300_000 if calls.default_path().native else 30_000
 
 
 def exchange(headers: list[tuple[bytes, bytes]]) -> Exchange:
@@ -91,7 +97,7 @@ def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
         await tick
         assert yielded and ctx_next & 1
         assert ex.response_headers == [(b"x-spun", b"mine")]
-        assert runtime.EPOCH_TICK_SECONDS * 10 < elapsed < 30
+        assert engine.EPOCH_TICK_SECONDS * 10 < elapsed < 30
         return max(lags), elapsed, lags
 
     async def main() -> None:
@@ -99,9 +105,9 @@ def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
         assert probe is not None
         speeds = []  # guest time per host call: the fastest of three (a stalled probe reads slow)
         for _ in range(3):
-            await request(probe, [(b"x-spin", str(CALLS // 4).encode()), (b"x-id", b"p")])
-            speeds.append(probe._core.used / (CALLS // 4))  # type: ignore[union-attr]
-        calls = max(CALLS, int(0.3 / min(speeds)))  # ~0.3 s of guest time
+            await request(probe, [(b"x-spin", str(long_request_calls() // 4).encode()), (b"x-id", b"p")])
+            speeds.append(probe._core.used / (long_request_calls() // 4))  # type: ignore[union-attr]
+        calls = max(long_request_calls(), int(0.3 / min(speeds)))  # ~0.3 s of guest time
         worst: list[tuple[float, float]] = []
         for _ in range(3):
             stall, elapsed, lags = await attempt(calls)
@@ -121,7 +127,8 @@ def test_interleaved_slow_calls_keep_their_requests_apart() -> None:
     instances = [guest.pool.try_acquire() for _ in range(4)]
 
     async def main() -> None:
-        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(CALLS // 4 + CALLS // 40 * i).encode()),  # type: ignore[arg-type]
+        n = long_request_calls()
+        got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n // 4 + n // 40 * i).encode()),  # type: ignore[arg-type]
                                                     (b"x-id", f"req-{i}".encode())])
                                      for i, inst in enumerate(instances)))
         for i, (ctx_next, ex, yielded) in enumerate(got):
@@ -165,8 +172,8 @@ def test_spinning_calls_do_not_use_up_each_others_budget() -> None:
     async def main() -> None:
         speeds = []
         for _ in range(3):
-            await request(probe, [(b"x-spin", str(CALLS // 4).encode()), (b"x-id", b"p")])
-            speeds.append(probe._core.used / (CALLS // 4))  # type: ignore[union-attr]  # its guest time
+            await request(probe, [(b"x-spin", str(long_request_calls() // 4).encode()), (b"x-id", b"p")])
+            speeds.append(probe._core.used / (long_request_calls() // 4))  # type: ignore[union-attr]  # its guest time
         n = int(0.15 / sorted(speeds)[1])  # host calls for ~0.15 s of guest time
         for _ in range(4):
             got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n).encode()), (b"x-id", b"x")])  # type: ignore[arg-type]
@@ -220,14 +227,6 @@ def test_calls_run_to_their_end_on_a_worker_thread() -> None:
     asyncio.run(main())
     instance2 = asyncio.run(asyncio.to_thread(Guest(SPIN, name="init-elsewhere").new_instance))
     assert not instance2.closed
-
-
-@pytest.mark.skipif(not runtime.FAST_PATH, reason="runs the ctypes path from the accelerated one")
-def test_the_ctypes_path_is_cooperative_too() -> None:
-    env = dict(os.environ, HTTP_WASM_ASGI_NO_FASTPATH="1")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         env=env, cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-3000:]
 
 
 def _rss() -> int:

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from procs import COMMAND, run
 
-from http_wasm_asgi.devtools import RequestSpec, parse_request
+from http_wasm_asgi.devkit.devtools import RequestSpec, parse_request
 
 ZIG = ROOT / "guests" / "zig"
 GO = ROOT / "guests" / "go"

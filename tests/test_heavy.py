@@ -22,7 +22,8 @@ import pytest
 from conftest import ROOT, WAT
 from test_waf import WAF, expected_sample, expected_spin, rules
 
-from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware, conformance
+from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
+from http_wasm_asgi.devkit import conformance
 from http_wasm_asgi.testing import echo_app, serve
 
 MiB = 1024 * 1024

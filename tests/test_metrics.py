@@ -1,12 +1,10 @@
-"""Prometheus metrics: what the accelerator and the pools count, the collector an app can register, and
+"""Prometheus metrics: what the call paths and the pools count (on both paths), the collector an app can register, and
 the listener of `serve --metrics-port` (/metrics, /healthz, /readyz), in one process and with
 `--workers 2` (the figures add up, the endpoint is served once)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +15,11 @@ from procs import COMMAND, UVICORN, free_port, serving
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware, runtime
+from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.metrics import FAMILIES, GuestCollector, figures
 from http_wasm_asgi.testing import echo_app
+from http_wasm_asgi.wasm import stats
+from http_wasm_asgi.wasm.calls import CallPath
 
 HOSTILE = WAT / "hostile"
 
@@ -28,9 +28,11 @@ def sample(name: str, **labels: str) -> float:
     return total(figures(), name, **labels)
 
 
-async def test_in_process_calls_short_circuits_and_durations_are_counted(client: ClientFactory) -> None:
-    auth = Guest(ZIG / "auth.wasm", name="count-auth", config=b"t")
-    adder = Guest(ZIG / "headeradder.wasm", name="count-adder", config="response x-a 1")
+async def test_in_process_calls_short_circuits_and_durations_are_counted(client: ClientFactory,
+                                                                         call_path: CallPath) -> None:
+    p = call_path.name  # counters live for the process: each path counts under its own guest names
+    auth = Guest(ZIG / "auth.wasm", name=f"count-auth-{p}", config=b"t")
+    adder = Guest(ZIG / "headeradder.wasm", name=f"count-adder-{p}", config="response x-a 1")
     app = HttpWasmMiddleware(echo_app, [auth, adder])
     async with client(app) as c:
         for _ in range(5):
@@ -38,44 +40,46 @@ async def test_in_process_calls_short_circuits_and_durations_are_counted(client:
         for _ in range(3):
             assert (await c.get("/", headers=AUTH)).status_code == 200
     calls = "http_wasm_guest_calls_total"
-    assert sample(calls, guest="count-auth", phase="handle_request") == 8
-    assert sample(calls, guest="count-auth", phase="handle_response") == 3  # not after it answered
-    assert sample(calls, guest="count-adder", phase="handle_request") == 3
-    assert sample("http_wasm_guest_short_circuits_total", guest="count-auth") == 5
-    assert sample("http_wasm_guest_short_circuits_total", guest="count-adder") == 0
+    assert sample(calls, guest=f"count-auth-{p}", phase="handle_request") == 8
+    assert sample(calls, guest=f"count-auth-{p}", phase="handle_response") == 3  # not after it answered
+    assert sample(calls, guest=f"count-adder-{p}", phase="handle_request") == 3
+    assert sample("http_wasm_guest_short_circuits_total", guest=f"count-auth-{p}") == 5
+    assert sample("http_wasm_guest_short_circuits_total", guest=f"count-adder-{p}") == 0
     seconds = "http_wasm_guest_call_seconds"
-    assert sample(seconds + "_count", guest="count-auth", phase="handle_request") == 8
-    assert sample(seconds + "_bucket", guest="count-auth", phase="handle_request", le="+Inf") == 8
-    assert 0 < sample(seconds + "_sum", guest="count-auth", phase="handle_request") < 8 * 0.5
-    buckets = [sample(seconds + "_bucket", guest="count-adder", phase="handle_response", le=f"{ns / 1e9:g}")
-               for ns in runtime.CALL_BUCKETS_NS]
+    assert sample(seconds + "_count", guest=f"count-auth-{p}", phase="handle_request") == 8
+    assert sample(seconds + "_bucket", guest=f"count-auth-{p}", phase="handle_request", le="+Inf") == 8
+    assert 0 < sample(seconds + "_sum", guest=f"count-auth-{p}", phase="handle_request") < 8 * 0.5
+    buckets = [sample(seconds + "_bucket", guest=f"count-adder-{p}", phase="handle_response", le=f"{ns / 1e9:g}")
+               for ns in stats.CALL_BUCKETS_NS]
     assert buckets == sorted(buckets) and buckets[-1] == 3  # cumulative, every call under 1 s
-    assert sample("http_wasm_instances_created_total", guest="count-auth", source="snapshot") == 1
-    assert sample("http_wasm_pool_instances", guest="count-auth", state="idle") == 1
-    assert sample("http_wasm_instance_memory_bytes", guest="count-auth") >= 65536
+    assert sample("http_wasm_instances_created_total", guest=f"count-auth-{p}", source="snapshot") == 1
+    assert sample("http_wasm_pool_instances", guest=f"count-auth-{p}", state="idle") == 1
+    assert sample("http_wasm_instance_memory_bytes", guest=f"count-auth-{p}") >= 65536
     app.close()
-    assert sample("http_wasm_pool_instances", guest="count-auth", state="idle") == 0  # a closed pool is gone
-    assert sample(calls, guest="count-auth", phase="handle_request") == 8  # counters are not
+    assert sample("http_wasm_pool_instances", guest=f"count-auth-{p}", state="idle") == 0  # a closed pool is gone
+    assert sample(calls, guest=f"count-auth-{p}", phase="handle_request") == 8  # counters are not
 
 
-async def test_in_process_traps_are_counted_by_cause(client: ClientFactory) -> None:
-    trap = Guest(HOSTILE / "trap_on_header.wat", name="count-trap")
-    spin = Guest(WAT / "spin_on_header.wat", name="count-spin", call_timeout=0.05)
-    leak = Guest(HOSTILE / "leak.wat", name="count-leak", memory_limit=4 * 65536)
+async def test_in_process_traps_are_counted_by_cause(client: ClientFactory, call_path: CallPath) -> None:
+    p = call_path.name  # counters live for the process: each path counts under its own guest names
+    trap = Guest(HOSTILE / "trap_on_header.wat", name=f"count-trap-{p}")
+    spin = Guest(WAT / "spin_on_header.wat", name=f"count-spin-{p}", call_timeout=0.05)
+    leak = Guest(HOSTILE / "leak.wat", name=f"count-leak-{p}", memory_limit=4 * 65536)
     async with client(HttpWasmMiddleware(echo_app, [trap, spin, leak])) as c:
         assert (await c.get("/", headers={"x-trap": "request"})).status_code == 500
         assert (await c.get("/", headers={"x-spin": "forever"})).status_code == 503
         statuses = [(await c.get("/")).status_code for _ in range(4)]  # the 4th page is over memory_limit
     assert statuses[:3] == [200, 200, 200] and statuses[3] == 500
     traps = "http_wasm_guest_traps_total"
-    assert sample(traps, guest="count-trap", phase="handle_request", cause="trap") == 1
-    assert sample(traps, guest="count-spin", phase="handle_request", cause="cpu_limit") == 1
-    assert sample(traps, guest="count-leak", phase="handle_request", cause="memory_limit") == 1
-    assert sample("http_wasm_instances_created_total", guest="count-trap") == 2  # the trapped one was replaced
+    assert sample(traps, guest=f"count-trap-{p}", phase="handle_request", cause="trap") == 1
+    assert sample(traps, guest=f"count-spin-{p}", phase="handle_request", cause="cpu_limit") == 1
+    assert sample(traps, guest=f"count-leak-{p}", phase="handle_request", cause="memory_limit") == 1
+    assert sample("http_wasm_instances_created_total", guest=f"count-trap-{p}") == 2  # the trapped one was replaced
 
 
-async def test_in_process_pool_gauges_and_timeouts(client: ClientFactory) -> None:
-    guest = Guest(ZIG / "headeradder.wasm", name="count-pool", max_instances=1, pool_timeout=0.3)
+async def test_in_process_pool_gauges_and_timeouts(client: ClientFactory, call_path: CallPath) -> None:
+    p = call_path.name  # counters live for the process: each path counts under its own guest names
+    guest = Guest(ZIG / "headeradder.wasm", name=f"count-pool-{p}", max_instances=1, pool_timeout=0.3)
 
     async def slow_app(scope: dict[str, object], receive: object, send: object) -> None:
         await asyncio.sleep(1.0)  # the guest's instance stays in use until handle_response
@@ -88,25 +92,17 @@ async def test_in_process_pool_gauges_and_timeouts(client: ClientFactory) -> Non
         # read the gauges while the second request waits (its 0.3 s pool_timeout from now), polled rather
         # than after a fixed sleep that a stalled loop could stretch past that window
         for _ in range(50):
-            if sample("http_wasm_pool_waiting", guest="count-pool") == 1:
+            if sample("http_wasm_pool_waiting", guest=f"count-pool-{p}") == 1:
                 break
             await asyncio.sleep(0.002)
-        assert sample("http_wasm_pool_instances", guest="count-pool", state="in_use") == 1
-        assert sample("http_wasm_pool_waiting", guest="count-pool") == 1
+        assert sample("http_wasm_pool_instances", guest=f"count-pool-{p}", state="in_use") == 1
+        assert sample("http_wasm_pool_waiting", guest=f"count-pool-{p}") == 1
         assert (await second).status_code == 503
-        assert sample("http_wasm_pool_timeouts_total", guest="count-pool") == 1
+        assert sample("http_wasm_pool_timeouts_total", guest=f"count-pool-{p}") == 1
         assert (await first).status_code == 200
-    assert sample("http_wasm_pool_instances", guest="count-pool", state="in_use") == 0
+    assert sample("http_wasm_pool_instances", guest=f"count-pool-{p}", state="in_use") == 0
     guest.close()
-    assert sample("http_wasm_pool_timeouts_total", guest="count-pool") == 1  # kept past its pool's close
-
-
-def test_the_ctypes_path_counts_the_same() -> None:
-    env = dict(os.environ, HTTP_WASM_ASGI_NO_FASTPATH="1")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_metrics.py",
-                          "-k", "in_process"], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-3000:]
-    assert "3 passed" in out.stdout
+    assert sample("http_wasm_pool_timeouts_total", guest=f"count-pool-{p}") == 1  # kept past its pool's close
 
 
 def test_a_collector_on_any_registry_describes_every_family() -> None:

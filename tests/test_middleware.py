@@ -19,6 +19,8 @@ from starlette.routing import Route
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
 from http_wasm_asgi.testing import GuestClient, echo_app, serve
 
+pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
+
 REQ, RESP = 0, 1
 
 

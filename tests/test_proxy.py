@@ -29,8 +29,8 @@ from conftest import ROOT
 from procs import COMMAND, free_port, serving
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
-from http_wasm_asgi.config import UpstreamTimeout
-from http_wasm_asgi.proxy import ProxyApp
+from http_wasm_asgi.asgi.proxy import ProxyApp
+from http_wasm_asgi.server.config import UpstreamTimeout
 from http_wasm_asgi.testing import serve
 
 ZIG = ROOT / "guests" / "zig"

@@ -20,8 +20,7 @@ from ops import AUTH, ZIG, hup, rss_mib, scrape, total, wait_until, write_config
 from procs import COMMAND, free_port, serving
 
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, reload_config
-from http_wasm_asgi.guest import open_guests
-from http_wasm_asgi.middleware import RELOADS
+from http_wasm_asgi.registry import RELOADS, open_guests
 from http_wasm_asgi.testing import echo_app
 
 INVALID = WAT / "invalid"

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, Route, load_config
-from http_wasm_asgi.config import build_middleware
-from http_wasm_asgi.middleware import Chain
-from http_wasm_asgi.routes import RouteTable, normal_host, request_host, routed_path
+from http_wasm_asgi.asgi.flow import Chain
+from http_wasm_asgi.asgi.routes import RouteTable, normal_host, request_host, routed_path
+from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
 
 ZIG = ROOT / "guests" / "zig"

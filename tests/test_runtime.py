@@ -1,73 +1,86 @@
-"""The wasm call path: the binding it expects, both implementations, the compile cache."""
+"""The wasm layer: the wasmtime binding it expects, the native path against its Python reference (each native
+part compared with the Python it mirrors, and the contract between them), the compile cache."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from attack import asgi_request, logger_records
 from conftest import ROOT, WAT
 from driver import BUF, EMIT_RESULTS, REQUEST, RESPONSE, RETURN, Program
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware, host, middleware, runtime
-from http_wasm_asgi.guest import PYTHON_POOL_METHODS
-from http_wasm_asgi.pool import InstancePool
+from http_wasm_asgi import Guest, HttpWasmMiddleware, _native, host
+from http_wasm_asgi.asgi import flow
+from http_wasm_asgi.pool import InstancePool, NativeInstancePool
 from http_wasm_asgi.testing import echo_app
+from http_wasm_asgi.wasm import cache, capi
+from http_wasm_asgi.wasm.calls import NATIVE_PATH, PYTHON_PATH, using_path
 
 
-def test_binding_is_what_the_fast_path_expects() -> None:
-    runtime.check_binding()  # raises on another wasmtime major or an ABI change of wasmtime_val(_raw)
-    assert runtime.wasmtime_version().startswith(f"{runtime.WASMTIME_MAJOR}.")
-    if os.environ.get("HTTP_WASM_ASGI_NO_FASTPATH"):
-        return  # the ctypes path on purpose
-    assert runtime.FAST_PATH, "the C accelerator (http_wasm_asgi/_fastpath.c) was not built: is a C compiler there?"
+def test_the_wasmtime_binding_and_the_native_path_are_the_ones_expected() -> None:
+    capi.check_binding()  # raises on another wasmtime major or an ABI change of wasmtime_val(_raw)
+    assert capi.wasmtime_version().startswith(f"{capi.WASMTIME_MAJOR}.")
+    assert NATIVE_PATH is not None, f"the native path is off: {_native.OFF_REASON} (is a C compiler there?)"
+    assert _native.EXT is not None and _native.EXT.VERSION == _native.VERSION
 
 
-def test_ctypes_fallback_path_passes_the_abi_tests() -> None:
-    env = dict(os.environ, HTTP_WASM_ASGI_NO_FASTPATH="1")
-    code = "from http_wasm_asgi import runtime; assert not runtime.FAST_PATH"
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "tests/test_abi.py", "tests/test_middleware.py", "-k", "not uvicorn"],
-                         env=env, cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-3000:]
-    assert " passed" in out.stdout
+def test_the_native_path_can_be_turned_off_and_the_python_path_serves_alone() -> None:
+    env = dict(os.environ, HTTP_WASM_ASGI_NO_NATIVE="1")
+    code = ("from http_wasm_asgi import Guest, HttpWasmMiddleware, _native\n"
+            "from http_wasm_asgi.wasm.calls import NATIVE_PATH, default_path\n"
+            "from http_wasm_asgi.testing import GuestClient\n"
+            "assert NATIVE_PATH is None and default_path().name == 'python', _native.OFF_REASON\n"
+            "with GuestClient(Guest('guests/wat/copy_header.wat', name='c')) as c:\n"
+            "    print(c.get('/', headers={'x-id': '7'}).headers['x-id'])\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "7", out.stderr[-2000:]
 
 
 def test_compile_cache_on_disk(tmp_path: Path) -> None:
     wasm = (WAT / "copy_header.wat").read_bytes()
-    runtime._module_cache.clear()  # as in a fresh process
+    cache._module_cache.clear()  # as in a fresh process
     cold = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)
     assert cold.info.compiled_from == "compiled"
     assert len(list(tmp_path.glob("*.cwasm"))) == 1
-    runtime._module_cache.clear()  # a new process would start here
+    cache._module_cache.clear()  # a new process would start here
     warm = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)
     assert warm.info.compiled_from == "disk"
     entry = next(tmp_path.glob("*.cwasm"))
     (tmp_path / "corrupt.tmp").write_bytes(b"corrupt")
     os.replace(tmp_path / "corrupt.tmp", entry)  # replaced whole, as the cache does (a live module may map it)
-    runtime._module_cache.clear()
+    cache._module_cache.clear()
     again = Guest(wasm, name="cached", cache_dir=tmp_path, snapshot=False)  # a corrupt entry is rebuilt, not fatal
     assert again.info.compiled_from == "compiled"
 
 
 def test_native_host_functions_and_helpers_are_in_use() -> None:
-    """A stale or mismatched accelerator build must not go unnoticed (it would silently be slow)."""
-    if not runtime.FAST_PATH:
-        return
+    """A stale or mismatched native build must not go unnoticed (it would silently be slow)."""
+    assert NATIVE_PATH is not None, _native.OFF_REASON
     assert {"get_header_values", "set_header_value", "add_header_value", "remove_header", "get_status_code",
-            "get_config", "get_method"} <= runtime.NATIVE_HOST_FUNCTIONS
-    assert runtime.accelerated(host.merge_response_headers) is not host.merge_response_headers
-    for cls, name in ((middleware._Flow, "enter"), (middleware._Flow, "app_args"), (middleware._Flow, "leave"),
-                      (middleware._Flow, "stream"), (InstancePool, "try_acquire"),
-                      (InstancePool, "release")):  # the per-request fast path
+            "get_config", "get_method"} <= _native.native_host_functions()
+    assert _native.accelerated(host.merge_response_headers) is not host.merge_response_headers
+    for cls, name in ((flow.NativeFlow, "enter"), (flow.NativeFlow, "app_args"), (flow.NativeFlow, "leave"),
+                      (flow.NativeFlow, "stream"), (NativeInstancePool, "try_acquire"),
+                      (NativeInstancePool, "release")):  # the per-request path
         assert type(getattr(cls, name)).__name__ == "method_descriptor", name
-    assert middleware.open_flow is not middleware.python_open_flow
+        assert type(getattr(cls.__base__, name)).__name__ == "function", name  # the reference stays Python
+    assert flow.native_open_flow is not None and flow.native_open_flow is not flow.python_open_flow
+    with using_path(NATIVE_PATH):
+        native = Guest(WAT / "copy_header.wat", name="native-one")
+    with using_path(PYTHON_PATH):
+        python = Guest(WAT / "copy_header.wat", name="python-one")
+    assert type(native.pool) is NativeInstancePool and type(python.pool) is InstancePool
+    assert flow.Chain(echo_app, [native], 1024).open_flow is flow.native_open_flow
+    assert flow.Chain(echo_app, [python], 1024).open_flow is flow.python_open_flow
+    assert flow.Chain(echo_app, [native, python], 1024).open_flow is flow.python_open_flow  # mixed: the reference
 
 
 MERGE_CASES = [
@@ -86,7 +99,7 @@ MERGE_CASES = [
 def test_native_merge_matches_the_reference() -> None:
     for guest_headers, app_headers in MERGE_CASES:
         expected = host.merge_response_headers(guest_headers, app_headers)  # type: ignore[arg-type]
-        got = runtime.accelerated(host.merge_response_headers)(guest_headers, app_headers)  # type: ignore[arg-type]
+        got = _native.accelerated(host.merge_response_headers)(guest_headers, app_headers)  # type: ignore[arg-type]
         assert got == expected, (guest_headers, app_headers)
         assert got is not app_headers
 
@@ -104,34 +117,32 @@ STREAM_CASES = [
 
 
 def test_native_stream_matches_the_reference() -> None:
-    """The accelerator's _Flow.stream against the Python one: what the server gets, what the guests see."""
-    if not runtime.FAST_PATH:
-        return
-    reference = middleware.PYTHON_FLOW_METHODS["stream"]
+    """NativeFlow.stream against Flow.stream: what the server gets, what the guests see."""
+    assert flow.native_open_flow is not None
 
     async def never() -> dict[str, object]:
         raise AssertionError("stream does not receive")
     for guest_headers, message in STREAM_CASES:
         got = []
-        for stream in (middleware._Flow.stream, reference):
+        for stream in (flow.NativeFlow.stream, flow.Flow.stream):
             sent: list[dict[str, object]] = []
 
             async def send(msg: dict[str, object], sent: list[dict[str, object]] = sent) -> None:
                 sent.append(msg)
 
-            chain = middleware.Chain(echo_app, (), 1024)
-            flow = middleware.open_flow(chain, {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+            chain = flow.Chain(echo_app, (), 1024)
+            one = flow.native_open_flow(chain, {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
                                                 "headers": []}, never, send)
-            flow.exchange.response_headers = list(guest_headers)
+            one.exchange.response_headers = list(guest_headers)
             app_message = dict(message)
             try:
-                asyncio.run(stream(flow, app_message))  # type: ignore[arg-type]
+                asyncio.run(stream(one, app_message))  # type: ignore[arg-type]
                 outcome: object = None
             except KeyError as exc:
                 outcome = repr(exc)
-            ex = flow.exchange
+            ex = one.exchange
             got.append((outcome, sent, app_message, ex.status, list(ex.response_headers), list(ex.response_trailers),
-                        flow.started, flow.sent))
+                        one.started, one.sent))
         assert got[0] == got[1], message
 
 
@@ -149,11 +160,9 @@ SCOPES = [
 
 
 def test_native_open_flow_matches_the_reference() -> None:
-    """The accelerator's open_flow against the Python one: every slot of the flow and of its exchange."""
-    if not runtime.FAST_PATH:
-        return
-    assert middleware.open_flow is not middleware.python_open_flow
-    chain = middleware.Chain(echo_app, (), 1234)
+    """The native open_flow against the Python one: every slot of the flow and of its exchange."""
+    assert flow.native_open_flow is not None and flow.native_open_flow is not flow.python_open_flow
+    chain = flow.Chain(echo_app, (), 1234)
 
     async def receive() -> dict[str, object]:
         return {}
@@ -162,23 +171,25 @@ def test_native_open_flow_matches_the_reference() -> None:
         pass
 
     def state(obj: object) -> dict[str, object]:
-        return {name: getattr(obj, name) for name in type(obj).__slots__}  # type: ignore[attr-defined]
+        slots = [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ())]
+        return {name: getattr(obj, name) for name in slots}
 
     for scope in SCOPES:
         got = []
-        for opener in (middleware.open_flow, middleware.python_open_flow):
+        for opener in (flow.native_open_flow, flow.python_open_flow):
             try:
-                flow = opener(chain, {"type": "http", **scope}, receive, send)  # type: ignore[arg-type]
+                one = opener(chain, {"type": "http", **scope}, receive, send)  # type: ignore[arg-type]
             except KeyError as exc:
                 got.append(repr(exc))
                 continue
-            fields = state(flow)
-            fields["exchange"] = state(flow.exchange)
+            fields = state(one)
+            fields["exchange"] = state(one.exchange)
             got.append(fields)
         assert got[0] == got[1], scope
-    one = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
-    two = middleware.open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
+    one = flow.native_open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
+    two = flow.native_open_flow(chain, {"type": "http", **SCOPES[0]}, receive, send)  # type: ignore[arg-type]
     assert one.held is not two.held and one.exchange is not two.exchange  # nothing mutable shared
+    assert type(one) is flow.NativeFlow
 
 
 APP_ARGS_CASES: list[dict[str, object]] = [
@@ -190,10 +201,8 @@ APP_ARGS_CASES: list[dict[str, object]] = [
 
 
 def test_native_app_args_match_the_reference() -> None:
-    """The accelerator's _Flow.app_args against the Python one: the scope, receive and send the app gets."""
-    if not runtime.FAST_PATH:
-        return
-    reference = middleware.PYTHON_FLOW_METHODS["app_args"]
+    """NativeFlow.app_args against Flow.app_args: the scope, receive and send the app gets."""
+    assert flow.native_open_flow is not None
 
     async def receive() -> dict[str, object]:
         return {}
@@ -204,14 +213,14 @@ def test_native_app_args_match_the_reference() -> None:
     for case in APP_ARGS_CASES:
         scope: dict[str, object] = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "headers": [],
                                     "extensions": case.get("extensions", {})}
-        chain = middleware.Chain(echo_app, (), 1024)
+        chain = flow.Chain(echo_app, (), 1024)
         chain.observes_response = bool(case.get("observes"))
-        flow = middleware.open_flow(chain, scope, receive, send)  # type: ignore[arg-type]
-        flow.buffered = bool(case.get("buffered"))
+        one = flow.native_open_flow(chain, scope, receive, send)  # type: ignore[arg-type]
+        one.buffered = bool(case.get("buffered"))
         for name in ("response_headers", "request_body", "uri", "headers_changed", "method", "request_body_replaced"):
             if name in case:
-                setattr(flow.exchange, name, case[name])
-        native, python = middleware._Flow.app_args(flow), reference(flow)
+                setattr(one.exchange, name, case[name])
+        native, python = flow.NativeFlow.app_args(one), flow.Flow.app_args(one)
         assert native == python, case
         assert (native[0] is scope) == (python[0] is scope), case  # the server's scope, unless it changed
 
@@ -234,15 +243,13 @@ class _Pooled:
        reuse=st.booleans())
 def test_native_pool_matches_the_reference(ops: list[tuple[str, int]], max_idle: int | None, min_size: int,
                                            create_inline: bool, reuse: bool) -> None:
-    """The accelerator's try_acquire and release against the Python ones, over any sequence of uses."""
-    if not runtime.FAST_PATH:
-        return
-    assert InstancePool.try_acquire is not PYTHON_POOL_METHODS["try_acquire"]
+    """NativeInstancePool's try_acquire and release against InstancePool's, over any sequence of uses."""
+    assert NativeInstancePool.try_acquire is not InstancePool.try_acquire
     outcomes = []
-    for acquire, release in ((InstancePool.try_acquire, InstancePool.release),
-                             (PYTHON_POOL_METHODS["try_acquire"], PYTHON_POOL_METHODS["release"])):
+    for pool_class in (NativeInstancePool, InstancePool):
+        acquire, release = pool_class.try_acquire, pool_class.release
         numbers = iter(range(100))
-        pool: InstancePool[_Pooled] = InstancePool(lambda n=numbers: _Pooled(next(n)), max_size=4, timeout=1.0,
+        pool: InstancePool[_Pooled] = pool_class(lambda n=numbers: _Pooled(next(n)), max_size=4, timeout=1.0,
                                                    min_size=min_size, max_idle=max_idle, idle_timeout=30.0,
                                                    create_inline=create_inline, reuse=reuse)
         pool.fill()
@@ -305,8 +312,7 @@ def test_native_host_functions_match_the_python_reference(ops: list[tuple[int, s
                                                           features: int, short: bool) -> None:
     """Each native host function only takes the common case and otherwise falls back: whatever a guest
     does, the client, the app and the log see exactly what the Python host functions give."""
-    if not runtime.FAST_PATH:
-        return
+    assert NATIVE_PATH is not None, _native.OFF_REASON
     p = Program().req("enable_features", features)
     for phase, fn, kind, name, value, limit, buf in ops:
         name_ptr, name_len = _ptr(p, NAMES, name)
@@ -325,14 +331,9 @@ def test_native_host_functions_match_the_python_reference(ops: list[tuple[int, s
         p.req(RETURN, 0)
     p.resp(EMIT_RESULTS, 1)
     seen = []
-    for native in (True, False):
-        saved = runtime.NATIVE_HOST_FUNCTIONS
-        if not native:
-            runtime.NATIVE_HOST_FUNCTIONS = frozenset()
-        try:
+    for path in (NATIVE_PATH, PYTHON_PATH):
+        with using_path(path):
             guest = p.guest(name="diff")
-        finally:
-            runtime.NATIVE_HOST_FUNCTIONS = saved
         with logger_records() as records:
             messages = asyncio.run(asgi_request(HttpWasmMiddleware(echo_app, [guest]),
                                                 headers=[(b"x-id", b"abc"), (b"X-Id", b"def")]))
@@ -349,3 +350,43 @@ def test_workers_starting_together_compile_once(tmp_path: Path) -> None:
     sources = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert sources == ["compiled", "disk", "disk"]
     assert len(list(tmp_path.glob("*.cwasm"))) == 1
+
+
+def test_a_class_that_lacks_what_it_declares_to_the_native_path_fails_to_bind() -> None:
+    class Stale:  # declares an attribute it no longer has (renamed in the code, not in the declaration)
+        NATIVE_SLOTS = ()
+        NATIVE_ATTRIBUTES = ("threaded",)
+
+    with pytest.raises(_native.NativeContractError, match=r"Stale\.threaded .*NATIVE_ATTRIBUTES"):
+        _native.learn("guest", Stale)
+
+    class NotASlot:
+        NATIVE_SLOTS = ("_idle",)
+        NATIVE_ATTRIBUTES = ()
+
+    with pytest.raises(_native.NativeContractError, match=r"NotASlot\._idle .*not a slot"):
+        _native.learn("pool", NotASlot)
+
+
+def _import_renamed(tmp_path: Path, old: str, new: str, *, in_declaration: bool) -> subprocess.CompletedProcess[str]:
+    """Import a copy of the package in which Guest's attribute `old` is renamed `new` (in the declaration too,
+    or only in the code), native module included."""
+    package = tmp_path / "http_wasm_asgi"
+    shutil.copytree(ROOT / "http_wasm_asgi", package, ignore=shutil.ignore_patterns("__pycache__"))
+    guest = package / "guest.py"
+    text = guest.read_text()
+    declaration = next(line for line in text.splitlines() if "NATIVE_ATTRIBUTES" in line)
+    renamed = text.replace(declaration, "@@DECLARATION@@").replace(old, new)
+    guest.write_text(renamed.replace("@@DECLARATION@@", declaration.replace(old, new) if in_declaration
+                                     else declaration))
+    return subprocess.run([sys.executable, "-c", "import http_wasm_asgi.guest"], cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+def test_renaming_an_attribute_the_native_path_reads_fails_at_import_naming_it(tmp_path: Path) -> None:
+    out = _import_renamed(tmp_path / "code", "reads_request_body", "reads_body", in_declaration=False)
+    assert out.returncode != 0 and "NativeContractError" in out.stderr, out.stderr[-2000:]
+    assert "Guest.reads_request_body" in out.stderr
+    out = _import_renamed(tmp_path / "both", "reads_request_body", "reads_body", in_declaration=True)
+    assert out.returncode != 0 and "NativeContractError" in out.stderr, out.stderr[-2000:]
+    assert "reads_request_body" in out.stderr and "reads_body" in out.stderr  # what the C uses, what was declared

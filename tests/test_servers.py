@@ -43,7 +43,7 @@ from ops import AUTH, hup, scrape, total, wait_until, write_config
 from procs import BIN, COMMAND, ROOT, free_port, run, serving
 from test_examples import check_example_chain
 
-from http_wasm_asgi.conformance import check_response, load_suite, send
+from http_wasm_asgi.devkit.conformance import check_response, load_suite, send
 
 APP = "tests.matrix_app:app"
 LANGS = ("go", "zig")
@@ -51,7 +51,7 @@ TRAILERS = {("hypercorn", "2")}  # the endpoints whose server offers http.respon
 IDS = {key: f"{key[0]}-http{key[1]}" for key in ENDPOINTS}
 
 # What each server puts in the scope and how it tells the app that the client left; the host
-# copes with each (middleware.exchange_from_scope, the unwind on an app's exception).
+# copes with each (flow.exchange_from_scope, the unwind on an app's exception).
 SERVER_FACTS: dict[str, dict[str, Any]] = {
     "uvicorn-httptools": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
     "uvicorn-h11": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},

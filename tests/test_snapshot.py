@@ -1,4 +1,4 @@
-"""Snapshots after init (http_wasm_asgi.snapshot): refusal rules, instrument, rewrite, memory layout.
+"""Snapshots after init (http_wasm_asgi.wasm.snapshot): refusal rules, instrument, rewrite, memory layout.
 
 wasmtime is used directly here: it runs the init, reads what the instrumented module exports, and checks that the
 snapshot validates and starts in the captured state.
@@ -19,8 +19,8 @@ from conftest import ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 
-from http_wasm_asgi import snapshot
-from http_wasm_asgi.snapshot import PAGE_SIZE, SnapshotError, cow_friendly, instrument, layout, refusal, rewrite
+from http_wasm_asgi.wasm import snapshot
+from http_wasm_asgi.wasm.snapshot import PAGE_SIZE, SnapshotError, cow_friendly, instrument, layout, refusal, rewrite
 
 MiB = 1 << 20
 ENGINE = wasmtime.Engine()

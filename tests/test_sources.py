@@ -37,8 +37,8 @@ from ops import hup, wait_until
 from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, load_config
-from http_wasm_asgi import oci as oci_client
-from http_wasm_asgi.config import build_middleware
+from http_wasm_asgi.server import oci as oci_client
+from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
 
 AUTH = ROOT / "guests" / "zig" / "auth.wasm"  # 401 unless `authorization: Bearer <its config>`

@@ -15,10 +15,11 @@ import httpx
 import pytest
 from driver import Program
 
-from http_wasm_asgi import Guest, host, runtime
+from http_wasm_asgi import Guest, _native, host
 from http_wasm_asgi.abi import Feature, HeaderKind
 from http_wasm_asgi.testing import GuestClient, RecordingApp, recent_results
 from http_wasm_asgi.tracing import TRACE, HostCall
+from http_wasm_asgi.wasm.calls import NATIVE_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 ZIG = ROOT / "guests" / "zig"
@@ -48,11 +49,11 @@ def test_trace_records_every_host_call_with_decoded_arguments() -> None:
 
 
 def test_tracing_is_chosen_at_link_time_and_off_by_default() -> None:
-    """Off: the guest links the host functions themselves (the accelerator's native ones); on: wrappers."""
+    """Off: the guest links the host functions themselves (the native path's); on: wrappers."""
     plain = Guest(ZIG / "copyheader.wasm")
     assert not plain.traced and plain.host_functions is host.HOST_FUNCTIONS
-    if runtime.FAST_PATH:
-        assert "get_header_values" in runtime.NATIVE_HOST_FUNCTIONS
+    if NATIVE_PATH is not None:
+        assert "get_header_values" in _native.native_host_functions()
     calls: list[HostCall] = []
     traced = Guest(ZIG / "copyheader.wasm", name="traced", trace=calls.append)
     assert traced.traced and all(traced.host_functions[n] is not f for n, f in host.HOST_FUNCTIONS.items())
@@ -197,11 +198,11 @@ def test_the_report_reads_as_the_whole_exchange() -> None:
 # --- the pytest plugin ---
 def test_the_plugin_is_registered_by_an_entry_point() -> None:
     points = importlib.metadata.entry_points(group="pytest11")
-    assert any(p.value == "http_wasm_asgi.pytest_plugin" for p in points)
+    assert any(p.value == "http_wasm_asgi.devkit.pytest_plugin" for p in points)
 
 
 def test_the_plugin_is_light_to_import() -> None:
-    code = ("import sys, http_wasm_asgi.pytest_plugin\n"
+    code = ("import sys, http_wasm_asgi.devkit.pytest_plugin\n"
             "print(sorted(m for m in ('wasmtime', 'httpx', 'uvicorn', 'http_wasm_asgi.guest') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

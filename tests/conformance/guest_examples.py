@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
-from http_wasm_asgi.conformance import load_suite
+from http_wasm_asgi.devkit.conformance import load_suite
 from http_wasm_asgi.testing import echo_app, serve
 
 ROOT = Path(__file__).resolve().parents[2]

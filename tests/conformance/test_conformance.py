@@ -7,7 +7,7 @@ then every `expect` field of the case from the outside: status, response
 headers present and absent, body, the request as the app saw it (echo JSON:
 fields and headers), and what the guest logged. One server per language for
 the whole module. The assertions here are written out independently of
-`http_wasm_asgi.conformance`, which the `conformance` command uses.
+`http_wasm_asgi.devkit.conformance`, which the `conformance` command uses.
 """
 
 from __future__ import annotations

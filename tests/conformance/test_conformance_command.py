@@ -1,4 +1,4 @@
-"""`http-wasm-asgi conformance GUEST.wasm` and the module behind it (http_wasm_asgi.conformance).
+"""`http-wasm-asgi conformance GUEST.wasm` and the module behind it (http_wasm_asgi.devkit.conformance).
 
 The command is run as a subprocess (as a user would) on both languages'
 conformance guests, on guests that do not implement the contract, and with
@@ -19,7 +19,7 @@ import wasmtime
 from guest_examples import LANGUAGES, ROOT, guest_path
 
 from http_wasm_asgi import GuestError
-from http_wasm_asgi.conformance import Case, check_response, load_suite, run, select
+from http_wasm_asgi.devkit.conformance import Case, check_response, load_suite, run, select
 
 ON_UVICORN = [case for case in load_suite().cases if case.applies()]  # what the command runs: HTTP/1.1, no trailers
 N_CASES = len(ON_UVICORN)

@@ -30,9 +30,9 @@ from typing import Any, cast
 
 import httpx
 
-from .asgi import ASGIApp
-from .guest import Guest, GuestSource
-from .middleware import HttpWasmMiddleware
+from ..asgi.middleware import HttpWasmMiddleware
+from ..asgi.types import ASGIApp
+from ..guest import Guest, GuestSource
 from .testing import echo_app, serve
 
 CASE_HEADER = "x-httpwasm-test-id"

@@ -36,12 +36,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .asgi import ASGIApp
-from .errors import GuestError
-from .guest import Guest
-from .middleware import DEFAULT_MAX_BODY_SIZE, RELOADS, HttpWasmMiddleware
-from .proxy import ProxyApp, UpstreamTimeout
-from .routes import MATCH_KEYS, Route
+from .. import registry
+from ..asgi.middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
+from ..asgi.proxy import ProxyApp, UpstreamTimeout
+from ..asgi.routes import MATCH_KEYS, Route
+from ..asgi.types import ASGIApp
+from ..errors import GuestError
+from ..guest import Guest
 from .sources import RemoteSource, SourceError, cached_digest, file_sha256, resolve
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level",
@@ -514,7 +515,7 @@ async def reload_config(middleware: HttpWasmMiddleware, path: str | os.PathLike[
     try:
         config, guests, routes = await asyncio.to_thread(load)
     except Exception:
-        RELOADS["error"] += 1
+        registry.RELOADS["error"] += 1
         raise
     middleware.replace_guests(guests, routes=routes, max_body_size=config.max_body_size)
     return config

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..files import write_atomic
+from ..wasm.cache import default_cache_dir
 from . import oci
-from .runtime import default_cache_dir
 
 PINS_ENV = "HTTP_WASM_ASGI_SOURCE_PINS"  # a JSON file {"url: ..." or "oci: ...": sha256} unpinned sources follow
 
@@ -213,12 +214,5 @@ def _unreachable(source: RemoteSource, reason: str) -> str:
 def _store(path: Path, data: bytes) -> Path:
     """Write atomically (another process may be reading or writing the same file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
     return path

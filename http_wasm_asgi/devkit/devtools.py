@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .asgi import Message, Receive, Scope, Send
-from .guest import Guest, GuestConfig
-from .middleware import HttpWasmMiddleware
+from ..asgi.middleware import HttpWasmMiddleware
+from ..asgi.types import Message, Receive, Scope, Send
+from ..guest import Guest, GuestConfig
 from .testing import GuestClient, Result
 
 

@@ -25,7 +25,7 @@ import pytest
 if TYPE_CHECKING:
     from .testing import GuestClient
 
-_TESTING = "http_wasm_asgi.testing"
+_TESTING = "http_wasm_asgi.devkit.testing"  # looked up, not imported: loaded only when a test uses it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 import yarl
 
-from .asgi import Receive, Scope, Send, send_error
+from .types import Receive, Scope, Send, send_error
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
 # `host` (the upstream gets its own; the client's goes in x-forwarded-host) and `expect` (this side

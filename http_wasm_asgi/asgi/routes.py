@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from .guest import Guest
+    from ..guest import Guest
 
 Target = TypeVar("Target")
 MATCH_KEYS = ("path_prefix", "path", "methods", "host", "headers")

@@ -1,35 +1,31 @@
-"""The ASGI binding: run a chain of http-wasm guests in front of an ASGI app.
+"""One request's way through a chain of guests: the chain itself (`Chain`), the request (`Flow`), and the
+ASGI plumbing between the server, the guests' `Exchange` and the app.
 
-Request flow for guests [g1, g2, g3] and the app:
-g1.handle_request -> g2.handle_request -> g3.handle_request -> app
--> g3.handle_response -> g2.handle_response -> g1.handle_response.
-A guest that returns next=0 answers the request itself; the guests before it
-still see its response in their handle_response.
-
-This module turns the ASGI scope into the host's `Exchange`, runs the guests'
-calls in order (`_Flow.request_phase`, `call_app`, `unwind`, `finish`) and turns
-the `Exchange` back into ASGI messages. ABI rules live in host.py, wasm in runtime.py.
+Two implementations of the per-request path, as in wasm/calls.py: `Flow` (Python, the reference) and
+`NativeFlow` (its enter, app_args, leave and stream in C, `_native/flow.c`). A chain whose guests all
+take the native path opens NativeFlows; any other chain opens Flows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Final, cast
+from typing import Any, ClassVar, Final, NamedTuple, cast
 from urllib.parse import quote, unquote_to_bytes
 
-from .abi import HeaderKind, split_ctx_next
-from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
-from .errors import GuestError, GuestTrap, PoolTimeout
-from .guest import Guest
-from .host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, merge_response_headers
+from .. import _native
+from ..abi import HeaderKind, split_ctx_next
+from ..errors import GuestTrap
+from ..guest import Guest
+from ..host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, merge_response_headers
+from ..wasm.calls import SUSPENDED
+from ..wasm.instance import WasmInstance
 from .routes import Route, RouteTable
-from .runtime import SUSPENDED, WasmInstance, accelerated, bind_native_flow
+from .types import ASGIApp, Message, Receive, Scope, Send, send_error
 
-merge_response_headers = accelerated(merge_response_headers)  # the C accelerator's, when built
+merge_response_headers = _native.accelerated(merge_response_headers)  # the native one, when built
 
 DEFAULT_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 GUEST_THREADS: Final = 32  # worker threads of one middleware for Guest(threaded=True) calls
@@ -37,121 +33,28 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 _UNSAFE_EXTENSIONS: Final = ("http.response.pathsend", "http.response.zerocopysend")
 _RESPONSE_TRAILERS: Final = int(HeaderKind.RESPONSE_TRAILERS)
 _PATH_SAFE: Final = "/:@!$&'()*+,;="  # RFC 3986 pchar, kept as they are (letters, digits and -._~ always are)
+DEFAULT_HTTP_VERSION: Final = "1.1"  # a scope without http_version
 _PROTOCOLS: Final = {"1.0": b"HTTP/1.0", "1.1": b"HTTP/1.1", "2": b"HTTP/2.0", "2.0": b"HTTP/2.0",
                      "3": b"HTTP/3.0"}
 
 log = logging.getLogger("http_wasm_asgi")
-RELOADS: Final = {"ok": 0, "error": 0}  # chains replaced in this process, and reloads that failed (metrics)
-
-# A guest that returned next=1 and waits for handle_response: (guest, instance, req_ctx).
-Held = tuple[Guest, WasmInstance, int]
 
 
-class HttpWasmMiddleware:
-    """Pure ASGI middleware running http-wasm guests, outermost first.
+class Held(NamedTuple):
+    """A guest that returned next=1 and waits for its handle_response."""
 
-    `guests` are `Guest` objects (compiled at construction). `max_body_size`
-    caps what is buffered for a guest (request bodies over it get 413 when a
-    guest reads them; buffered responses over it get 500).
+    guest: Guest
+    instance: WasmInstance
+    req_ctx: int
 
-    `routes` instead of `guests`: per-route chains, the first `Route` that matches
-    a request picks its guests; a request no route matches goes straight to the app.
-    """
 
-    def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
-                 max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
-        if routes is not None and guests:
-            raise TypeError("give guests (one chain for every request) or routes (a chain per route), not both")
-        self.chain = Chain(app, guests, max_body_size, routes)
+class Pending(NamedTuple):
+    """A guest call that enter() or leave() left to the async path, and what it ended with so far: ctx_next,
+    SUSPENDED or its GuestTrap (handle_request), None, SUSPENDED or its GuestTrap (handle_response)."""
 
-    # what the current chain holds (requests read `chain` once instead)
-    @property
-    def app(self) -> ASGIApp:
-        return self.chain.app
-
-    @property
-    def guests(self) -> tuple[Guest, ...]:
-        return self.chain.guests
-
-    @property
-    def routes(self) -> RouteTable[Chain | None] | None:
-        return self.chain.routes
-
-    @property
-    def max_body_size(self) -> int:
-        return self.chain.max_body_size
-
-    @property
-    def all_guests(self) -> tuple[Guest, ...]:
-        """Every distinct guest this middleware runs: its chain's, or those of all its routes."""
-        return self.chain.all_guests()
-
-    @property
-    def threads(self) -> _GuestThreads:
-        return self.chain.threads
-
-    def replace_guests(self, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
-                       max_body_size: int | None = None) -> None:
-        """Serve the next requests with these guests (or routes): a reload, in front of the same app.
-
-        Call it on the event loop that serves the requests. Requests in flight finish on the guests
-        they started with; those are closed when their last request ends (but for any passed again here).
-        """
-        if routes is not None and guests:
-            raise TypeError("give guests (one chain for every request) or routes (a chain per route), not both")
-        old = self.chain
-        self.chain = Chain(old.app, guests, old.max_body_size if max_body_size is None else max_body_size, routes)
-        RELOADS["ok"] += 1
-        old.retire(keep=self.chain.all_guests())
-
-    @classmethod
-    def from_config(cls, path: str | os.PathLike[str], app: ASGIApp | None = None) -> HttpWasmMiddleware:
-        """Build the chain described by a config file (YAML or TOML).
-
-        The one import of a layer above this one (config), deferred to the call.
-        """
-        from .config import middleware_from_config
-
-        return middleware_from_config(path, app)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chain = self.chain  # read once: the request keeps this chain (and its routes) to its end
-        if scope["type"] == "http" and chain.guests:
-            flow = open_flow(chain, scope, receive, send)
-        else:  # no guests of its own: per-route chains (chosen once, here), or straight to the app
-            route = chain.routes.match(scope) if chain.routes is not None and scope["type"] == "http" else None
-            if route is None:
-                await chain.app(scope, receive, send)
-                return
-            flow = open_flow(route, scope, receive, send)
-        chain.active += 1
-        try:
-            if flow.enter() or await flow.request_phase():
-                await flow.call_app()
-                if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
-                    await flow.finish()
-        except PoolTimeout as exc:
-            log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
-            await flow.unwind(is_error=True)
-            await flow.respond_error(503)
-        except GuestError as exc:  # a lazily created instance failed to initialize
-            log.error("%s", exc)
-            await flow.unwind(is_error=True)
-            await flow.respond_error(500)
-        except _ClientGone:  # left while its body was read for a guest: no one to answer, nothing to run
-            await flow.unwind(is_error=True)
-        finally:
-            try:
-                if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
-                    await flow.unwind(is_error=True)
-            finally:
-                chain.active -= 1
-                if chain.retired and not chain.active:
-                    _close_retired(chain)
-
-    def close(self) -> None:
-        """Drop every guest's instances and stop the worker threads."""
-        self.chain.close()
+    guest: Guest
+    instance: WasmInstance
+    outcome: Any
 
 
 class Chain:
@@ -163,8 +66,11 @@ class Chain:
     Nothing here changes after construction but the count of requests in flight.
     """
 
-    __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "retired", "routes",
-                 "threads")
+    __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "open_flow", "retired",
+                 "routes", "threads")
+    # what the native path reads of a chain (see _native: the contract)
+    NATIVE_SLOTS: ClassVar = ()
+    NATIVE_ATTRIBUTES: ClassVar = ("guests", "max_body_size", "observes_response")
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest], max_body_size: int,
                  routes: Sequence[Route] | None = None) -> None:
@@ -178,7 +84,11 @@ class Chain:
         # handle_response: if none can, an unbuffered response goes straight to the client.
         self.observes_response = any(guest.info.imports_host(name) for guest in self.guests
                                      for name in RESPONSE_OBSERVERS)
-        self.threads = _GuestThreads()
+        self.threads = GuestThreads()
+        # how its requests start: NativeFlows when every guest takes the native path (their calls are C's to make)
+        native = native_open_flow is not None and all(guest.native for guest in self.guests)
+        self.open_flow: Callable[[Chain, Scope, Receive, Send], Flow] = \
+            native_open_flow if native else python_open_flow  # type: ignore[assignment]
         self.routes: RouteTable[Chain | None] | None = None if routes is None else self._route_table(routes)
         self.active = 0  # requests running on this chain
         self.retired = False
@@ -221,21 +131,12 @@ class Chain:
         self.threads.close()
 
 
-def _close_retired(chain: Chain) -> None:
-    """The last request on a replaced chain closes it: a failure to close is logged, never raised into the
-    server, whose response to this request has gone out (uvicorn would drop the keep-alive connection)."""
-    try:
-        chain.close()
-    except Exception:
-        log.exception("closing the guests of a replaced chain failed")
-
-
 def exchange_from_scope(scope: Scope, max_body_size: int) -> Exchange:
     """The host's view of an ASGI request: request line parts as bytes, the scope's header list."""
     extensions = scope.get("extensions")
     return Exchange(scope["method"], scope.get("raw_path") or _encoded_path(scope["path"]),
                     scope.get("query_string") or b"", scope["headers"], max_body_size,
-                    _PROTOCOLS.get(scope.get("http_version", "1.1"), b"HTTP/1.1"), scope.get("client"),
+                    _PROTOCOLS.get(scope.get("http_version", DEFAULT_HTTP_VERSION), b"HTTP/1.1"), scope.get("client"),
                     extensions is not None and "http.response.trailers" in extensions)
 
 
@@ -267,15 +168,15 @@ def scope_for_app(scope: Scope, exchange: Exchange) -> Scope:
     return scope
 
 
-class _Flow:
+class Flow:
     """One request through the chain: its `Exchange`, the guests holding an instance, the ASGI plumbing."""
 
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
                  "held", "pending", "receive", "response_too_large", "scope", "send", "sent", "started")
-    # the slots the C accelerator's open_flow, enter, app_args, leave and stream read and write
-    # (bind_native_flow, below the class)
+    # what NativeFlow's open_flow, enter, app_args, leave and stream read, write and call (see _native: the contract)
     NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "receive", "scope", "send", "sent",
                               "started")
+    NATIVE_ATTRIBUTES: ClassVar = ("collect", "replay_receive", "stream")
 
     def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         self.chain = chain
@@ -285,7 +186,7 @@ class _Flow:
         self.exchange = exchange
         self.held: list[Held] = []
         # A guest call that enter() or leave() left to the async path: (guest, instance, its outcome).
-        self.pending: tuple[Guest, WasmInstance, Any] | None = None
+        self.pending: Pending | None = None
         self.buffered = False  # a held guest enabled buffer_response: the app's response is collected
         self.started = False  # the app sent http.response.start (to us or through us)
         self.sent = False  # http.response.start went to the client
@@ -298,7 +199,7 @@ class _Flow:
     def enter(self) -> bool:
         """handle_request of the guests whose calls end at once in next, in order: True when all did.
 
-        The per-request fast path (the C accelerator has the same method). It stops before a guest
+        The per-request fast path (NativeFlow has it in C). It stops before a guest
         that needs more (its request body read, a worker thread, an instance to wait for), or after a
         call that ended otherwise: that call's outcome (ctx_next, SUSPENDED or its GuestTrap) is left
         in `pending` for request_phase, which goes on from there.
@@ -316,10 +217,10 @@ class _Flow:
             try:
                 ctx_next = instance.start_request(exchange, guest.context.features)
             except GuestTrap as trap:
-                self.pending = (guest, instance, trap)
+                self.pending = Pending(guest, instance, trap)
                 return False
             if ctx_next == SUSPENDED or not split_ctx_next(ctx_next)[1]:
-                self.pending = (guest, instance, ctx_next)
+                self.pending = Pending(guest, instance, ctx_next)
                 return False
             self.hold(guest, instance, ctx_next)
         return True
@@ -374,7 +275,7 @@ class _Flow:
         host = instance.host
         if host.request_read:
             host.pass_on_request_body()
-        self.held.append((guest, instance, split_ctx_next(ctx_next)[0]))
+        self.held.append(Held(guest, instance, split_ctx_next(ctx_next)[0]))
         if host.features & BUFFER_RESPONSE:
             self.buffered = True
 
@@ -389,7 +290,7 @@ class _Flow:
             if message["type"] == "http.disconnect":
                 # A truncated body must not pass for the whole one (to the guest or the app), and a
                 # response to no one can block forever (Hypercorn over HTTP/2 waits for a window).
-                raise _ClientGone
+                raise ClientGone
             body = message.get("body", b"")
             if body:
                 chunks.append(body)
@@ -419,7 +320,7 @@ class _Flow:
 
     def app_args(self) -> tuple[Scope, Receive, Send]:
         """What the next handler gets: the scope with the guests' changes, the request body as they left
-        it, and the send that keeps what they may read (the C accelerator has the same method)."""
+        it, and the send that keeps what they may read (NativeFlow has it in C)."""
         exchange = self.exchange
         send = self.collect if self.buffered else self.stream \
             if self.chain.observes_response or exchange.response_headers else self.send
@@ -483,7 +384,7 @@ class _Flow:
         """handle_response of the held guests whose calls end at once, innermost first; frees their
         instances. True when no guest is left.
 
-        The per-request fast path (the C accelerator has the same method). It stops before a guest on
+        The per-request fast path (NativeFlow has it in C). It stops before a guest on
         worker threads, or after a call that did not end at once (SUSPENDED) or trapped: that outcome
         is left in `pending` for unwind, which goes on from there.
         """
@@ -496,10 +397,10 @@ class _Flow:
             try:
                 outcome = instance.start_response(req_ctx, is_error)
             except GuestTrap as trap:
-                self.pending = (guest, instance, trap)
+                self.pending = Pending(guest, instance, trap)
                 return False
             if outcome is not None:
-                self.pending = (guest, instance, outcome)
+                self.pending = Pending(guest, instance, outcome)
                 return False
             guest.pool.release(instance)
         return True
@@ -575,19 +476,30 @@ class _Flow:
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
 
 
-def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -> _Flow:
-    """One request's way through `chain`: a `_Flow` over the `Exchange` of its scope."""
-    return _Flow(chain, scope, receive, send, exchange_from_scope(scope, chain.max_body_size))
+def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -> Flow:
+    """One request's way through `chain`: a `Flow` over the `Exchange` of its scope."""
+    return Flow(chain, scope, receive, send, exchange_from_scope(scope, chain.max_body_size))
 
 
-# The accelerator's enter, app_args, leave and stream take the place of these when it is built, and its open_flow
-# (one C call) that of python_open_flow; tests compare them. Its open_flow starts from copies of these
-# prototypes, so the defaults stay written once, in the constructors.
-PYTHON_FLOW_METHODS: Final = {name: vars(_Flow)[name] for name in ("enter", "app_args", "leave", "stream")}
+class NativeFlow(Flow):
+    """A Flow whose enter, app_args, leave and stream are C methods (`_native/flow.c`), opened by the native
+    open_flow (one C call: the flow and its exchange). They take the common case and hand anything else to
+    the methods above, which stay the reference (the tests run both)."""
+
+    __slots__ = ()
+
+
+_native.learn("chain", Chain)
+_native.learn("flow", Flow)
+# The native open_flow starts from copies of these prototypes, so the defaults stay written once, in the
+# constructors.
 _PROTOTYPE_EXCHANGE: Final = Exchange("GET", b"/", b"", [], 0)
-_PROTOTYPE_FLOW: Final = _Flow(cast(Chain, None), {}, cast(Receive, None), cast(Send, None), _PROTOTYPE_EXCHANGE)
-open_flow: Final = bind_native_flow(_Flow, BUFFER_RESPONSE, python_open_flow,
-                                    (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS, scope_for_app)
+_PROTOTYPE_FLOW: Final = NativeFlow(cast(Chain, None), {}, cast(Receive, None), cast(Send, None),
+                                    _PROTOTYPE_EXCHANGE)
+_native_methods, native_open_flow = _native.flow_methods(
+    NativeFlow, GuestTrap, Held, Pending, (_PROTOTYPE_FLOW, _PROTOTYPE_EXCHANGE), _PROTOCOLS, DEFAULT_HTTP_VERSION,
+    python_open_flow, scope_for_app)
+_native.install(NativeFlow, _native_methods)
 
 
 def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
@@ -628,7 +540,7 @@ async def _finish_call(guest: Guest, instance: WasmInstance) -> Any:
         raise
 
 
-class _GuestThreads:
+class GuestThreads:
     """Worker threads for Guest(threaded=True) calls, so a slow guest does not hold the event loop.
 
     Owned by one middleware: started on first use, stopped by its close().
@@ -664,7 +576,7 @@ class _Abandoned(asyncio.CancelledError):
     released by the call's completion, not by the request."""
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     """The client left (http.disconnect) while the host read its request body for a guest."""
 
 

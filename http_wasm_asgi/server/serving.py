@@ -32,10 +32,10 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from ..asgi.middleware import HttpWasmMiddleware
+from ..asgi.types import Message, Receive, Scope, Send
 from . import sources
-from .asgi import Message, Receive, Scope, Send
 from .config import ChainConfig, ConfigError, build_middleware, load_config, reload_config
-from .middleware import HttpWasmMiddleware
 
 log = logging.getLogger("http_wasm_asgi")
 _ENV_OPTIONS = "HTTP_WASM_ASGI_SERVE"  # the serve options, for the worker processes (JSON)

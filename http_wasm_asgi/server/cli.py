@@ -10,10 +10,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .abi import feature_names
+from ..abi import feature_names
+from ..asgi.routes import Route
+from ..errors import GuestError
 from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
-from .errors import GuestError
-from .routes import Route
 
 if TYPE_CHECKING:
     from . import serving
@@ -86,7 +86,7 @@ def _inspect_config(path: str) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .guest import Guest
+    from ..guest import Guest
 
     if args.guest.lower().endswith((".yaml", ".yml", ".toml")):
         return _inspect_config(args.guest)
@@ -195,7 +195,7 @@ def _add_push(sub: Any, debug: argparse.ArgumentParser) -> None:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from . import conformance
+    from ..devkit import conformance
 
     try:
         cases = conformance.select(args.case)
@@ -217,7 +217,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace) -> Any:
     """The request after `--` (default GET /), or None after printing what is wrong with it."""
-    from .devtools import parse_request
+    from ..devkit.devtools import parse_request
 
     try:
         return parse_request(args.request)
@@ -227,7 +227,7 @@ def _request(args: argparse.Namespace) -> Any:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .devtools import trace
+    from ..devkit.devtools import trace
 
     request = _request(args)
     if request is None:
@@ -238,7 +238,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .devtools import bench, trace
+    from ..devkit.devtools import bench, trace
 
     request = _request(args)
     if request is None:

@@ -1,0 +1,243 @@
+/* The native path: the host-function trampoline, define, configure and the epoch ticker.
+ *
+ * Mirrors the ctypes path of http_wasm_asgi/wasm/instance.py (_define_ctypes, _start_ticker_thread), which
+ * is the reference. Host functions are entered through one C trampoline. The instance being called is in a
+ * thread-local (hw_current, set by the call), so the trampoline hands the Python host function its host
+ * object and plain ints directly, and turns a Python exception into a wasm trap through the runtime's error
+ * handler. A host function with a native implementation (host.c) tries it first. The epoch ticker that
+ * enforces the CPU limit is a native thread (guest calls keep the GIL).
+ *
+ * The wasmtime entry points are not linked here: the runtime passes their addresses (from the wasmtime
+ * package's own shared library) to configure().
+ */
+#include "native.h"
+#include <pthread.h>
+
+call_async_fn hw_call_async;
+instantiate_async_fn hw_instantiate_async;
+future_poll_fn hw_poll;
+future_delete_fn hw_delete;
+yield_update_fn hw_yield_update;
+set_deadline_fn hw_set_deadline;
+trap_new_fn hw_trap_new;
+increment_epoch_fn hw_increment_epoch;
+memory_size_fn hw_memory_size;
+static PyObject *error_handler; /* (name, exception, core) -> str: the trap message */
+
+typedef void *(*trampoline_fn)(void *env, void *caller, void *vals, size_t n);
+typedef void (*finalizer_fn)(void *env);
+typedef void *(*define_fn)(void *linker, const char *module, size_t module_len, const char *name,
+                           size_t name_len, const void *functype, trampoline_fn cb, void *env,
+                           finalizer_fn finalizer);
+
+/* ---------------------------------------------------------------- the trampoline */
+
+typedef struct {
+    PyObject *fn;   /* the Python host function: fn(target, *args) */
+    PyObject *name; /* str, for trap messages */
+    int nparams;
+    int nresults;
+    int on_instance; /* fn gets the owner (WasmInstance), not the host object */
+    int native;      /* N_*: a native implementation to try first */
+} host_env;
+
+static void *make_trap(const char *msg) { return hw_trap_new(msg, strlen(msg)); }
+
+/* The pending Python exception becomes a trap, with the runtime's error handler's message. */
+static void *trap_from_exception(host_env *env, Core *core) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value && tb)
+        PyException_SetTraceback(value, tb);
+    PyObject *text = NULL;
+    if (error_handler && value)
+        text = PyObject_CallFunctionObjArgs(error_handler, env->name, value, core ? (PyObject *)core : Py_None, NULL);
+    void *trap;
+    Py_ssize_t len;
+    const char *utf8 = (text && PyUnicode_Check(text)) ? PyUnicode_AsUTF8AndSize(text, &len) : NULL;
+    if (utf8)
+        trap = hw_trap_new(utf8, (size_t)len);
+    else
+        trap = make_trap("host function failed");
+    PyErr_Clear();
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return trap;
+}
+
+static void *trampoline(void *env_, void *caller, void *vals, size_t n) {
+    host_env *env = (host_env *)env_;
+    int ensure = !hw_holds_gil;
+    PyGILState_STATE gil = PyGILState_LOCKED;
+    if (ensure)
+        gil = PyGILState_Ensure();
+    void *trap = NULL;
+    Core *core = hw_current;
+    if (core == NULL) {
+        trap = make_trap("host function called outside a guest call");
+        goto out;
+    }
+    if (core->memory == NULL) { /* instantiation (start section): find the memory through the caller */
+        PyObject *address = PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)caller);
+        PyObject *r = NULL;
+        if (address != NULL && hw_require(ROLE(ROLE_INSTANCE), "a host function called at instantiation") == 0)
+            r = PyObject_CallMethodOneArg(core->owner, a_instance_bind_memory, address);
+        Py_XDECREF(address);
+        if (r == NULL) {
+            trap = trap_from_exception(env, core);
+            goto out;
+        }
+        Py_DECREF(r);
+    }
+    if (env->native) {
+        int rc = hw_run_native(env->native, core, vals);
+        if (rc == DONE)
+            goto out;
+        if (rc == FAILED) {
+            trap = trap_from_exception(env, core);
+            goto out;
+        }
+    }
+    PyObject *argv[MAX_PARAMS + 1];
+    int count = 0;
+    argv[count++] = env->on_instance ? core->owner : core->host;
+    Py_INCREF(argv[0]);
+    for (int i = 0; i < env->nparams; i++)
+        argv[count++] = PyLong_FromUnsignedLong(hw_arg(vals, i));
+    PyObject *res = PyObject_Vectorcall(env->fn, argv, count, NULL);
+    for (int i = 0; i < count; i++)
+        Py_XDECREF(argv[i]);
+    if (res == NULL) {
+        trap = trap_from_exception(env, core);
+    } else {
+        if (env->nresults) {
+            uint64_t v = PyLong_AsUnsignedLongLongMask(res);
+            if (PyErr_Occurred()) {
+                PyErr_Clear();
+                v = 0;
+            }
+            hw_result(vals, v);
+        }
+        Py_DECREF(res);
+    }
+out:
+    if (ensure)
+        PyGILState_Release(gil);
+    return trap;
+}
+
+static void finalize(void *env_) {
+    host_env *env = (host_env *)env_;
+    if (!Py_IsInitialized()) /* interpreter gone: nothing to release */
+        return;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    Py_XDECREF(env->fn);
+    Py_XDECREF(env->name);
+    PyGILState_Release(gil);
+    PyMem_RawFree(env);
+}
+
+/* define(define_fn, linker, module, name, functype, fn, nparams, nresults, on_instance, native)
+ * -> error pointer (0 = ok). native: try the native implementation of `name` first (when there is one). */
+PyObject *hw_define(PyObject *self, PyObject *args) {
+    unsigned long long define_addr, linker, functype;
+    const char *module, *name;
+    Py_ssize_t module_len, name_len;
+    PyObject *fn;
+    int nparams, nresults, on_instance, native;
+    if (!PyArg_ParseTuple(args, "KKy#y#KOiipp", &define_addr, &linker, &module, &module_len, &name, &name_len,
+                          &functype, &fn, &nparams, &nresults, &on_instance, &native))
+        return NULL;
+    if (nparams < 0 || nparams > MAX_PARAMS) {
+        PyErr_SetString(PyExc_ValueError, "too many parameters");
+        return NULL;
+    }
+    PyObject *pyname = PyUnicode_DecodeUTF8(name, name_len, "replace");
+    if (pyname == NULL)
+        return NULL;
+    host_env *env = PyMem_RawMalloc(sizeof(host_env));
+    if (!env) {
+        Py_DECREF(pyname);
+        return PyErr_NoMemory();
+    }
+    Py_INCREF(fn);
+    env->fn = fn;
+    env->name = pyname;
+    env->nparams = nparams;
+    env->nresults = nresults;
+    env->on_instance = on_instance;
+    env->native = 0;
+    if (native && hw_native_ready)
+        env->native = hw_native_id(name, (size_t)name_len);
+    void *err = ((define_fn)(uintptr_t)define_addr)((void *)(uintptr_t)linker, module, (size_t)module_len, name,
+                                                   (size_t)name_len, (void *)(uintptr_t)functype, trampoline,
+                                                   env, finalize);
+    return PyLong_FromVoidPtr(err);
+}
+
+/* ---------------------------------------------------------------- configure, ticker */
+
+/* configure(call_async, instantiate_async, future_poll, future_delete, yield_update, set_deadline, trap_new,
+ * increment_epoch, memory_data_size, error handler): the wasmtime entry points (addresses) and the runtime's
+ * host error handler. */
+PyObject *hw_configure(PyObject *self, PyObject *args) {
+    unsigned long long f[9];
+    PyObject *handler;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKO", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &handler))
+        return NULL;
+    hw_call_async = (call_async_fn)(uintptr_t)f[0];
+    hw_instantiate_async = (instantiate_async_fn)(uintptr_t)f[1];
+    hw_poll = (future_poll_fn)(uintptr_t)f[2];
+    hw_delete = (future_delete_fn)(uintptr_t)f[3];
+    hw_yield_update = (yield_update_fn)(uintptr_t)f[4];
+    hw_set_deadline = (set_deadline_fn)(uintptr_t)f[5];
+    hw_trap_new = (trap_new_fn)(uintptr_t)f[6];
+    hw_increment_epoch = (increment_epoch_fn)(uintptr_t)f[7];
+    hw_memory_size = (memory_size_fn)(uintptr_t)f[8];
+    Py_INCREF(handler);
+    Py_XSETREF(error_handler, handler);
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    void *engine;
+    long interval_us;
+} ticker_args;
+
+static void *tick(void *arg_) {
+    ticker_args *t = (ticker_args *)arg_;
+    struct timespec ts = {t->interval_us / 1000000, (t->interval_us % 1000000) * 1000};
+    for (;;) {
+        nanosleep(&ts, NULL);
+        hw_increment_epoch(t->engine);
+    }
+    return NULL;
+}
+
+/* start_ticker(engine, interval_us): a native thread bumping the engine's epoch forever. */
+PyObject *hw_start_ticker(PyObject *self, PyObject *args) {
+    unsigned long long engine;
+    long interval;
+    if (!PyArg_ParseTuple(args, "Kl", &engine, &interval))
+        return NULL;
+    ticker_args *t = PyMem_RawMalloc(sizeof(ticker_args)); /* lives as long as the process */
+    if (!t)
+        return PyErr_NoMemory();
+    t->engine = (void *)(uintptr_t)engine;
+    t->interval_us = interval;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&thread, &attr, tick, t);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        PyMem_RawFree(t);
+        PyErr_SetString(PyExc_RuntimeError, "cannot start the epoch ticker thread");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,119 @@
+/* The native path: the instance pool's fast cases (try_acquire and release).
+ *
+ * Mirrors http_wasm_asgi/pool.py, which is the reference: InstancePool's try_acquire and release as C methods
+ * (pool_methods): an idle instance taken from (and given back to) the end of `_idle`, as the Python methods do;
+ * every other case goes to them. The methods go on the subclass handed to pool_methods (NativeInstancePool,
+ * `__slots__ = ()`); the class learned as "pool" keeps the Python ones, which are the fallbacks.
+ */
+#include "native.h"
+
+static PyObject *pool_try_acquire_reference, *pool_release_reference; /* the "pool" class's Python methods */
+
+/* InstancePool.try_acquire() */
+static PyObject *pool_try_acquire(PyObject *pool, PyObject *unused) {
+    PyObject *idle = FIELD(pool, o_pool_idle), *low = FIELD(pool, o_pool_low);
+    if (idle == NULL || !PyList_CheckExact(idle) || PyList_GET_SIZE(idle) == 0 || low == NULL || !PyLong_CheckExact(low))
+        return PyObject_CallOneArg(pool_try_acquire_reference, pool);
+    Py_ssize_t left = PyList_GET_SIZE(idle) - 1;
+    PyObject *instance = Py_NewRef(PyList_GET_ITEM(idle, left));
+    if (PyList_SetSlice(idle, left, left + 1, NULL) < 0) {
+        Py_DECREF(instance);
+        return NULL;
+    }
+    if (left < PyLong_AsSsize_t(low)) {
+        PyObject *n = PyLong_FromSsize_t(left);
+        if (n == NULL) {
+            Py_DECREF(instance);
+            return NULL;
+        }
+        Py_XSETREF(FIELD(pool, o_pool_low), n);
+    }
+    return instance;
+}
+
+/* compare two plain ints of the pool: a < b as 1/0, -1 when they are not ints */
+static int int_less(PyObject *a, PyObject *b) {
+    if (a == NULL || b == NULL || !PyLong_CheckExact(a) || !PyLong_CheckExact(b))
+        return -1;
+    return PyLong_AsSsize_t(a) < PyLong_AsSsize_t(b);
+}
+
+/* InstancePool.release(instance, *, discard=False) */
+static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *idle = FIELD(pool, o_pool_idle), *waiters = FIELD(pool, o_pool_waiters);
+    PyObject *max_idle = FIELD(pool, o_pool_max_idle), *size = FIELD(pool, o_pool_size);
+    PyObject *min_size = FIELD(pool, o_pool_min_size);
+    if (nargs != 1 || kwnames != NULL || idle == NULL || !PyList_CheckExact(idle) || FIELD(pool, o_pool_reuse) != Py_True
+        || waiters == NULL || max_idle == NULL)
+        goto reference;
+    int closed = hw_attr_true(args[0], a_instance_closed);
+    Py_ssize_t waiting = PyObject_Length(waiters);
+    if (closed < 0 || waiting < 0)
+        return NULL;
+    int above = int_less(min_size, size); /* size > min_size */
+    if (closed || waiting || above < 0)
+        goto reference;
+    if (max_idle != Py_None) { /* room among the idle ones, or the pool at its floor */
+        PyObject *count = PyLong_FromSsize_t(PyList_GET_SIZE(idle));
+        int room = count ? int_less(count, max_idle) : -1;
+        Py_XDECREF(count);
+        if (room < 0 || (!room && above))
+            goto reference;
+    }
+    if (PyList_Append(idle, args[0]) < 0)
+        return NULL;
+    PyObject *timeout = FIELD(pool, o_pool_idle_timeout);
+    if (above && FIELD(pool, o_pool_trim_handle) == Py_None && timeout != NULL && timeout != Py_None)
+        return PyObject_CallMethodNoArgs(pool, a_pool_schedule_trim);
+    Py_RETURN_NONE;
+reference:
+    if (PyErr_Occurred())
+        return NULL;
+    {
+        PyObject *stack[8];
+        Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        if (n > 7) {
+            PyErr_SetString(PyExc_TypeError, "release: too many arguments");
+            return NULL;
+        }
+        stack[0] = pool;
+        for (Py_ssize_t i = 0; i < n; i++)
+            stack[i + 1] = args[i];
+        return PyObject_Vectorcall(pool_release_reference, stack, (size_t)nargs + 1, kwnames);
+    }
+}
+
+static PyMethodDef pool_defs[] = {
+    {"try_acquire", (PyCFunction)pool_try_acquire, METH_NOARGS, "An idle instance (or a cheap new one), else None."},
+    {"release", (PyCFunction)(void (*)(void))pool_release, METH_FASTCALL | METH_KEYWORDS,
+     "Give an instance back (to the idle ones, a waiter, or closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* pool_methods(cls) -> {name: method descriptor} of the methods above, for `cls` (a subclass of the class
+ * learned as "pool") to take in place of the Python ones, which they fall back to. */
+PyObject *hw_pool_methods(PyObject *self, PyObject *cls) {
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "pool_methods(cls): cls is not a class");
+        return NULL;
+    }
+    if (hw_require(ROLE(ROLE_POOL) | ROLE(ROLE_INSTANCE), "pool_methods") < 0)
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, hw_t_pool)) {
+        PyErr_Format(PyExc_TypeError, "pool_methods: %s is not a subclass of %s (learned as \"pool\")",
+                     ((PyTypeObject *)cls)->tp_name, hw_t_pool->tp_name);
+        return NULL;
+    }
+    if (hw_check_replaces(hw_t_pool, pool_defs, "pool_methods") < 0)
+        return NULL;
+    PyObject *acquire = hw_python_method(hw_t_pool, a_pool_try_acquire, "pool_methods");
+    PyObject *release = acquire ? hw_python_method(hw_t_pool, a_pool_release, "pool_methods") : NULL;
+    if (release == NULL) {
+        Py_XDECREF(acquire);
+        return NULL;
+    }
+    Py_XSETREF(pool_try_acquire_reference, acquire);
+    Py_XSETREF(pool_release_reference, release);
+    return hw_method_descriptors((PyTypeObject *)cls, pool_defs);
+}
