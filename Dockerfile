@@ -1,7 +1,7 @@
 # The chain as a container image (used by docker-compose.yml): `docker compose up --build`.
 FROM python:3.11-slim
 WORKDIR /srv
-# The package: `pip install .` needs its metadata, setup.py (the optional C accelerator: built
+# The package: `pip install .` needs its metadata, setup.py (the native path, in C: built
 # when a compiler is present, skipped otherwise) and the sources.
 COPY pyproject.toml setup.py README.md ./
 COPY http_wasm_asgi ./http_wasm_asgi

@@ -7,9 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from driver import GROW, READ_ALL, Program
-
 from http_wasm_asgi import Guest
+from support.driver import GROW, READ_ALL, Program
 
 
 def read_all_guest() -> Guest:

@@ -2,7 +2,7 @@
 
     uvicorn examples.prometheus_app:app      then   curl http://127.0.0.1:8000/metrics/
 
-The guests count their calls in the accelerator; `GuestCollector` reads those counters (and the
+The guests count their calls on the call path (in C on the native path); `GuestCollector` reads those counters (and the
 pools) when /metrics is scraped, on the event loop that runs the guests.
 """
 

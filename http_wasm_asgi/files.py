@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o600) -> None:
     """Write `data` to `path` through a temp file and `os.replace`: readers see the old file or the whole
     new one, never a part (a live process may map the old one: it lives on until unmapped). Owner-only
     by default: caches hold guests' state (a snapshot's memory holds the guest's config, its secrets).

@@ -276,7 +276,7 @@ class Guest:
         key = snapshot_key(sha256, self.config, wasi.env)
         if cache_dir is None:
             return self._build_snapshot(wasm, None, key, wasi, limits)
-        entry = SnapshotEntry(cache_dir, key)
+        entry = SnapshotEntry(cache_dir, key, self.name)
         with entry.lock():
             cached = entry.read()
             if cached is None:

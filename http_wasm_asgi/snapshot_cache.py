@@ -1,10 +1,12 @@
 """The snapshot cache: a guest's snapshot module and what its init did, on disk, shared by processes.
 
 An entry is named by what the snapshot depends on (the guest's module, its config, its WASI
-environment, the snapshot format) and holds three files: the snapshot module (`.wasm`), its metadata
-(`.json`: the features and log lines of the init, its time, the image size, the guest's own exports),
-or, for a guest that cannot be captured, the reason (`.refused`: the check reads every function, so it
-is kept). Processes starting together (N workers) build an entry once: the first holds its lock.
+environment, the snapshot format) and holds: the snapshot module (`.wasm`), its metadata (`.json`: the
+features and log lines of the init, its time, the image size, the guest's own exports, whose it is and
+the sha256 of the module), or, for a guest that cannot be captured, the reason (`.refused`: the check
+reads every function, so it is kept). The metadata carries a digest of itself and of the module: an
+entry that does not match is not used (one WARNING naming the guest and the file; it is removed and
+built again). Processes starting together (N workers) build an entry once: the first holds its lock.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from .files import entry_lock, write_atomic
+from .wasm import cache_files
 
-SNAPSHOT_FORMAT: Final = 2  # bump when what a snapshot captures changes: old cache entries are then ignored
+SNAPSHOT_FORMAT: Final = 3  # bump when what a snapshot captures changes: old cache entries are then ignored
 _META_KEYS: Final = ("features", "init_seconds", "image_bytes", "exports", "init_log")
 
 
@@ -29,45 +32,88 @@ def snapshot_key(module_sha256: str, config: bytes, wasi_env: Mapping[str, str])
         json.dumps(sorted(wasi_env.items())).encode()])).hexdigest()
 
 
-class SnapshotEntry:
-    """One snapshot in the cache folder `folder`."""
+def _sealed(payload: dict[str, Any]) -> bytes:
+    """A JSON document that carries the digest of its payload."""
+    text = json.dumps(payload, sort_keys=True)
+    return json.dumps({"payload": payload, "digest": hashlib.sha256(text.encode()).hexdigest()}).encode()
 
-    def __init__(self, folder: Path, key: str) -> None:
+
+def _unsealed(data: bytes) -> dict[str, Any] | None:
+    """The payload of a sealed document, or None when it is damaged."""
+    try:
+        doc = json.loads(data)
+        payload = doc["payload"]
+        ok = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest() == doc["digest"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return payload if ok and isinstance(payload, dict) else None
+
+
+class SnapshotEntry:
+    """One snapshot of guest `guest` in the cache folder `folder`."""
+
+    def __init__(self, folder: Path, key: str, guest: str) -> None:
         self.folder = folder
         self.key = key
+        self.guest = guest
         self.module_path = folder / f"snapshot-{key}.wasm"
         self.meta_path = folder / f"snapshot-{key}.json"
         self.refused_path = folder / f"snapshot-{key}.refused"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        with entry_lock(self.module_path):
+        with entry_lock(self.folder / f"snapshot-{self.key}"):
             yield
 
     def read(self) -> tuple[bytes, dict[str, Any]] | None:
-        """The snapshot module and its metadata (missing or unreadable: None, it is built again)."""
+        """The snapshot module and its metadata, verified; None when there is none (or it was damaged and is
+        removed: it is built again)."""
         try:
-            meta = json.loads(self.meta_path.read_text())
-            return self.module_path.read_bytes(), {k: meta[k] for k in _META_KEYS}
-        except (OSError, ValueError, KeyError, TypeError):
+            sealed = self.meta_path.read_bytes()
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            return self._reject(self.meta_path, f"cannot be read ({exc.strerror or exc})")
+        meta = _unsealed(sealed)
+        if meta is None or not all(k in meta for k in (*_META_KEYS, "module_sha256")):
+            return self._reject(self.meta_path, "its metadata is damaged (the digest it carries does not match)")
+        try:
+            wasm = self.module_path.read_bytes()
+        except OSError as exc:
+            return self._reject(self.module_path, f"cannot be read ({exc.strerror or exc})")
+        if hashlib.sha256(wasm).hexdigest() != meta["module_sha256"]:
+            return self._reject(self.module_path, "its contents do not match the digest in its metadata")
+        cache_files.touch(self.meta_path)
+        return wasm, {k: meta[k] for k in _META_KEYS}
+
+    def _reject(self, path: Path, why: str) -> tuple[bytes, dict[str, Any]] | None:
+        """Not used: the entry (module and metadata) is removed, and None returned (built again)."""
+        cache_files.reject(self.guest, path, why)
+        for other in (self.meta_path, self.module_path):
+            with contextlib.suppress(OSError):
+                other.unlink()
+        return None
 
     def write(self, wasm: bytes, meta: dict[str, Any]) -> None:
         """Both files, each replaced whole; the metadata last, so a reader never sees it without its module.
         A cache that cannot be written is no cache, not a failure."""
+        payload = {**meta, "guest": self.guest, "module_sha256": hashlib.sha256(wasm).hexdigest()}
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self.module_path, wasm)  # owner-only: it holds the guest's state after init
-            write_atomic(self.meta_path, json.dumps(meta).encode())
+            write_atomic(self.meta_path, _sealed(payload))
+            cache_files.keep_within_limit(self.folder)
 
     def refusal(self) -> str | None:
-        """Why this guest cannot be captured, when an earlier run found out; None when never checked."""
+        """Why this guest cannot be captured, when an earlier run found out; None when never checked (or the
+        record is damaged: it is checked again)."""
         try:
-            return self.refused_path.read_text()
+            payload = _unsealed(self.refused_path.read_bytes())
         except OSError:
             return None
+        return str(payload["reason"]) if payload is not None and "reason" in payload else None
 
     def refuse(self, reason: str) -> None:
         with contextlib.suppress(OSError):
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.refused_path, reason.encode(), mode=0o644)
+            write_atomic(self.refused_path, _sealed({"reason": reason, "guest": self.guest}), mode=0o644)

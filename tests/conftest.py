@@ -1,21 +1,17 @@
+"""Fixtures and hooks shared by the tests. Constants and helpers live in the `support` package (tests/support/),
+which the tests import by name: pyproject.toml puts tests/ on pytest's path."""
+
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_wasm_asgi.testing import echo_app
 from http_wasm_asgi.wasm.calls import NATIVE_PATH, PYTHON_PATH, CallPath, using_path
-
-ROOT = Path(__file__).resolve().parent.parent
-WAT = ROOT / "guests" / "wat"
+from support import ClientFactory
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +37,6 @@ def guest_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-ClientFactory = Callable[[Any], httpx.AsyncClient]
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[ClientFactory]:
     """In-process client: `async with client(app) as c: ...`."""
@@ -59,9 +52,6 @@ async def client() -> AsyncIterator[ClientFactory]:
         await c.aclose()
 
 
-__all__ = ["ROOT", "WAT", "echo_app"]
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """tests/test_servers.py: all tests of one server in a row (its module fixture starts it once).
@@ -72,7 +62,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mine = [i for i, item in enumerate(items) if item.path.name == "test_servers.py"]
     if not mine:
         return
-    from asgi_servers import SERVERS
+    from support.asgi_servers import SERVERS
 
     order = {name: index for index, name in enumerate(SERVERS)}
 

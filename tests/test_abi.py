@@ -7,7 +7,10 @@ import logging
 from typing import Any
 
 import pytest
-from driver import (
+
+from http_wasm_asgi import HttpWasmMiddleware
+from http_wasm_asgi.testing import echo_app
+from support.driver import (
     BUF,
     BUF2,
     EMIT_RESULTS,
@@ -22,9 +25,6 @@ from driver import (
     results,
     split,
 )
-
-from http_wasm_asgi import HttpWasmMiddleware
-from http_wasm_asgi.testing import echo_app
 
 pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, WAT
-from procs import COMMAND, free_port, run, serving
+
+from support import ROOT, WAT
+from support.procs import COMMAND, free_port, run, serving
 
 ZIG = ROOT / "guests" / "zig"
 CHAIN = "examples/chain.yaml"
@@ -157,6 +158,8 @@ def test_serve_rejects_bad_flags(flag: str, value: str, message: str) -> None:
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_uses_the_config_server_section_and_flags_override_it(tmp_path: Path) -> None:
     config_port, flag_port = free_port(), free_port()
     config = tmp_path / "chain.yaml"
@@ -205,6 +208,8 @@ def compiled(cache: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.cwasm")}
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_workers_2_serves_from_two_processes_and_compiles_once(tmp_path: Path) -> None:
     (tmp_path / "pidapp.py").write_text(PID_APP)
     config = tmp_path / "chain.yaml"
@@ -291,10 +296,12 @@ async def app(scope, receive, send):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_keep_alive_responses_are_not_held_by_nagle(tmp_path: Path, workers: str) -> None:
-    """Issue 10: with --workers N uvicorn binds the listener itself (protocol 0), so asyncio never set
-    TCP_NODELAY on accepted sockets and every keep-alive response waited for the client's delayed
+    """With --workers N uvicorn binds the listener itself (protocol 0), so asyncio does not set TCP_NODELAY
+    on accepted sockets: unless serve sets it, every keep-alive response waits for the client's delayed
     ACK (~40 ms). The option is read back on the accepted socket, and the keep-alive latency is
     far below that delay."""
     (tmp_path / "nodelayapp.py").write_text(NODELAY_APP)

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, WAT
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -19,6 +18,7 @@ from http_wasm_asgi import ConfigError, HttpWasmMiddleware, load_config
 from http_wasm_asgi.asgi.proxy import ProxyApp, UpstreamTimeout
 from http_wasm_asgi.server.config import middleware_from_config
 from http_wasm_asgi.testing import echo_app
+from support import ROOT, WAT
 
 ZIG = ROOT / "guests" / "zig"
 START = WAT / "start_section.wat"  # echoes its config in the `x-config` response header

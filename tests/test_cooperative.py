@@ -8,13 +8,13 @@ import os
 import time
 
 import pytest
-from conftest import WAT
 
 from http_wasm_asgi import Guest, GuestTrap
 from http_wasm_asgi.host import Exchange
 from http_wasm_asgi.wasm import calls, engine
 from http_wasm_asgi.wasm.calls import SUSPENDED
 from http_wasm_asgi.wasm.instance import WasmInstance
+from support import WAT
 
 pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
 
@@ -74,9 +74,9 @@ def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
 
     A loop held by the call is late by about the call's whole length; a cooperative one only by a slice
     or two, plus whatever the machine adds: on a loaded 2-core machine (load average 5) a process waits
-    up to ~75 ms for a CPU now and then, and the ctypes path's slices end on a Python ticker thread that
-    needs the GIL (measured there: the loop late by 6-26 ms at worst on the fast path, 18-74 ms on the
-    ctypes path, over calls of 60-85 ms and 370-600 ms). So the call is made long (its length calibrated
+    up to ~75 ms for a CPU now and then, and the Python path's slices end on a Python ticker thread that
+    needs the GIL (measured there: the loop late by 6-26 ms at worst on the native path, 18-74 ms on the
+    Python path, over calls of 60-85 ms and 370-600 ms). So the call is made long (its length calibrated
     by a first call's guest time) and the bound is a quarter of it. The guest gets a generous CPU limit
     (a loaded machine may stretch the call), and up to three tries: a loop held by the call is late by
     about the call's length every time, while a machine too busy to wake the ticker in time (another

@@ -1,4 +1,4 @@
-"""Cooperative guest calls (issue 13) through a real uvicorn server: with `Guest()` defaults, requests whose
+"""Cooperative guest calls through a real uvicorn server: with `Guest()` defaults, requests whose
 guest spins until its CPU limit do not hold up the others, and a client that leaves while its guest call is
 suspended gets its instance dropped.
 
@@ -19,11 +19,12 @@ import time
 from typing import Any
 
 import httpx
-from attack import Catch, assert_replaced, idle_instance
-from conftest import WAT
+import pytest
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app, serve
+from support import WAT
+from support.attack import Catch, assert_replaced, idle_instance
 
 SPIN = WAT / "spin_on_header.wat"
 CALL_TIMEOUT = 1.0  # Guest()'s default, which these tests keep
@@ -118,10 +119,11 @@ class _Ticker:
             self.lags.append(loop.time() - t - 0.001)
 
 
+@pytest.mark.slow
 def test_spinning_requests_do_not_hold_up_normal_ones() -> None:
     """2 spinning requests a second, each until call_timeout (1 s): normal requests go on being answered
-    promptly. Before issue 13 every spinning request held the event loop for its whole second, so normal
-    requests waited up to 1 s each (p99 ~1 s, a few dozen requests a second)."""
+    promptly. A guest call that held the event loop for its whole second would make normal requests wait
+    up to 1 s each (p99 ~1 s, a few dozen requests a second)."""
     guest = Guest(SPIN)  # the defaults: call_timeout 1 s, calls on the event loop
     assert guest.module.limits.call_timeout == CALL_TIMEOUT and not guest.threaded
     app = Catch(HttpWasmMiddleware(echo_app, [guest]))
@@ -139,8 +141,8 @@ def test_spinning_requests_do_not_hold_up_normal_ones() -> None:
           f"{len(spin_seconds)} spinning requests answered {sorted({s for _, _, s in got['spins']})} "
           f"after {spin_seconds[0]:.2f}-{spin_seconds[-1]:.2f} s")
     # Bounds for a loaded 2-core machine (measured here with the load average at 7-9: 2,500-4,400 normal
-    # requests, p99 39-62 ms, the loop late by 48-390 ms at worst); before issue 13 (same machine): 15
-    # normal requests, p99 4.5 s, the loop held for 1 s and more at a time.
+    # requests, p99 39-62 ms, the loop late by 48-390 ms at worst); with calls that hold the loop (same
+    # machine): 15 normal requests, p99 4.5 s, the loop held for 1 s and more at a time.
     assert {status for _, _, status in got["normal"]} == {200}
     assert len(normal) >= 300, f"only {len(normal)} normal requests answered in {seconds - 0.5:.1f} s"
     assert p99 < 0.3, f"normal requests: p99 {p99 * 1000:.0f} ms"
@@ -176,6 +178,7 @@ def _wait(condition: Any, timeout: float) -> float:
     return time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_mid_call_frees_its_instance() -> None:
     """uvicorn does not cancel a request whose client left: the suspended call goes on until its CPU limit,
     then the instance is dropped (never handed to another request) and nothing stays checked out."""

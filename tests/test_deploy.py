@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import ROOT
-from procs import COMMAND, UVICORN, free_port, run, serving
 
 from http_wasm_asgi import load_config
+from support import ROOT
+from support.procs import COMMAND, UVICORN, free_port, run, serving
 
 
 def compose() -> dict[str, Any]:
@@ -88,7 +88,7 @@ def test_dockerfile_uses_python_slim_and_copies_what_pip_install_needs() -> None
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"], "http_wasm_asgi"}
     assert needed <= set(before), needed - set(before)
-    for source in re.findall(r'"([^"]+\.c)"', (ROOT / "setup.py").read_text()):  # the C accelerator's sources
+    for source in re.findall(r'"([^"]+\.c)"', (ROOT / "setup.py").read_text()):  # the native path's C sources
         assert (ROOT / source).is_file() and source.startswith("http_wasm_asgi/")
     for sources, _ in copies():
         for source in sources:
@@ -109,6 +109,8 @@ def test_the_image_holds_every_file_the_example_configs_need(tmp_path: Path) -> 
     assert result.returncode == 0 and result.stdout.endswith("ok\n"), result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_compose_commands_work_outside_a_container(tmp_path: Path) -> None:
     """Run both services' commands as compose would, from the image's files, with the container
     network's names and ports swapped for local ones."""

@@ -1,4 +1,4 @@
-"""`http-wasm-asgi trace` and `http-wasm-asgi bench` (issue 18), run as real subprocesses, and the request
+"""`http-wasm-asgi trace` and `http-wasm-asgi bench`, run as real subprocesses, and the request
 syntax they share."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from procs import COMMAND, run
 
 from http_wasm_asgi.devkit.devtools import RequestSpec, parse_request
+from support import ROOT
+from support.procs import COMMAND, run
 
 ZIG = ROOT / "guests" / "zig"
 GO = ROOT / "guests" / "go"
@@ -40,6 +40,7 @@ def test_bad_requests_are_named(words: list[str], message: str) -> None:
         parse_request(words)
 
 
+@pytest.mark.slow
 def test_trace_prints_the_calls_the_logs_what_the_app_saw_and_the_response() -> None:
     result = run([COMMAND, "trace", str(GO / "headeradder" / "headeradder.wasm"), "--config",
                   json.dumps({"request": {"x-added": ["yes"]}, "response": {"x-out": "1"}}),
@@ -126,6 +127,7 @@ def test_trace_of_a_guest_that_buffers_bodies() -> None:
     assert "enable_features(features=buffer_request)" in out
 
 
+@pytest.mark.slow
 def test_bench_of_a_guest_that_buffers_bodies_and_of_one_that_answers_itself() -> None:
     result = run([COMMAND, "bench", str(GO / "bodyrewrite" / "bodyrewrite.wasm"), "--config", REWRITE, "--requests",
                   "300", "--rounds", "3", "--", "POST", "/", "-d", "colour " * 100], timeout=120)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
-from procs import COMMAND, UVICORN, free_port, serving
+
+from support import ROOT
+from support.procs import COMMAND, UVICORN, free_port, serving
 
 README = (ROOT / "README.md").read_text()
 TOKEN = {"authorization": "Bearer demo-token"}
@@ -53,6 +54,8 @@ def check_example_chain(url_or_client: str | httpx.Client) -> None:
         assert home.text == "hello from the app\n"
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("config", ["examples/chain.yaml", "examples/chain.toml"])
 def test_the_example_chain_served_by_the_command(config: str) -> None:
     port = free_port()
@@ -63,6 +66,8 @@ def test_the_example_chain_served_by_the_command(config: str) -> None:
         assert line in out
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_example_chain_works_from_any_folder(tmp_path: Path) -> None:
     port = free_port()
     with serving([COMMAND, "serve", str(ROOT / "examples" / "chain.yaml"), "--port", str(port)], port,
@@ -70,6 +75,8 @@ def test_the_example_chain_works_from_any_folder(tmp_path: Path) -> None:
         check_example_chain(server.url)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_example_chain_can_be_copied_elsewhere_with_its_guests(tmp_path: Path) -> None:
     """Paths in a config are relative to its folder: a copied tree keeps working."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
@@ -80,6 +87,8 @@ def test_the_example_chain_can_be_copied_elsewhere_with_its_guests(tmp_path: Pat
         check_example_chain(server.url)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_fastapi_example() -> None:
     port = free_port()
     with serving([UVICORN, "examples.fastapi_app:app", "--port", str(port)], port, ready_path="/items/0") as server, \
@@ -92,6 +101,8 @@ def test_the_fastapi_example() -> None:
         assert (moved.status_code, moved.headers["location"]) == (302, "/docs")
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_starlette_example() -> None:
     port = free_port()
     with serving([UVICORN, "examples.starlette_app:app", "--port", str(port)], port) as server, \
@@ -102,6 +113,8 @@ def test_the_starlette_example() -> None:
         assert r.headers["x-powered-by"] == "http-wasm"
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_sidecar_example() -> None:
     upstream_port, port = free_port(), free_port()
     with serving([UVICORN, "examples.upstream:app", "--port", str(upstream_port)], upstream_port), \

@@ -1,4 +1,4 @@
-"""Heavy guests with `Guest()` defaults (issue 12): snapshots after init, instances off the event loop,
+"""Heavy guests with `Guest()` defaults: snapshots after init, instances off the event loop,
 pool bounds that fit what instances cost, idle trimming, and the errors that name the setting to change.
 
 The heavy guests are guests/wat/heavy_init.wat (80 MiB, ~0.25 s init) and the WAF of guests/go/waf
@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, WAT
-from test_waf import WAF, expected_sample, expected_spin, rules
 
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
 from http_wasm_asgi.devkit import conformance
 from http_wasm_asgi.testing import echo_app, serve
+from support import ROOT, WAT
+from test_waf import WAF, expected_sample, expected_spin, rules
 
 MiB = 1024 * 1024
 HEAVY = WAT / "heavy_init.wat"
@@ -74,6 +74,7 @@ def test_init_has_its_own_cpu_limit_apart_from_call_timeout() -> None:
     assert "init_timeout" in message
 
 
+@pytest.mark.slow
 async def test_the_waf_with_thousands_of_rules_runs_with_defaults() -> None:
     guest = Guest(WAF, config=rules.heavy())
     assert guest.snapshot.used and guest.snapshot.image_bytes >= 50 * MiB

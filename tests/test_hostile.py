@@ -14,7 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from attack import (
+
+from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
+from http_wasm_asgi.testing import echo_app, serve
+from support import WAT
+from support.attack import (
     HOSTILE,
     assert_clean_error,
     assert_logged,
@@ -23,11 +27,7 @@ from attack import (
     raw_http,
     routed,
 )
-from conftest import WAT
-from driver import BUF, EMIT_RESULTS, LOOP, RETURN, TRAP, Program, results
-
-from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
-from http_wasm_asgi.testing import echo_app, serve
+from support.driver import BUF, EMIT_RESULTS, LOOP, RETURN, TRAP, Program, results
 
 REQ, RESP = 0, 1  # header / body kinds
 MEM_END = 0x20000  # the driver guest has two 64 KiB pages
@@ -81,6 +81,7 @@ def test_trap_in_initialize_is_a_load_error() -> None:
         Program().init(TRAP).guest(name="trap_init")
 
 
+@pytest.mark.slow
 def test_endless_loop_in_initialize_is_stopped_by_the_cpu_limit() -> None:
     with pytest.raises(GuestError, match=r"guest 'spin_init'.*CPU time limit"):
         Program().init(LOOP).guest(name="spin_init", call_timeout=0.1)

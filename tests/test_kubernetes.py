@@ -13,12 +13,12 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT
-from ops import rss_mib
-from procs import COMMAND, free_port, run, serving
-from test_deploy import dockerfile, stage_image
 
 from http_wasm_asgi import load_config
+from support import ROOT
+from support.ops import rss_mib
+from support.procs import COMMAND, free_port, run, serving
+from test_deploy import dockerfile, stage_image
 
 KUBERNETES_VERSION = "1.32.0"  # validated against this release's API schemas
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -90,6 +90,8 @@ def test_names_ports_and_probes_refer_to_what_exists(tmp_path: Path) -> None:
     assert int(annotations["prometheus.io/port"]) == config.metrics_port
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_deployment_command_serves_from_the_image_within_its_memory_request(tmp_path: Path) -> None:
     image = stage_image(tmp_path / "srv")
     config = chain_config(image)

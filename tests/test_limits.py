@@ -13,7 +13,11 @@ import time
 from typing import Any
 
 import pytest
-from attack import (
+
+from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
+from http_wasm_asgi.testing import echo_app, serve
+from support import WAT
+from support.attack import (
     HOSTILE,
     assert_clean_error,
     assert_logged,
@@ -22,11 +26,7 @@ from attack import (
     routed,
     rss_bytes,
 )
-from conftest import WAT
-from driver import EMIT_RESULTS, GROW, LOOP, READ_ALL, RETURN, Program, results
-
-from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
-from http_wasm_asgi.testing import echo_app, serve
+from support.driver import EMIT_RESULTS, GROW, LOOP, READ_ALL, RETURN, Program, results
 
 REQ, RESP = 0, 1
 PAGE = 64 * 1024
@@ -94,8 +94,8 @@ def _spin_probe(threaded: bool) -> dict[str, float]:
 
 def test_a_spinning_guest_on_the_event_loop_does_not_hold_up_other_requests() -> None:
     """Default (cooperative calls on the event loop): the spinning call yields every slice, so a healthy
-    request is answered long before the spinner's 1 s CPU limit ends it (before issue 13 it waited for the
-    whole limit), as fast as with a threaded guest."""
+    request is answered long before the spinner's 1 s CPU limit ends it (a call holding the loop would make
+    it wait for the whole limit), as fast as with a threaded guest."""
     got = _spin_probe(threaded=False)
     assert got["healthy_seconds"] < 0.25, f"a healthy request waited {got['healthy_seconds']:.2f} s for another " \
                                           "request's spinning guest"

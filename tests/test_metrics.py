@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import ROOT, WAT, ClientFactory
-from ops import AUTH, ZIG, scrape, total, wait_until, write_config
-from procs import COMMAND, UVICORN, free_port, serving
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +18,9 @@ from http_wasm_asgi.metrics import FAMILIES, GuestCollector, figures
 from http_wasm_asgi.testing import echo_app
 from http_wasm_asgi.wasm import stats
 from http_wasm_asgi.wasm.calls import CallPath
+from support import ROOT, WAT, ClientFactory
+from support.ops import AUTH, ZIG, scrape, total, wait_until, write_config
+from support.procs import COMMAND, UVICORN, free_port, serving
 
 HOSTILE = WAT / "hostile"
 
@@ -129,6 +130,8 @@ async def test_the_readme_example_mounts_the_metrics_in_an_app(client: ClientFac
     assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_prometheus_example_runs_as_the_readme_says() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "`uvicorn examples.prometheus_app:app` then `curl http://127.0.0.1:8000/metrics/`" in readme
@@ -140,6 +143,8 @@ def test_the_prometheus_example_runs_as_the_readme_says() -> None:
     assert "python_gc_objects_collected_total" in text  # the app's own registry: the default collectors too
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_metrics_listener_from_the_config(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, 1, extra=f"metrics: {{port: {metrics_port}}}\n")
@@ -159,6 +164,8 @@ def test_serve_metrics_listener_from_the_config(tmp_path: Path) -> None:
     assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in server.output()
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_workers_2_add_up_and_serve_the_endpoint_once(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, 2)

@@ -9,8 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import WAT
-from driver import RETURN, TRAP, Program
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -18,6 +16,8 @@ from starlette.routing import Route
 
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
 from http_wasm_asgi.testing import GuestClient, echo_app, serve
+from support import WAT
+from support.driver import RETURN, TRAP, Program
 
 pytestmark = pytest.mark.usefixtures("call_path")  # every test on the native and the Python path
 

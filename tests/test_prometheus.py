@@ -7,8 +7,12 @@ import shutil
 from pathlib import Path
 
 import httpx
-from ops import AUTH, wait_until, write_config
-from procs import COMMAND, free_port, serving
+import pytest
+
+from support.ops import AUTH, wait_until, write_config
+from support.procs import COMMAND, free_port, serving
+
+pytestmark = [pytest.mark.slow, pytest.mark.servers]  # a prometheus daemon and `serve --workers 2`
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 

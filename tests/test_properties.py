@@ -9,13 +9,13 @@ import json
 import logging
 from typing import Any
 
-from attack import asgi_request, logger_records, well_formed
-from driver import BUF, EMIT_RESULTS, RETURN, STRINGS, TRAP, Program
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from http_wasm_asgi import HttpWasmMiddleware, abi
 from http_wasm_asgi.testing import echo_app
+from support.attack import asgi_request, logger_records, well_formed
+from support.driver import BUF, EMIT_RESULTS, RETURN, STRINGS, TRAP, Program
 
 REQ, RESP = 0, 1
 MEM_END = 0x20000

@@ -25,13 +25,13 @@ import h11
 import httpx
 import pytest
 import uvicorn
-from conftest import ROOT
-from procs import COMMAND, free_port, serving
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.asgi.proxy import ProxyApp
 from http_wasm_asgi.server.config import UpstreamTimeout
 from http_wasm_asgi.testing import serve
+from support import ROOT
+from support.procs import COMMAND, free_port, serving
 
 ZIG = ROOT / "guests" / "zig"
 MiB = 1024 * 1024
@@ -367,6 +367,7 @@ def test_concurrent_requests_open_no_more_connections_than_are_in_flight(upstrea
     assert len(set(app.connections)) <= 8  # reused across waves, never one per request
 
 
+@pytest.mark.slow
 def test_a_connection_the_upstream_closed_while_idle_is_not_reused(tmp_path: Path) -> None:
     app = Upstream()
     with serve(app, timeout_keep_alive=1, timeout_graceful_shutdown=2, proxy_headers=False) as url, \
@@ -417,6 +418,8 @@ def test_a_missing_unix_socket_gives_502(tmp_path: Path, guest_logs: Any) -> Non
     assert any("ConnectError" in m for m in guest_logs.messages)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_command_with_a_unix_socket_upstream(tmp_path: Path) -> None:
     sock = tmp_path / "svc.sock"
     config = tmp_path / "sidecar.yaml"
@@ -502,6 +505,7 @@ def test_a_slow_upstream_gives_504_within_the_read_timeout(upstream: Upstream) -
     assert app.disconnected.wait(5)  # the proxy hung up on the upstream, which is free again
 
 
+@pytest.mark.slow
 def test_an_upstream_that_takes_no_request_body_gives_504_within_the_write_timeout(
         upstream: Upstream, guest_logs: Any) -> None:
     url = upstream.url
@@ -593,6 +597,8 @@ def test_the_client_pool_is_closed_at_lifespan_shutdown(upstream: Upstream) -> N
 # --- the command in sidecar mode --------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_command_in_sidecar_mode_with_upstream_down_and_slow(upstream: Upstream,
                                                                  tmp_path: Path) -> None:
     url = upstream.url

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import WAT, ClientFactory
-from ops import AUTH, ZIG, hup, rss_mib, scrape, total, wait_until, write_config
-from procs import COMMAND, free_port, serving
 
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, reload_config
 from http_wasm_asgi.registry import RELOADS, open_guests
 from http_wasm_asgi.testing import echo_app
+from support import WAT, ClientFactory
+from support.ops import AUTH, ZIG, hup, rss_mib, scrape, total, wait_until, write_config
+from support.procs import COMMAND, free_port, serving
 
 INVALID = WAT / "invalid"
 
@@ -149,6 +149,8 @@ def version(url: str) -> str:
     return httpx.get(url + "/", headers=AUTH, timeout=5).headers["x-version"]
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_chain(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, 1)
@@ -172,6 +174,8 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_chain(tmp_path: Path) -> 
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_reload_flag_watches_the_config_and_the_guest_files(tmp_path: Path) -> None:
     port = free_port()
     guest = tmp_path / "adder.wasm"
@@ -188,6 +192,8 @@ def test_reload_flag_watches_the_config_and_the_guest_files(tmp_path: Path) -> N
     assert "adder.wasm changed: reloading" in server.output()
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_reload_flag_follows_a_configmap_volume_update(tmp_path: Path) -> None:
     """A Kubernetes ConfigMap volume: chain.yaml -> ..data/chain.yaml, ..data -> ..<timestamp>/, and an
     update swaps ..data to a new folder and removes the old one (the kubelet's atomic writer)."""
@@ -216,6 +222,8 @@ def test_reload_flag_follows_a_configmap_volume_update(tmp_path: Path) -> None:
         wait_until(lambda: version(server.url) == "3", 10, "version 3 after the next one")
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_sighup_and_reload_flag_reload_every_worker(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, 1)
@@ -241,6 +249,8 @@ def test_sighup_and_reload_flag_reload_every_worker(tmp_path: Path) -> None:
     assert server.output().count("SIGHUP: every worker reloads its chain") >= 2
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_sigterm_lets_requests_in_flight_finish_then_closes_every_pool(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, 1)
@@ -283,6 +293,8 @@ async def app(scope, receive, send):
 """
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_app_s_own_lifespan_runs_inside_serve_s(tmp_path: Path) -> None:
     (tmp_path / "lifeapp.py").write_text(LIFESPAN_APP)
     config = tmp_path / "chain.yaml"
@@ -298,6 +310,8 @@ def test_the_app_s_own_lifespan_runs_inside_serve_s(tmp_path: Path) -> None:
     assert "chain closed (1 guests), exiting" in server.output()
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_sigterm_bounds_the_wait_with_shutdown_timeout(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, 1, extra="server: {shutdown_timeout: 1}\n")
@@ -347,6 +361,8 @@ def _load(url: str, stop: threading.Event, failures: list[str], counts: list[int
             counts.append(1)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_200_reloads_under_load_drop_nothing_and_leak_nothing(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, 0)

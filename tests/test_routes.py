@@ -13,17 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
-from attack import raw_http
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, Guest, HttpWasmMiddleware, Route, load_config
 from http_wasm_asgi.asgi.flow import Chain
 from http_wasm_asgi.asgi.routes import RouteTable, normal_host, request_host, routed_path
 from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
+from support import ROOT
+from support.attack import raw_http
+from support.procs import COMMAND, free_port, run, serving
 
 ZIG = ROOT / "guests" / "zig"
 README = (ROOT / "README.md").read_text()
@@ -349,6 +349,8 @@ def raw_get(url: str, target: str) -> int:
     return int(raw_http(url, request, timeout=10).split(b" ", 2)[1])
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_runs_the_routes_example() -> None:
     port = free_port()
     with serving([COMMAND, "serve", "examples/routes.yaml", "--port", str(port)], port, ready_path="/healthz") as s:

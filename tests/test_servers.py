@@ -1,7 +1,7 @@
 """The chain on every ASGI server, for real: uvicorn (httptools and h11), Hypercorn, Granian and Daphne,
-each over HTTP/1.1 and, where it can, HTTP/2 over TLS (tests/asgi_servers.py).
+each over HTTP/1.1 and, where it can, HTTP/2 over TLS (tests/support/asgi_servers.py).
 
-Each server runs tests/matrix_app.py in its own process, started once for this module (one server at a
+Each server runs tests/support/matrix_app.py in its own process, started once for this module (one server at a
 time). Through each (server, HTTP version): every conformance case that applies, with the Go and the
 Zig conformance guest; the example chain (examples/chain.yaml); a guest that answers, traps or
 rewrites; bodies that stream both ways; response trailers (read and edited by a guest where the
@@ -26,7 +26,9 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from asgi_servers import (
+
+from http_wasm_asgi.devkit.conformance import check_response, load_suite, send
+from support.asgi_servers import (
     ENDPOINTS,
     SERVERS,
     START_TIMEOUT,
@@ -39,13 +41,11 @@ from asgi_servers import (
     running,
     wait_for,
 )
-from ops import AUTH, hup, scrape, total, wait_until, write_config
-from procs import BIN, COMMAND, ROOT, free_port, run, serving
+from support.ops import AUTH, hup, scrape, total, wait_until, write_config
+from support.procs import BIN, COMMAND, ROOT, free_port, run, serving
 from test_examples import check_example_chain
 
-from http_wasm_asgi.devkit.conformance import check_response, load_suite, send
-
-APP = "tests.matrix_app:app"
+APP = "tests.support.matrix_app:app"
 LANGS = ("go", "zig")
 TRAILERS = {("hypercorn", "2")}  # the endpoints whose server offers http.response.trailers
 IDS = {key: f"{key[0]}-http{key[1]}" for key in ENDPOINTS}
@@ -130,6 +130,8 @@ def clients(started: dict[str, Any]) -> dict[tuple[str, str, str], httpx.Client]
     return started["clients"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize(("endpoint", "lang", "case"), _conformance_params(), indirect=["endpoint"])
 def test_conformance_case(endpoint: Endpoint, clients: dict[tuple[str, str, str], httpx.Client], lang: str,
                           case: Any) -> None:
@@ -159,6 +161,8 @@ def test_every_endpoint_runs_every_case_once_per_language() -> None:
 
 # --- the example chain, and guests that answer, trap or rewrite ---------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_the_example_chain(endpoint: Endpoint) -> None:
     with endpoint.client(headers={"x-matrix": "chain"}) as client:
@@ -166,6 +170,8 @@ def test_the_example_chain(endpoint: Endpoint) -> None:
         check_version(endpoint, client.get("/"))
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_a_guest_that_traps_costs_the_request_a_500(endpoint: Endpoint) -> None:
     with endpoint.client(headers={"x-matrix": "trap"}) as client:
@@ -179,6 +185,8 @@ def test_a_guest_that_traps_costs_the_request_a_500(endpoint: Endpoint) -> None:
 
 # --- bodies stream --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_request_and_response_bodies_stream(endpoint: Endpoint) -> None:
     """The chain's max_body_size is 1 KiB: 1 MiB each way arrives only because nothing buffers it."""
@@ -235,6 +243,8 @@ def h2_get(url: str, path: str, headers: list[tuple[str, str]], tls: TLS, *, te:
     return got
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("lang", LANGS)
 @endpoints(only=TRAILERS)
 def test_a_guest_reads_and_edits_the_apps_response_trailers(endpoint: Endpoint, lang: str) -> None:
@@ -248,6 +258,8 @@ def test_a_guest_reads_and_edits_the_apps_response_trailers(endpoint: Endpoint, 
     assert sorted(got["trailers"]) == [("x-added", "one"), ("x-added", "two"), ("x-keep", "1"), ("x-status", "ok")]
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints(only=TRAILERS)
 def test_hypercorn_sends_trailers_only_to_a_client_that_accepts_them(endpoint: Endpoint) -> None:
     """Without `te: trailers` Hypercorn leaves them out; the guest ran all the same and the body is whole."""
@@ -257,6 +269,8 @@ def test_hypercorn_sends_trailers_only_to_a_client_that_accepts_them(endpoint: E
     assert headers["x-app-trailers"] == "x-status=pending, x-drop=secret, x-keep=1"
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("lang", LANGS)
 @endpoints(only=set(ENDPOINTS) - TRAILERS)
 def test_without_server_trailers_the_guest_is_told_and_the_response_is_whole(endpoint: Endpoint, lang: str) -> None:
@@ -271,6 +285,8 @@ def test_without_server_trailers_the_guest_is_told_and_the_response_is_whole(end
 
 # --- what differs: the scope, and a client that leaves -----------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_what_the_server_puts_in_the_scope(endpoint: Endpoint) -> None:
     facts = SERVER_FACTS[endpoint.server]
@@ -282,6 +298,8 @@ def test_what_the_server_puts_in_the_scope(endpoint: Endpoint) -> None:
     assert scope["extensions"] == (HYPERCORN_H2_EXTENSIONS if h2_trailers else facts["extensions"])
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("server", UNIX_SOCKET)
 def test_on_a_unix_socket_there_is_no_client_address(server: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No peer address (client None, or Granian's ('', '0')): get_source_addr is empty, not a trap."""
@@ -297,6 +315,8 @@ def control_scope_client(client: httpx.Client) -> Any:
     return client.get("/", headers={"x-matrix": "control"}).json()["scope"]["client"]
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_a_client_that_leaves_mid_response_frees_the_guests(endpoint: Endpoint) -> None:
     before = len(control(endpoint, clear=True)["left"])
@@ -311,6 +331,8 @@ def test_a_client_that_leaves_mid_response_frees_the_guests(endpoint: Endpoint) 
     assert wait_for(lambda: control(endpoint)["in_use"]["stream"] == 0)  # handle_response ran, instance back
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @endpoints()
 def test_a_client_that_leaves_while_a_guest_waits_for_the_body_frees_the_guests(endpoint: Endpoint) -> None:
     """The bodyrewrite guest reads the request body: the host buffers it; the client sends half and leaves.
@@ -348,6 +370,8 @@ def test_the_readme_has_a_command_for_each_server() -> None:
     assert all("examples.chain_app:app" in command for command in commands)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 @pytest.mark.parametrize("command", readme_server_commands())
 def test_the_readme_command_for_each_server(command: str, tls: TLS, tmp_path_factory: pytest.TempPathFactory) -> None:
     """As written, from the repository's top folder; free ports for 8080/8443, the test CA's cert.pem/key.pem."""
@@ -381,6 +405,8 @@ def test_the_readme_table_names_tests_that_exist_and_covers_every_endpoint() -> 
 
 # --- serve --server hypercorn -----------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_factory: pytest.TempPathFactory) -> None:
     """README, "The command": one flag (and the certificate) for HTTP/2; SIGTERM ends it with status 0."""
     port = free_port()
@@ -400,11 +426,13 @@ def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_f
     assert server.proc.returncode == 0, server.final_output
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_on_hypercorn_has_metrics_reload_and_a_clean_sigterm(tmp_path: Path) -> None:
     """`--server hypercorn` runs with the same operations as uvicorn: the metrics listener (/metrics,
     /readyz), `--reload` (a changed config reloads through SIGHUP, as the watcher sends it), and SIGTERM
-    (/readyz 503 while draining, pools closed, status 0). Before, those flags were refused, and a SIGHUP
-    killed the process."""
+    (/readyz 503 while draining, pools closed, status 0): the flags are accepted, and a SIGHUP reloads
+    instead of ending the process."""
     config = write_config(tmp_path, 1)
     port, metrics_port = free_port(), free_port()
     metrics = f"http://127.0.0.1:{metrics_port}"

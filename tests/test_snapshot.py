@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import wasmtime
-from conftest import ROOT
 from hypothesis import given
 from hypothesis import strategies as st
 
 from http_wasm_asgi.wasm import snapshot
 from http_wasm_asgi.wasm.snapshot import PAGE_SIZE, SnapshotError, cow_friendly, instrument, layout, refusal, rewrite
+from support import ROOT
 
 MiB = 1 << 20
 ENGINE = wasmtime.Engine()
@@ -340,7 +340,7 @@ def test_refusal_of_what_is_not_a_module() -> None:
 
 
 # Every kind of immediate, with bytes inside immediates that would be refused opcodes if read as such: the decoder
-# must step over them exactly (and the regex accelerator must agree with the plain decoder).
+# must step over them exactly (and the regex scan must agree with the plain decoder).
 IMMEDIATES_MODULE = r"""
 (module
   (type $sig (func (param i32) (result i32)))
@@ -408,7 +408,7 @@ def test_instruction_decoder_steps_over_every_kind_of_immediate() -> None:
         "uses table.grow: table state cannot be captured")
 
 
-def test_the_regex_accelerator_agrees_with_the_plain_decoder_on_the_repo_guests() -> None:
+def test_the_regex_scan_agrees_with_the_plain_decoder_on_the_repo_guests() -> None:
     for path in sorted(GUESTS.glob("zig/*.wasm")):
         module = snapshot._Module.parse(path.read_bytes())
         for index, data, start, end in module.function_bodies():

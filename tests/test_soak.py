@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from attack import HOSTILE, Catch, rss_bytes
-from conftest import WAT
-from driver import READ_ALL, Program
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app, serve
+from support import WAT
+from support.attack import HOSTILE, Catch, rss_bytes
+from support.driver import READ_ALL, Program
 
 REQ, RESP = 0, 1
 FULL = os.environ.get("SOAK_FULL") == "1"
@@ -77,6 +77,8 @@ async def blast(base: str, start: int, count: int, trapping: bool) -> list[Outco
         return await asyncio.gather(*(one(i) for i in range(start, start + count)))
 
 
+@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("trapping", [False, True], ids=["clean", "one-percent-traps"])
 def test_soak(trapping: bool) -> None:
     guests, traps = chain()

@@ -32,14 +32,14 @@ import bcrypt
 import httpx
 import pytest
 import trustme
-from conftest import ROOT
-from ops import hup, wait_until
-from procs import COMMAND, free_port, run, serving
 
 from http_wasm_asgi import ConfigError, load_config
 from http_wasm_asgi.server import oci as oci_client
 from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
+from support import ROOT
+from support.ops import hup, wait_until
+from support.procs import COMMAND, free_port, run, serving
 
 AUTH = ROOT / "guests" / "zig" / "auth.wasm"  # 401 unless `authorization: Bearer <its config>`
 TAGGER = ROOT / "guests" / "zig" / "headeradder.wasm"
@@ -329,6 +329,8 @@ def moving_source(tmp_path: Path, kind: type[Moving], **attrs: Any) -> Iterator[
         yield handler, [COMMAND, "serve", str(config), "--port", str(port), "--workers", "2"], port
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_workers_run_the_unpinned_module_the_serve_process_fetched(tmp_path: Path, cache: Path) -> None:
     """serve --workers 2 fetches an unpinned source once and every worker runs that module, though the
     source serves another one to the next fetch; a SIGHUP fetches once more, then every worker reloads."""
@@ -358,10 +360,12 @@ class Stalling(Moving):
         super().do_GET()
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_a_hanging_source_at_sighup_does_not_hold_up_the_serve_process(tmp_path: Path, cache: Path) -> None:
     """The serve process fetches at SIGHUP on a thread: while the source hangs, the workers serve the old
-    module and SIGTERM still ends everything at once (before, the supervisor waited for the fetch, up to its
-    30 s timeout, before it even read the signal); once the source answers, every worker reloads."""
+    module and SIGTERM still ends everything at once (a supervisor that waited for the fetch would not read
+    the signal for up to the fetch's 30 s timeout); once the source answers, every worker reloads."""
     with moving_source(tmp_path, Stalling, arrived=[], release=threading.Event()) as (handler, args, port):
         env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
         with serving(args, port, cwd=tmp_path, env=env) as server:
@@ -391,6 +395,8 @@ def push(reference: str, env: dict[str, str], guest: Path = AUTH) -> str:
     return re.search(r"manifest: (sha256:[0-9a-f]{64})", result.stdout)[1]  # type: ignore[index]
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_oci_push_serve_and_restart_with_the_registry_down(tmp_path: Path, cache: Path) -> None:
     env = {**USER, "HTTP_WASM_ASGI_CACHE_DIR": str(cache)}
     with registry(tmp_path, users={"alice": "wonderland"}) as host:
@@ -409,6 +415,8 @@ def test_oci_push_serve_and_restart_with_the_registry_down(tmp_path: Path, cache
         assert httpx.get(server.url + "/", timeout=10).status_code == 401
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_oci_auth_required(tmp_path: Path, cache: Path) -> None:
     env = {"HTTP_WASM_ASGI_CACHE_DIR": str(cache), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
     with registry(tmp_path, users={"alice": "wonderland"}) as host:
@@ -428,6 +436,8 @@ def test_oci_auth_required(tmp_path: Path, cache: Path) -> None:
         assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_oci_digest_mismatch_and_unpinned(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in USER.items():
         monkeypatch.setenv(key, value)
@@ -455,6 +465,8 @@ def image_layer(wasm: bytes) -> bytes:
     return gzip.compress(raw.getvalue())
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 async def test_oci_single_layer_image_form(tmp_path: Path, cache: Path) -> None:
     with registry(tmp_path) as host:
         reference = oci_client.Reference.parse(f"{host}/images/auth:v1")
@@ -470,6 +482,8 @@ async def test_oci_single_layer_image_form(tmp_path: Path, cache: Path) -> None:
         assert await answers(config_path) == (401, 200)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 async def test_oci_image_index_leads_to_its_wasm_entry(tmp_path: Path, cache: Path) -> None:
     with registry(tmp_path) as host:
         with oci_client.Registry(host, plain_http=True) as client:
@@ -487,6 +501,8 @@ async def test_oci_image_index_leads_to_its_wasm_entry(tmp_path: Path, cache: Pa
         assert await answers(config) == (401, 200)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_oci_token_auth(tmp_path: Path, cache: Path) -> None:
     """A registry with token auth (as ghcr.io and Docker Hub): the 401 names a realm, the client gets
     a Bearer token there with its credentials, for the scope the registry asked for."""
@@ -502,6 +518,8 @@ def test_oci_token_auth(tmp_path: Path, cache: Path) -> None:
         assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_oci_credentials_from_a_docker_credential_helper(tmp_path: Path, cache: Path) -> None:
     """`credHelpers` runs docker-credential-<name> get (the docker protocol: the registry on stdin, JSON out)."""
     tools, docker = tmp_path / "bin", tmp_path / "docker"
@@ -544,6 +562,8 @@ def test_the_readme_example_is_the_example_file() -> None:
     assert f"sha256: {AUTH_SHA}" in block  # the pin matches the committed guest
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_the_readme_commands_run_as_written(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The section's commands, from the repository's top folder; only the ports (5000 of the registry,
     8000 of the file server) become free ones."""

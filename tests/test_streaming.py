@@ -5,9 +5,8 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
-from conftest import WAT
-
 from http_wasm_asgi import Guest, HttpWasmMiddleware
+from support import WAT
 
 CHUNK = 64 * 1024
 CHUNKS = 256  # 16 MiB each way

@@ -1,4 +1,4 @@
-"""The guest authors' kit (issue 18): host-call tracing, the test client (in-process and through uvicorn),
+"""The guest authors' kit: host-call tracing, the test client (in-process and through uvicorn),
 the pytest plugin and its failure reports."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from driver import Program
 
 from http_wasm_asgi import Guest, _native, host
 from http_wasm_asgi.abi import Feature, HeaderKind
 from http_wasm_asgi.testing import GuestClient, RecordingApp, recent_results
 from http_wasm_asgi.tracing import TRACE, HostCall
 from http_wasm_asgi.wasm.calls import NATIVE_PATH
+from support.driver import Program
 
 ROOT = Path(__file__).resolve().parent.parent
 ZIG = ROOT / "guests" / "zig"
@@ -167,6 +167,7 @@ async def test_the_async_api_runs_on_the_test_s_loop() -> None:
     assert result.text == "hello, async\n"
 
 
+@pytest.mark.slow
 def test_a_chain_of_guests_made_with_trace_true_is_traced_in_order() -> None:
     zig = Guest(ZIG / "hello.wasm", name="zig", config="zig", trace=True)
     go = Guest(GO / "hello" / "hello.wasm", name="go", config="go", trace=True)
@@ -183,6 +184,7 @@ def test_recent_results_remember_the_last_requests() -> None:
     assert [r.url for r in recent_results()[-2:]] == ["/one", "/two"]
 
 
+@pytest.mark.slow
 def test_the_report_reads_as_the_whole_exchange() -> None:
     with GuestClient(GO / "headeradder" / "headeradder.wasm",
                      config={"request": {"x-a": ["1"]}, "response": {"x-b": "2"}}) as client:
@@ -232,6 +234,7 @@ def test_the_plugin_points_a_session_at_a_guest_and_reports_failures(pytester: p
         assert "the app saw: GET /somewhere" in out
 
 
+@pytest.mark.slow
 def test_the_plugin_says_what_is_missing(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_guest=PLUGIN_TESTS)
     run = pytester.runpytest_subprocess("-k", "passes")
@@ -280,6 +283,7 @@ def _readme_block(first_line: str, fence: str = "```python\n") -> str:
     return README[start:README.index("```\n", start)]
 
 
+@pytest.mark.slow
 def test_the_readme_example_file_is_included_verbatim_and_passes() -> None:
     example = (ROOT / "examples" / "test_hello_guest.py").read_text()
     assert _readme_block('"""Tests of the hello guest') == example
@@ -289,6 +293,7 @@ def test_the_readme_example_file_is_included_verbatim_and_passes() -> None:
     assert "6 passed" in run.stdout  # 3 tests x (Go, Zig)
 
 
+@pytest.mark.slow
 def test_the_readme_client_example_runs_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     code = _readme_block("from http_wasm_asgi.testing import GuestClient, RecordingApp")
@@ -341,8 +346,10 @@ def test_the_wasm_guest_ini_option(pytester: pytest.Pytester) -> None:
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
+@pytest.mark.slow
+@pytest.mark.servers
 def test_serve_with_log_level_trace_traces_every_guest(tmp_path: Path) -> None:
-    from procs import COMMAND, free_port, serving
+    from support.procs import COMMAND, free_port, serving
 
     port = free_port()
     config = tmp_path / "chain.yaml"

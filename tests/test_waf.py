@@ -25,11 +25,11 @@ from urllib.parse import unquote, unquote_plus
 
 import httpx
 import pytest
-from attack import idle_instance
-from conftest import ROOT, WAT
 
 from http_wasm_asgi import Guest, GuestError, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app
+from support import ROOT, WAT
+from support.attack import idle_instance
 
 MiB = 1024 * 1024
 WAF = ROOT / "guests" / "go" / "waf" / "waf.wasm"

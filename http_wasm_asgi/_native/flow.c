@@ -117,7 +117,7 @@ static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *
     return 0;
 }
 
-/* One guest's handle_request on the fast path: 1 held, 0 stopped (before the guest, or with its outcome in
+/* One guest's handle_request on the native path: 1 held, 0 stopped (before the guest, or with its outcome in
  * pending), -1 error. */
 static int enter_guest(PyObject *flow, PyObject *guest, PyObject *exchange) {
     int stop = hw_attr_true(guest, a_guest_threaded);
@@ -182,7 +182,7 @@ static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
 
-/* One held guest's handle_response on the fast path (entry popped already): 1 done and released, 0 its outcome
+/* One held guest's handle_response on the native path (entry popped already): 1 done and released, 0 its outcome
  * in pending, -1 error. */
 static int leave_guest(PyObject *flow, PyObject *entry, PyObject *is_error) {
     PyObject *guest = PyTuple_GET_ITEM(entry, 0), *instance = PyTuple_GET_ITEM(entry, 1);
@@ -313,7 +313,8 @@ static PyObject *app_scope(PyObject *scope, PyObject *exchange) {
         PyObject *extensions = PyDict_GetItemWithError(scope, k_extensions);
         int has = extensions == NULL ? 0 : PyObject_IsTrue(extensions);
         if (has > 0) {
-            int a = PySequence_Contains(extensions, k_response_pathsend), b = a ? a : PySequence_Contains(extensions, k_response_zerocopysend);
+            int a = PySequence_Contains(extensions, k_response_pathsend);
+            int b = a ? a : PySequence_Contains(extensions, k_response_zerocopysend);
             has = a < 0 || b < 0 ? -1 : a || b;
         }
         if (has < 0)
@@ -329,7 +330,8 @@ static PyObject *app_scope(PyObject *scope, PyObject *exchange) {
 static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *scope = FIELD(flow, o_flow_scope);
     PyObject *chain = FIELD(flow, o_flow_chain), *buffered = FIELD(flow, o_flow_buffered);
-    if (exchange == NULL || scope == NULL || chain == NULL || buffered == NULL || !Py_IS_TYPE(exchange, hw_t_exchange)) {
+    if (exchange == NULL || scope == NULL || chain == NULL || buffered == NULL ||
+        !Py_IS_TYPE(exchange, hw_t_exchange)) {
         PyErr_SetString(PyExc_TypeError, "app_args: the flow is not set up");
         return NULL;
     }
@@ -340,7 +342,9 @@ static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
     } else {
         if (observed == 0 && (observed = hw_attr_true(chain, a_chain_observes_response)) == 0)
             observed = PyObject_IsTrue(FIELD(exchange, o_ex_response_headers));
-        send = observed < 0 ? NULL : observed ? PyObject_GetAttr(flow, a_flow_stream) : Py_XNewRef(FIELD(flow, o_flow_send));
+        send = observed < 0 ? NULL
+               : observed   ? PyObject_GetAttr(flow, a_flow_stream)
+                            : Py_XNewRef(FIELD(flow, o_flow_send));
     }
     PyObject *receive = FIELD(exchange, o_ex_request_body) == Py_None ? Py_XNewRef(FIELD(flow, o_flow_receive))
                                                                         : PyObject_GetAttr(flow, a_flow_replay_receive);
@@ -371,7 +375,7 @@ static PyMethodDef flow_defs[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* open_flow(chain, scope, receive, send) -> Flow: middleware.open_flow in one call. The two objects start as
+/* open_flow(chain, scope, receive, send) -> Flow: asgi/flow.py's open_flow in one call. The two objects start as
  * copies of prototypes the Python constructors made (the defaults are written once, in Python), then take what
  * this request brings. Scopes out of the common case go to the Python reference. */
 static PyObject *open_flow_reference, *flow_prototype, *exchange_prototype, *protocols, *default_http_version;
@@ -441,7 +445,8 @@ static PyObject *new_exchange(PyObject *chain, PyObject *scope) {
     int has_query = query == NULL ? 0 : PyObject_IsTrue(query);
     PyObject *client = PyDict_GetItemWithError(scope, k_client);
     PyObject *extensions = PyDict_GetItemWithError(scope, k_extensions);
-    int trailers = extensions == NULL || extensions == Py_None ? 0 : PySequence_Contains(extensions, k_response_trailers);
+    int trailers =
+        extensions == NULL || extensions == Py_None ? 0 : PySequence_Contains(extensions, k_response_trailers);
     if (has_query < 0 || trailers < 0 || PyErr_Occurred())
         return NULL;
     PyObject *max_body_size = PyObject_GetAttr(chain, a_chain_max_body_size);
@@ -552,7 +557,8 @@ PyObject *hw_flow_methods(PyObject *self, PyObject *args) {
     const Py_ssize_t ex_own[] = {o_ex_method, o_ex_path, o_ex_query, o_ex_request_headers, o_ex_max_body_size,
                                  o_ex_protocol, o_ex_client, o_ex_trailers_supported, -1};
     slot_list fs, es;
-    if (check_prototype(flow_proto, cls, flow_own, &fs) < 0 || check_prototype(exchange_proto, hw_t_exchange, ex_own, &es) < 0) {
+    if (check_prototype(flow_proto, cls, flow_own, &fs) < 0 ||
+        check_prototype(exchange_proto, hw_t_exchange, ex_own, &es) < 0) {
         Py_DECREF(python_stream);
         return NULL;
     }

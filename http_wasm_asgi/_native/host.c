@@ -177,7 +177,8 @@ static int n_change_header(Core *c, void *vals, int which) {
     if (!(PyList_CheckExact(headers) || PyTuple_CheckExact(headers)))
         return FALLBACK;
     /* copy on first write: request headers are the scope's, an unwritten list is a shared () */
-    int copy = (off == o_ex_request_headers && FIELD(ex, o_ex_headers_changed) != Py_True) || !PyList_CheckExact(headers);
+    int copy =
+        (off == o_ex_request_headers && FIELD(ex, o_ex_headers_changed) != Py_True) || !PyList_CheckExact(headers);
     /* everything checked: from here on the change is made here */
     PyObject **items = PySequence_Fast_ITEMS(headers);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
@@ -259,7 +260,8 @@ static int n_get_config(Core *c, void *vals) {
     PyObject *config = FIELD(h, o_host_config);
     if (config == NULL || !PyBytes_CheckExact(config))
         return FALLBACK;
-    return write_limited(c, vals, PyBytes_AS_STRING(config), PyBytes_GET_SIZE(config), hw_arg(vals, 0), hw_arg(vals, 1));
+    return write_limited(c, vals, PyBytes_AS_STRING(config), PyBytes_GET_SIZE(config), hw_arg(vals, 0),
+                         hw_arg(vals, 1));
 }
 
 static int n_get_method(Core *c, void *vals) {

@@ -143,7 +143,8 @@ static inline void hw_result(void *vals, uint64_t v) { memcpy(vals, &v, sizeof v
 /* ---------------------------------------------------------------- the contract (contract.c) */
 
 /* The roles of the Python classes the native path works on (learn's first argument). */
-enum { ROLE_HOST, ROLE_EXCHANGE, ROLE_FLOW, ROLE_POOL, ROLE_GUEST, ROLE_CONTEXT, ROLE_CHAIN, ROLE_INSTANCE, NROLES };
+enum { ROLE_HOST, ROLE_EXCHANGE, ROLE_FLOW, ROLE_POOL, ROLE_GUEST, ROLE_CONTEXT, ROLE_CHAIN, ROLE_INSTANCE,
+       NROLES };
 #define ROLE(r) (1u << (r))
 
 /* The learned class of each role (NULL until learned) */

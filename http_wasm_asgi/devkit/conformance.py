@@ -9,7 +9,7 @@ guest in front of `testing.echo_app` on a real uvicorn server (127.0.0.1, an
 ephemeral port), sends every case with httpx, and checks the verdict plus what
 the client and the app saw (`expect`).
 
-    from http_wasm_asgi.conformance import run
+    from http_wasm_asgi.devkit.conformance import run
     for result in run("guests/go/conformance/conformance.wasm"):
         print(result.case_id, "pass" if result.passed else result.problems)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..abi import feature_names
 from ..asgi.routes import Route
 from ..errors import GuestError
+from .cache_command import add_cache_command
 from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
 
 if TYPE_CHECKING:
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run only this case (repeatable), e.g. --case get_uri/encoded")
     conform.set_defaults(func=cmd_conformance)
     _add_guest_tools(sub, debug)
+    add_cache_command(sub, debug)
     return parser
 
 
@@ -380,7 +382,7 @@ _REQUEST_HELP = """the request, after --: METHOD URL [-H 'name: value']... [-d B
 
 
 def _add_guest_tools(sub: Any, debug: argparse.ArgumentParser) -> None:
-    """`trace` and `bench`: a guest author's tools (http_wasm_asgi.devtools)."""
+    """`trace` and `bench`: a guest author's tools (http_wasm_asgi.devkit.devtools)."""
     trace = sub.add_parser(
         "trace", parents=[debug], help="one request through a guest, with every host call it made",
         usage="http-wasm-asgi trace GUEST [--config TEXT] [-- METHOD URL [-H 'k: v']... [-d BODY]]",

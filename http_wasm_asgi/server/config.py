@@ -43,10 +43,11 @@ from ..asgi.routes import MATCH_KEYS, Route
 from ..asgi.types import ASGIApp
 from ..errors import GuestError
 from ..guest import Guest
+from ..wasm import cache_files
 from .sources import RemoteSource, SourceError, cached_digest, file_sha256, resolve
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level",
-            "metrics")
+            "metrics", "cache_max_size")
 ROUTE_KEYS = ("match", "guests")
 SERVER_KEYS = ("host", "port", "workers", "shutdown_timeout")
 METRICS_KEYS = ("host", "port")
@@ -104,10 +105,12 @@ class ChainConfig:
     metrics_port: int | None = None  # None: no metrics listener
     guests: list[GuestSpec] = field(default_factory=list)
     routes: list[RouteSpec] | None = None  # None: `guests` is the one chain
+    cache_max_size: int | None = None  # the compile cache's size limit ($HTTP_WASM_ASGI_CACHE_MAX_SIZE wins)
 
     def load_guest(self, index: int) -> Guest:
         """Compile and instantiate guest `index`; a failure is a ConfigError naming `guests[index].path`."""
         spec = self.guests[index]
+        cache_files.configure(self.cache_max_size)
         try:
             return Guest(spec.path, name=spec.name, **spec.options)
         except GuestError as exc:
@@ -266,6 +269,8 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
         _metrics(file, data["metrics"], config)
     if "max_body_size" in data:
         config.max_body_size = _size(file, "max_body_size", data["max_body_size"])
+    if "cache_max_size" in data:
+        config.cache_max_size = _size(file, "cache_max_size", data["cache_max_size"])
     level = _expect(file, "log_level", data.get("log_level", "info"), str, f"one of {', '.join(LOG_LEVELS)}")
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(file, "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")

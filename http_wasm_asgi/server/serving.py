@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
@@ -40,6 +40,7 @@ from .config import ChainConfig, ConfigError, build_middleware, load_config, rel
 log = logging.getLogger("http_wasm_asgi")
 _ENV_OPTIONS = "HTTP_WASM_ASGI_SERVE"  # the serve options, for the worker processes (JSON)
 _ENV_METRICS_DIR = "HTTP_WASM_ASGI_METRICS_DIR"  # where workers publish their figures
+SUPERVISOR_POLL_SECONDS: Final = 0.5  # how often a worker checks that its supervisor lives
 WATCH_DEBOUNCE_MS = 100
 _early_hups: list[int] = []  # SIGHUPs that came before the chain served (they reload it once it does)
 
@@ -307,9 +308,26 @@ def worker_app() -> ServedChain:
     options = ServeOptions(**json.loads(os.environ[_ENV_OPTIONS]))
     setup_logging(options.log_level)
     signal.signal(signal.SIGHUP, _early_hup)
+    _follow_the_supervisor()
     config, middleware = load_chain(options.config, options.upstream)
     folder = os.environ.get(_ENV_METRICS_DIR)
     return ServedChain(config, middleware, options, Path(folder) if folder else None)
+
+
+def _follow_the_supervisor() -> None:
+    """A worker stops when its supervisor is gone, however it died (SIGKILL too): it would go on holding the
+    port with no one to restart, reload or stop it. The worker polls its parent, then drains as on SIGTERM.
+    (Linux's parent-death signal follows the *thread* that started the worker, and the supervisor starts
+    workers from more than one.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(SUPERVISOR_POLL_SECONDS)
+        log.warning("process %d: the supervisor (process %d) is gone: draining and stopping", os.getpid(), parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="http-wasm-asgi-supervisor-watch").start()
 
 
 def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
@@ -320,7 +338,7 @@ def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
         sources.follow_pins = False
         sources.write_pins(pins, loaded.source_pins())
         os.environ[sources.PINS_ENV] = str(pins)
-        config = uvicorn.Config("http_wasm_asgi.serving:worker_app", factory=True, host=options.host,
+        config = uvicorn.Config("http_wasm_asgi.server.serving:worker_app", factory=True, host=options.host,
                                 port=options.port, workers=options.workers, log_level=options.log_level,
                                 timeout_graceful_shutdown=math.ceil(options.shutdown_timeout))
         sock = config.bind_socket()

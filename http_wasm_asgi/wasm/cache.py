@@ -1,8 +1,15 @@
 """The compile cache: a module is compiled once per process (in memory) and once per machine (on disk).
 
-Entries are wasmtime's serialized machine code (`*.cwasm`), named by the module's sha256 (or the
-caller's key, e.g. a snapshot's) and by what compiled code depends on (wasmtime's version and the
-engine's settings), written whole (`files.write_atomic`) under a per-entry lock.
+Nothing read from disk runs unverified. An entry is wasmtime's serialized machine code, and its file
+name carries the sha256 of its contents (`<key>-<tag>-<digest>.cwasm`, written whole by
+`files.write_atomic`): the digest is checked before the entry is deserialized or mapped, so a flipped
+bit, a truncated file or another guest's file put in its place is found before any of its code runs
+(wasmtime's own loader catches cruder damage only, and a changed code section would run). A bad entry
+gets one WARNING naming the guest and the file, is removed, and the module is compiled again.
+
+`key` is the module's sha256 (or the caller's key, e.g. a snapshot's) and `tag` what compiled code
+depends on (wasmtime's version, the engine's settings). Writers of one entry are serialised across
+processes by a per-entry lock; `cache_files.py` bounds the folder's size.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import time
 import weakref
@@ -21,9 +29,14 @@ from wasmtime import _ffi as ffi
 
 from ..errors import GuestError, first_line
 from ..files import entry_lock, write_atomic
+from . import cache_files
 from .capi import wasmtime_version
 from .engine import ENGINE_FINGERPRINT, get_engine
 
+log = logging.getLogger("http_wasm_asgi.cache")
+
+CACHE_DIR_ENV = "HTTP_WASM_ASGI_CACHE_DIR"
+DIGEST_CHARS = 32  # of the sha256 in an entry's name: 128 bits
 # Compiled modules in use in this process, by key: held weakly, so the modules of a chain that was
 # reloaded away (e.g. a snapshot per guest config) are freed with it, not kept for the process's life.
 _module_cache: weakref.WeakValueDictionary[str, wasmtime.Module] = weakref.WeakValueDictionary()
@@ -34,15 +47,20 @@ def default_cache_dir() -> Path | None:
 
     Set the variable to an empty string to turn the disk cache off.
     """
-    env = os.environ.get("HTTP_WASM_ASGI_CACHE_DIR")
+    env = os.environ.get(CACHE_DIR_ENV)
     if env is not None:
         return Path(env) if env else None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "http-wasm-asgi"
 
 
+def content_digest(data: bytes | bytearray | memoryview) -> str:
+    """The digest an entry's name carries."""
+    return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
+
+
 def compile_module(name: str, wasm: bytes, cache_dir: Path | None,
-             cache_key: str | None = None) -> tuple[wasmtime.Module, float, str, str]:
+                   cache_key: str | None = None) -> tuple[wasmtime.Module, float, str, str]:
     """Compile once per process, and once per machine with the disk cache.
 
     Returns (module, seconds, source, key); source is "compiled", "disk" or "memory"; the key
@@ -51,38 +69,47 @@ def compile_module(name: str, wasm: bytes, cache_dir: Path | None,
     Processes starting together (N workers) compile a module once: the first takes a lock on
     the cache entry, the others wait for it and load what it wrote.
     """
-    engine = get_engine()
     key = cache_key or hashlib.sha256(wasm).hexdigest()
     cached = _module_cache.get(key)
     if cached is not None:
         return cached, 0.0, "memory", key
     start = time.perf_counter()
-    path = None
-    lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    mapped = cache_key is not None  # a snapshot: its memory image is the file's pages, shared by processes
+    module = None
     if cache_dir is not None:
-        path = cache_dir / f"{key}-{_cache_tag()}.cwasm"
-        module = _load_cached(engine, path, mapped=cache_key is not None)
+        stem = f"{key}-{_cache_tag()}"
+        module = _load(name, cache_dir, stem, mapped)
         if module is None:
-            lock = entry_lock(path)
-    else:
-        module = None
-    with lock:
-        if module is None and path is not None:
-            # another process may have written it while we waited
-            module = _load_cached(engine, path, mapped=cache_key is not None)
-        if module is not None:
-            _module_cache[key] = module
-            return module, time.perf_counter() - start, "disk", key
+            with entry_lock(cache_dir / stem):
+                module = _load(name, cache_dir, stem, mapped)  # another process may have written it meanwhile
+                if module is None:
+                    return _compile_and_store(name, wasm, key, cache_dir / stem, mapped, start)
+    if module is not None:
+        _module_cache[key] = module
+        return module, time.perf_counter() - start, "disk", key
+    return _compile_and_store(name, wasm, key, None, mapped, start)
+
+
+def _compile_and_store(name: str, wasm: bytes, key: str, stem: Path | None, mapped: bool,
+                       start: float) -> tuple[wasmtime.Module, float, str, str]:
+    engine = get_engine()
+    try:
+        module = wasmtime.Module(engine, wasm)
+    except Exception as exc:
+        raise GuestError(name, f"not a valid WebAssembly module: {first_line(exc)}") from None
+    elapsed = time.perf_counter() - start
+    if stem is not None:
+        data = module.serialize()
+        path = stem.parent / f"{stem.name}-{content_digest(data)}.cwasm"
         try:
-            module = wasmtime.Module(engine, wasm)
-        except Exception as exc:
-            raise GuestError(name, f"not a valid WebAssembly module: {first_line(exc)}") from None
-        elapsed = time.perf_counter() - start
-        if path is not None:
-            with contextlib.suppress(OSError):  # a cache that cannot be written is no cache, not a failure
-                write_atomic(path, module.serialize())
-            if cache_key is not None:  # a snapshot: this process maps the image like the others, not a copy
-                module = _load_cached(engine, path, mapped=True) or module
+            write_atomic(path, data)
+        except OSError as exc:  # a cache that cannot be written is no cache, not a failure
+            log.warning("guest %r: cannot write the compile cache (%s): %s", name, path, exc.strerror or exc)
+        else:
+            cache_files.record(path, guest=name, kind="snapshot, compiled" if mapped else "module, compiled")
+            if mapped:  # this process maps the image like the others do, not a copy of its own
+                module = _deserialize_file(engine, path) or module
+            cache_files.keep_within_limit(stem.parent)
     _module_cache[key] = module
     return module, elapsed, "compiled", key
 
@@ -92,27 +119,47 @@ def _cache_tag() -> str:
     return hashlib.sha256(f"{wasmtime_version()};{ENGINE_FINGERPRINT}".encode()).hexdigest()[:12]
 
 
-def _load_cached(engine: wasmtime.Engine, path: Path, mapped: bool) -> wasmtime.Module | None:
-    """The module of a cache entry, or None (missing, stale or corrupt: it is simply rebuilt).
+def _load(name: str, folder: Path, stem: str, mapped: bool) -> wasmtime.Module | None:
+    """The module of a verified entry, or None (none there, or every one there was bad and is removed).
 
-    `mapped` (snapshots): mapped from the file (deserialize_file), so the module's copy-on-write
-    memory image (the guest's initialized heap) is the file's pages, shared by every instance and
-    every worker process. The host only ever replaces entries whole (os.replace: a mapped old
-    file lives on until unmapped); a file rewritten in place under a live mapping would crash the
-    process, so ordinary modules are read into memory instead.
+    `mapped` (snapshots): mapped from the file (deserialize_file), so the module's copy-on-write memory
+    image (the guest's initialized heap) is the file's pages, shared by every instance and every worker
+    process; the process holds a shared lock on the file for the module's life, so pruning passes it by.
+    Entries are only ever replaced whole (a file rewritten in place under a live mapping would crash
+    the process); ordinary modules are read into memory instead.
     """
-    if mapped:
-        try:
-            return wasmtime.Module.deserialize_file(engine, str(path)) if path.is_file() else None
-        except (wasmtime.WasmtimeError, OSError):
-            return None
+    for path in cache_files.candidates(folder, stem, ".cwasm"):
+        data = _read_verified(name, path)
+        if data is None:
+            continue
+        engine = get_engine()
+        module = _deserialize_file(engine, path) if mapped else _deserialize(engine, data)
+        if module is None:
+            cache_files.reject(name, path, "wasmtime cannot load it (written by another version?)")
+            continue
+        if mapped:
+            cache_files.hold(module, path)
+        cache_files.touch(path)
+        return module
+    return None
+
+
+def _read_verified(name: str, path: Path) -> bytearray | None:
+    """The entry's bytes when their digest is the one its name carries; else it is rejected (None)."""
     try:
         with open(path, "rb") as f:
             data = bytearray(os.fstat(f.fileno()).st_size)
-            if f.readinto(data) != len(data):
-                return None
-    except OSError:
+            read = f.readinto(data)
+    except OSError as exc:
+        cache_files.reject(name, path, f"cannot be read ({exc.strerror or exc})")
         return None
+    if read != len(data) or content_digest(data) != cache_files.name_digest(path):
+        cache_files.reject(name, path, "its contents do not match the digest in its name (damaged on disk?)")
+        return None
+    return data
+
+
+def _deserialize(engine: wasmtime.Engine, data: bytearray) -> wasmtime.Module | None:
     ptr = ctypes.POINTER(ffi.wasmtime_module_t)()
     error = ffi.wasmtime_module_deserialize(engine.ptr(), (ctypes.c_uint8 * len(data)).from_buffer(data), len(data),
                                             ctypes.byref(ptr))
@@ -120,3 +167,9 @@ def _load_cached(engine: wasmtime.Engine, path: Path, mapped: bool) -> wasmtime.
         wasmtime.WasmtimeError._from_ptr(error)  # frees it
         return None
     return wasmtime.Module._from_ptr(ptr)
+
+
+def _deserialize_file(engine: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    with contextlib.suppress(wasmtime.WasmtimeError, OSError):
+        return wasmtime.Module.deserialize_file(engine, str(path))
+    return None

@@ -36,7 +36,7 @@ from ..errors import HostTrap
 from . import capi
 from .stats import CALL_BUCKETS_NS, STATS_SHORT, STATS_SIZE, count_call
 
-log = logging.getLogger("http_wasm_asgi.runtime")
+log = logging.getLogger("http_wasm_asgi.runtime")  # the name operators configure, kept
 
 # A host function receives the instance's host object first, then the wasm
 # arguments as unsigned ints; it returns an int for functions with a result.

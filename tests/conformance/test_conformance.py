@@ -27,7 +27,7 @@ from guest_examples import GUESTS, LANGUAGES, guest_path
 from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app, serve
 
-SUITE = json.loads(resources.files("http_wasm_asgi").joinpath("conformance_cases.json").read_text("utf-8"))
+SUITE = json.loads(resources.files("http_wasm_asgi.devkit").joinpath("conformance_cases.json").read_text("utf-8"))
 CASES: list[dict[str, Any]] = SUITE["cases"]
 EXPECTATIONS = {"status", "headers", "no_headers", "body", "app", "app_headers", "log", "no_log"}
 # uvicorn speaks HTTP/1.1 and offers no response trailers: the cases for other servers run in test_servers.py

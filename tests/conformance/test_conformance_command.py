@@ -47,6 +47,7 @@ def lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_command_passes_every_case_on_each_languages_guest(lang: str) -> None:
     proc = command(guest_path(lang, "conformance"))
@@ -171,5 +172,5 @@ def test_the_cases_ship_with_the_package() -> None:
     # Read through importlib.resources (works from a wheel), and declared as package data.
     assert load_suite().config == b'{"name":"conformance","answer":42}'
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "conformance_cases.json" in pyproject["tool"]["setuptools"]["package-data"]["http_wasm_asgi"]
+    assert "devkit/conformance_cases.json" in pyproject["tool"]["setuptools"]["package-data"]["http_wasm_asgi"]
     assert not (ROOT / "guests" / "conformance").exists()

@@ -20,6 +20,8 @@ from guest_examples import GUESTS, ExampleGuestTests, app_headers, serve_guests
 
 from http_wasm_asgi import GuestError
 
+pytestmark = pytest.mark.slow  # the Go guests are large to load, and `go test` runs the JSON parser's tests
+
 
 def go_build_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("go_build_lang", GUESTS / "go" / "build_lang.py")

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import trustme
 from cryptography.hazmat.primitives import serialization
-from procs import BIN, ROOT, free_port, serving
+
+from .procs import BIN, ROOT, free_port, serving
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 180.0  # the first server compiles the Go guests (~20 s on a loaded 2-core machine)

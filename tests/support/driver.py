@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from typing import Any
 
 from http_wasm_asgi import Guest, abi
 
-DRIVER = Path(__file__).resolve().parent.parent / "guests" / "wat" / "driver.wat"
+from .paths import WAT
+
+DRIVER = WAT / "driver.wat"
 OPS = {name: index for index, name in enumerate(abi.HOST_FUNCTIONS)}
 (RETURN, EMIT_RESULTS, TRAP, LOOP, FILL, WRITE_LAST, SET_HEADER_LAST, GROW, RECORD_CTX, READ_ALL,
  LOG_IF_ERROR) = range(100, 111)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from conftest import ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
-ZIG = ROOT / "guests" / "zig"
+from .paths import ZIG
+
 TOKEN = "t"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

@@ -14,7 +14,7 @@ The request header `x-matrix` picks the chain (the guests see it and ignore it):
 - `control`: JSON of what happened inside this process: guest log lines, instances in use per
   chain, and how `stream_until_gone` learned that its client left. `?clear` empties the logs.
 
-Loaded once per server process, at import (`uvicorn tests.matrix_app:app`, `daphne ...`, ...).
+Loaded once per server process, at import (`uvicorn tests.support.matrix_app:app`, `daphne ...`, ...).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from http_wasm_asgi.devkit.conformance import load_suite
 from http_wasm_asgi.testing import echo_app
 
 from .driver import BUF, RETURN, WRITE_LAST, Program
+from .paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAILERS_CONFIG = "set x-status ok\nadd x-added one\nadd x-added two\nremove x-drop\n"
 APP_TRAILERS = [(b"x-status", b"pending"), (b"x-drop", b"secret"), (b"x-keep", b"1")]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from .paths import ROOT
+
 BIN = Path(sys.executable).parent
 COMMAND = str(BIN / "http-wasm-asgi")  # the console script `pip install .` puts next to python
 UVICORN = str(BIN / "uvicorn")

@@ -9,7 +9,6 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -17,7 +16,9 @@ import httpx
 
 from http_wasm_asgi import Guest
 
-HOSTILE = Path(__file__).resolve().parent.parent / "guests" / "wat" / "hostile"
+from .paths import WAT
+
+HOSTILE = WAT / "hostile"
 REASONS = {413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 Scope = MutableMapping[str, Any]
