@@ -363,7 +363,7 @@ def main() -> int:
     smoke = args.smoke
     only = set(args.only or ("attack", "per-call", "heavy"))
     print(f"python {sys.version.split()[0]}, wasmtime {capi.wasmtime_version()}, {os.cpu_count()} cpus, "
-          f"accelerator {'on' if (calls.NATIVE_PATH is not None) else 'OFF (ctypes path)'}, load average "
+          f"native path {'on' if calls.NATIVE_PATH is not None else 'OFF (Python path)'}, load average "
           f"{os.getloadavg()[0]:.1f}")
     results: list[Check] = []
     if "attack" in only:

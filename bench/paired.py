@@ -7,8 +7,8 @@ bare request and a chain request back to back (ABBA order), and the figure is th
 of (chain - bare) / bare: both sides of a sample ran in the same phase.
 
 With `--root DIR` (repeatable) it measures other checkouts of this repository in turn, to find which
-change moved the cost (each checkout needs its accelerator built in place, e.g.
-`cc -O2 -shared -fPIC -I<python include> http_wasm_asgi/_fastpath.c -o http_wasm_asgi/_fastpath<EXT>`).
+change moved the cost (each checkout needs its native path built in place: `python setup.py build_ext
+--inplace` in it).
 
     python bench/paired.py                     # this checkout
     python bench/paired.py --root ../old --root .   --samples 8000

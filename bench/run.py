@@ -41,9 +41,8 @@ from starlette.middleware.base import BaseHTTPMiddleware  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from http_wasm_asgi import Guest, HttpWasmMiddleware  # noqa: E402
+from http_wasm_asgi import Guest, HttpWasmMiddleware, _native  # noqa: E402
 from http_wasm_asgi.devkit.devtools import time_requests  # noqa: E402
-from http_wasm_asgi import _native  # noqa: E402
 from http_wasm_asgi.wasm import calls, capi  # noqa: E402
 
 App = Callable[..., Any]
@@ -199,7 +198,7 @@ def uncounted(guest: Guest) -> Guest:
 
 
 def metrics_cost(report: Report) -> None:
-    """Issue 15: the accelerator counts every call (calls, a duration histogram, short circuits) for the
+    """Issue 15: the call path counts every call (calls, a duration histogram, short circuits) for the
     Prometheus metrics; nothing is done per request in Python. Same run: one guest's two calls of a request,
     counted vs counters detached (this thread's CPU time: whole-request medians on a shared machine vary by
     more than what is measured here)."""
@@ -214,7 +213,7 @@ def metrics_cost(report: Report) -> None:
 
 
 def _call_pair_us(rounds: int = 41, n: int = 3000) -> tuple[float, float, float]:
-    """The guest's two calls of a request (the accelerator's request() and response(), as the middleware
+    """The guest's two calls of a request (the Core's request() and response(), as the middleware
     makes them), counters attached vs detached, in back-to-back pairs of rounds (alternating which goes
     first); us of this thread's CPU per pair: the best round of each, and the median of the pairs'
     differences (robust to the machine's drift, which a difference of two medians is not)."""
@@ -265,7 +264,7 @@ def _scrape_ms() -> float:
 
 def tracing(report: Report, times: dict[str, list[float]]) -> None:
     """Issue 18: tracing costs nothing when off. The default links the same host functions as trace=False (the
-    accelerator's native ones): what it adds over trace=False is noise, far below what tracing costs when on."""
+    native path's native ones): what it adds over trace=False is noise, far below what tracing costs when on."""
     bare, default, off, on = (statistics.median(ts) for ts in times.values())
     added = {"default": default - bare, "off": off - bare, "on": on - bare}
     report.header("Host-call tracing (issue 18): 1 WAT guest, added cost per request, same run", "variant",
@@ -573,7 +572,7 @@ def main() -> int:
     rounds = args.rounds or (1 if smoke else 5)
     report = Report()
     print(f"python {sys.version.split()[0]}, wasmtime {capi.wasmtime_version()}, {os.cpu_count()} cpus, "
-          f"accelerator {'on' if (calls.NATIVE_PATH is not None) else 'OFF (ctypes path)'}")
+          f"native path {'on' if calls.NATIVE_PATH is not None else 'OFF (Python path)'}")
     asyncio.run(in_process(report, iterations, 3 if smoke else 10))
     if args.no_e2e:
         report.skip("end to end", "--no-e2e")

@@ -204,8 +204,9 @@ async def app(scope, receive, send):
 
 
 def compiled(cache: Path) -> dict[str, tuple[int, int]]:
-    """The compiled modules in a cache folder, with their inode and modification time."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.cwasm")}
+    """The compiled modules in a cache folder, with their inode and size (a rewrite is a new inode; the
+    modification time is the entry's last use)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_size) for p in cache.glob("*.cwasm")}
 
 
 @pytest.mark.slow
@@ -237,7 +238,7 @@ def test_serve_workers_2_serves_from_two_processes_and_compiles_once(tmp_path: P
         assert lines[parent].count("(compiled in") == 2 and "(memory" in lines[parent]  # two modules, 3 guests
         for pid in workers:
             assert lines[pid].count("(disk in") == 2 and "compiled" not in lines[pid], lines[pid]
-        entries = compiled(cache)  # one per module: `<sha256 of the wasm>-<engine tag>.cwasm`
+        entries = compiled(cache)  # one per module: `<sha256 of the wasm>-<engine tag>-<digest>.cwasm`
         assert {name.split("-")[0] for name in entries} == modules and len(entries) == 2
         assert len({name.split("-")[1] for name in entries}) == 1
         stamps = entries

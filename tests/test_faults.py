@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.ops import AUTH, wait_until, write_config
+from support.ops import AUTH, rss_mib, wait_until, write_config
 from support.paths import ZIG
 from support.procs import COMMAND, free_port, run, serving
 
@@ -70,7 +70,7 @@ def _flip(path: Path, offset: int, count: int = 16) -> None:
     path.write_bytes(bytes(data))  # in place, as a bad sector or a stray write would
 
 
-def _damage(how: str, target: Path, other: Path) -> None:
+def _damage(how: str, target: Path, other: bytes) -> None:
     data = target.read_bytes()
     if how == "code":  # machine code: wasmtime's loader does not notice, the first request would crash
         offset, size = _elf_section(data, ".text")
@@ -83,7 +83,7 @@ def _damage(how: str, target: Path, other: Path) -> None:
         offset, size = _elf_section(data, ".wasmtime.engine")
         _flip(target, offset + 2, 4)
     elif how == "swapped":  # another guest's entry under this one's name
-        target.write_bytes(other.read_bytes())
+        target.write_bytes(other)
 
 
 @pytest.mark.parametrize("how", ["code", "data", "truncated", "version", "swapped"])
@@ -94,8 +94,9 @@ def test_a_damaged_compiled_module_is_rebuilt_with_one_warning_and_requests_are_
     assert _check(config, cache).returncode == 0
     entries = _compiled(cache)
     assert len(entries) == 2, entries  # stamp's module, auth's snapshot
+    originals = {e: e.read_bytes() for e in entries}
     for victim in entries:
-        _damage(how, victim, next(e for e in entries if e != victim))
+        _damage(how, victim, originals[next(e for e in entries if e != victim)])
     out = _check(config, cache)
     assert out.returncode == 0, out.stderr
     warnings = [line for line in out.stderr.splitlines() if "is not used" in line]
@@ -103,10 +104,10 @@ def test_a_damaged_compiled_module_is_rebuilt_with_one_warning_and_requests_are_
     assert {w.split("guest ")[1].split(":")[0] for w in warnings} == {"'stamp'", "'auth'"}
     assert all(str(cache) in w for w in warnings)
     assert "Traceback" not in out.stderr
-    assert out.stdout.count("(compiled)") == 2, out.stdout  # rebuilt
+    assert out.stdout.count("ms (compiled)") == 2, out.stdout  # rebuilt
     assert len(_compiled(cache)) == 2 and all(_intact(p) for p in _compiled(cache))  # the damaged ones are gone
     again = _check(config, cache)
-    assert again.returncode == 0 and "is not used" not in again.stderr and again.stdout.count("(disk)") == 2
+    assert again.returncode == 0 and "is not used" not in again.stderr and again.stdout.count("ms (disk)") == 2
     port = free_port()
     with serving([COMMAND, "serve", str(config), "--port", str(port)], port, ready_path="/",
                  env={"HTTP_WASM_ASGI_CACHE_DIR": str(cache)}) as server:
@@ -132,40 +133,26 @@ def test_a_damaged_snapshot_is_built_again_with_one_warning(tmp_path: Path) -> N
     assert out.returncode == 0 and "metadata is damaged" in out.stderr and "snapshot:  yes (built)" in out.stdout
 
 
-def _as_nobody(folder: Path) -> dict[str, object]:
-    os.chmod(folder, 0o755)
-    return {"preexec_fn": lambda: (os.setgid(65534), os.setgroups([]), os.setuid(65534))}
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the command as another user")
-@pytest.mark.parametrize("state", ["read-only", "missing"])
-def test_a_cache_folder_that_cannot_be_written_costs_compile_time_only(tmp_path: Path, state: str) -> None:
-    work = tmp_path / "w"
-    work.mkdir()
-    config = _write(work)
-    for path in (tmp_path, work, *work.iterdir()):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    cache = work / "cache"
-    if state == "read-only":
-        cache.mkdir(mode=0o555)  # root's, not writable for nobody
-    else:
-        cache = Path("/proc/http-wasm-asgi-cache")  # cannot be created by anyone
-    out = subprocess.run([COMMAND, "check", str(config)], cwd=work, capture_output=True, text=True,
-                         env={**os.environ, "HTTP_WASM_ASGI_CACHE_DIR": str(cache), "HOME": str(work)},
-                         timeout=120, **_as_nobody(work))  # type: ignore[call-overload]
+@pytest.mark.parametrize("cache", ["/proc/self", "/proc/http-wasm-asgi-cache", "/dev/null/cache"])
+def test_a_cache_folder_that_cannot_be_written_costs_compile_time_only(tmp_path: Path, cache: str) -> None:
+    """Read-only (even for root), missing and impossible to create, or under a file: the command works and
+    says why the cache is not used. (The machine's Python lives under /root, so the tests cannot run it as
+    an unprivileged user; these folders refuse root too.)"""
+    config = _write(tmp_path)
+    out = _check(config, Path(cache))
     assert out.returncode == 0, out.stderr
-    assert "Traceback" not in out.stderr and out.stdout.count("(compiled)") == 2
+    assert "Traceback" not in out.stderr and out.stdout.count("ms (compiled)") == 2
     assert "cannot write the compile cache" in out.stderr  # said, not hidden
-    assert not list(work.rglob("*.tmp"))
+    assert len(out.stderr.splitlines()) <= 4, out.stderr  # a line per failed write, not a flood
 
 
 def test_a_full_disk_leaves_no_temp_files_and_the_command_works(tmp_path: Path) -> None:
     config = _write(tmp_path)
     cache = tmp_path / "cache"
 
-    def small_files() -> None:  # writes past 64 KiB fail (EFBIG), as on a full filesystem
+    def small_files() -> None:  # writes past 4 KiB fail (EFBIG), as on a full filesystem
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
     out = subprocess.run([COMMAND, "check", str(config)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "HTTP_WASM_ASGI_CACHE_DIR": str(cache)}, preexec_fn=small_files)
@@ -204,6 +191,14 @@ def _children(pid: int) -> set[int]:
                 if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
                     found.add(int(entry.name))
     return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _workers(pid: int) -> set[int]:
@@ -272,8 +267,11 @@ def test_killing_the_supervisor_leaves_no_worker_behind(tmp_path: Path) -> None:
         workers = _workers(server.proc.pid)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
-        took = wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 15,
-                          "the orphaned workers stop")
+        try:
+            took = wait_until(lambda: not any(_running(pid) for pid in workers), 15, "the orphaned workers stop")
+        except AssertionError:
+            print(server.output(), [Path(f"/proc/{pid}/stat").read_text() for pid in workers if _running(pid)])
+            raise
         print(f"\nsupervisor SIGKILL: its workers stopped {took:.1f} s later")
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url + "/", timeout=2)  # the port is free again
@@ -306,7 +304,7 @@ def test_a_guest_file_rewritten_while_it_is_read_never_breaks_the_serving_chain(
                  env={"HTTP_WASM_ASGI_CACHE_DIR": str(tmp_path / "cache")}) as server:
         pid = server.proc.pid
         assert httpx.get(server.url + "/", headers=AUTH, timeout=10).status_code == 200
-        fds = _fds(pid)
+        fds, rss = _fds(pid), rss_mib(pid)
         with _load(server.url) as seen:
             for n in range(20):  # rewritten in place (not replaced): a reader may see half of it
                 with open(guest, "r+b") as f:
@@ -324,4 +322,5 @@ def test_a_guest_file_rewritten_while_it_is_read_never_breaks_the_serving_chain(
         assert httpx.get(server.url + "/", headers=AUTH, timeout=10).headers["x-version"] == "1"
         assert "Traceback" not in server.output()
         wait_until(lambda: _fds(pid) <= fds + 2, 10, "file descriptors back to where they were")
+        assert rss_mib(pid) < rss + 40, (rss, rss_mib(pid))  # 20 failed reloads and the load leave nothing
 

@@ -40,6 +40,7 @@ from .config import ChainConfig, ConfigError, build_middleware, load_config, rel
 log = logging.getLogger("http_wasm_asgi")
 _ENV_OPTIONS = "HTTP_WASM_ASGI_SERVE"  # the serve options, for the worker processes (JSON)
 _ENV_METRICS_DIR = "HTTP_WASM_ASGI_METRICS_DIR"  # where workers publish their figures
+_ENV_SUPERVISOR = "HTTP_WASM_ASGI_SUPERVISOR_PID"  # the process a worker follows
 SUPERVISOR_POLL_SECONDS: Final = 0.5  # how often a worker checks that its supervisor lives
 WATCH_DEBOUNCE_MS = 100
 _early_hups: list[int] = []  # SIGHUPs that came before the chain served (they reload it once it does)
@@ -319,7 +320,7 @@ def _follow_the_supervisor() -> None:
     port with no one to restart, reload or stop it. The worker polls its parent, then drains as on SIGTERM.
     (Linux's parent-death signal follows the *thread* that started the worker, and the supervisor starts
     workers from more than one.)"""
-    parent = os.getppid()
+    parent = int(os.environ.get(_ENV_SUPERVISOR, os.getppid()))  # it may have died before this ran
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -333,6 +334,7 @@ def _follow_the_supervisor() -> None:
 def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="http-wasm-asgi-metrics-") as folder:
         os.environ[_ENV_OPTIONS] = json.dumps(dataclasses.asdict(options))
+        os.environ[_ENV_SUPERVISOR] = str(os.getpid())
         os.environ[_ENV_METRICS_DIR] = folder if options.metrics_port is not None else ""
         pins = Path(folder) / "sources" / "pins.json"  # url/oci guests: the modules this process loaded
         sources.follow_pins = False

@@ -108,7 +108,10 @@ def _compile_and_store(name: str, wasm: bytes, key: str, stem: Path | None, mapp
         else:
             cache_files.record(path, guest=name, kind="snapshot, compiled" if mapped else "module, compiled")
             if mapped:  # this process maps the image like the others do, not a copy of its own
-                module = _deserialize_file(engine, path) or module
+                mapped_module = _deserialize_file(engine, path)
+                if mapped_module is not None:
+                    module = mapped_module
+                    cache_files.hold(module, path)
             cache_files.keep_within_limit(stem.parent)
     _module_cache[key] = module
     return module, elapsed, "compiled", key
