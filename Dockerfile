@@ -6,7 +6,7 @@ WORKDIR /srv
 COPY pyproject.toml setup.py README.md ./
 COPY http_wasm_asgi ./http_wasm_asgi
 # With the extras serve --metrics-port (probes, scrapes) and --reload need, and Starlette for the example apps.
-RUN pip install --no-cache-dir ".[metrics,reload,examples]"
+RUN pip install --no-cache-dir ".[standard,examples]"
 # What the example configs use: the compiled example guests and the example apps and configs.
 COPY guests/zig/*.wasm ./guests/zig/
 COPY examples ./examples

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
            "Route", "SourceError", "fetch_guest", "load_config", "reload_config"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     """PEP 562: the core and the config layer are imported when first asked for."""
+    if name == "__version__":
+        from .registry import package_version
+
+        return package_version()
     if name == "Guest":
         from .guest import Guest
 

@@ -43,6 +43,15 @@ class GuestTrap(Exception):
         self.exit_code = exit_code
 
 
+class MissingExtra(ImportError):
+    """An optional feature's dependencies are not installed: the message names the extra that brings them."""
+
+    def __init__(self, feature: str, extra: str, cause: ImportError | None = None) -> None:
+        missing = f" ({cause.name} is not installed)" if cause is not None and cause.name else ""
+        super().__init__(f"{feature} needs the '{extra}' extra{missing}: pip install 'http-wasm-asgi[{extra}]'")
+        self.extra = extra
+
+
 class PoolTimeout(Exception):
     """Every instance of a guest stayed busy for longer than the pool timeout."""
 

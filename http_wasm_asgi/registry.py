@@ -1,4 +1,4 @@
-"""Process-wide registries: what this process has loaded and done, in one place.
+"""Process-wide facts: what this process has loaded and done, in one place, and the package version.
 
 Read at scrape time by the metrics (`server/metrics.py`): every open guest (its pool), the call
 counters of each guest name (kept for the process's life, so that a reloaded guest of the same name
@@ -8,6 +8,7 @@ layers that do those things (guest.py, asgi/middleware.py, server/config.py); a 
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import TYPE_CHECKING, Final
 
@@ -48,3 +49,14 @@ def stats_for(name: str, new: type[CallStats]) -> CallStats:
 def guest_stats() -> dict[str, CallStats]:
     """The call counters of every guest name this process has loaded."""
     return dict(_stats_by_name)
+
+
+@functools.cache
+def package_version() -> str:
+    """The installed package's version (pyproject.toml is its one source)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("http-wasm-asgi")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"

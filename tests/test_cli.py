@@ -107,6 +107,7 @@ def test_inspect_shows_features_at_start_wasi_and_imports() -> None:
     assert "wasi_snapshot_preview1." in wasi.stdout and "_initialize" in wasi.stdout
 
 
+@pytest.mark.slow
 def test_check_and_inspect_fail_on_each_kind_of_problem(tmp_path: Path) -> None:
     assert_clean_error(run([COMMAND, "check", str(bad_config(tmp_path))]),
                        "bad.yaml: guests[0].max_instance: unknown key; did you mean 'max_instances'?")

@@ -89,6 +89,7 @@ async def test_the_waf_with_thousands_of_rules_runs_with_defaults() -> None:
 # --- snapshots --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang", ["zig", "go"])
 def test_snapshot_and_init_give_identical_answers_on_the_conformance_suite(lang: str) -> None:
     path = ZIG / "conformance.wasm" if lang == "zig" else GO / "conformance" / "conformance.wasm"
@@ -141,6 +142,7 @@ def test_the_snapshot_comes_from_the_disk_cache_and_replays_what_init_said(
     assert len(stored) >= 2 and all(p.stat().st_mode & 0o077 == 0 for p in stored)  # the guest's state: owner only
 
 
+@pytest.mark.slow
 def test_processes_starting_together_build_the_snapshot_once(tmp_path: Path) -> None:
     code = ("import sys; from http_wasm_asgi import Guest; "
             "print(Guest(sys.argv[1], cache_dir=sys.argv[2]).snapshot.detail)")
@@ -263,6 +265,7 @@ async def test_the_memory_budget_makes_requests_wait_and_says_so(caplog: pytest.
     assert said and "guest 'auth'" in said[0] and "memory_budget" in said[0]
 
 
+@pytest.mark.slow
 def test_clients_that_stop_reading_do_not_starve_a_light_guest_with_defaults() -> None:
     """200 clients request a 20 MiB response and never read it: each holds an instance until its
     response ends. With defaults, a normal request is still answered at once."""

@@ -9,6 +9,7 @@ import json
 import logging
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,8 @@ from http_wasm_asgi import HttpWasmMiddleware, abi
 from http_wasm_asgi.testing import echo_app
 from support.attack import asgi_request, logger_records, well_formed
 from support.driver import BUF, EMIT_RESULTS, RETURN, STRINGS, TRAP, Program
+
+pytestmark = pytest.mark.slow  # each property builds and runs a guest for up to 120 generated examples
 
 REQ, RESP = 0, 1
 MEM_END = 0x20000

@@ -221,6 +221,7 @@ def test_fails(wasm_client):
 """
 
 
+@pytest.mark.slow
 def test_the_plugin_points_a_session_at_a_guest_and_reports_failures(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_guest=PLUGIN_TESTS)
     for server in ([], ["--wasm-server"]):

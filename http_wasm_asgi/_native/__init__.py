@@ -48,6 +48,8 @@ def _load() -> tuple[Any | None, str | None]:
     try:
         ext: Any = importlib.import_module("._ext", __package__)
     except ImportError as exc:  # not compiled (no C compiler at install): the Python path does the same
+        log.warning("the native path is not built (%s): guests run on the Python path, about 2.5x the cost per "
+                    "guest; fix: install a wheel of http-wasm-asgi, or reinstall it with a C compiler", exc)
         return None, f"not built ({exc})"
     version = getattr(ext, "VERSION", None)
     if version != VERSION:
@@ -59,6 +61,11 @@ def _load() -> tuple[Any | None, str | None]:
 
 
 EXT, OFF_REASON = _load()
+
+
+def status() -> str:
+    """'on', or 'off (why)': for `inspect`, `check`, `serve`'s start-up line and the build-info metric."""
+    return "on" if EXT is not None else f"off ({OFF_REASON})"
 _native_host_functions: frozenset[str] = frozenset()
 _host_references: Mapping[str, Callable[..., Any]] = {}
 

@@ -12,9 +12,16 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-import aiohttp
-import yarl
+try:
+    import aiohttp
+    import yarl
+except ImportError as exc:  # the sidecar's HTTP client is an extra: a ProxyApp says so when it is made
+    aiohttp = yarl = None  # type: ignore[assignment]
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
 
+from ..errors import MissingExtra
 from .types import Receive, Scope, Send, send_error
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 7.6.1), plus
@@ -142,6 +149,8 @@ class ProxyApp:
 
     def __init__(self, upstream: str, *, timeout: float | UpstreamTimeout = _DEFAULT_TIMEOUT,
                  max_connections: int = 256) -> None:
+        if _MISSING is not None:
+            raise MissingExtra("sidecar mode (upstream:)", "sidecar", _MISSING)
         self.upstream = upstream.rstrip("/")
         self.socket_path: str | None = None
         if self.upstream.startswith("unix:"):

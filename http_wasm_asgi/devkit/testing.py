@@ -30,14 +30,17 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-import httpx
-import uvicorn
-
 from ..asgi.middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
 from ..asgi.types import Message, Receive, Scope, Send
-from ..errors import GuestTrap
+from ..errors import GuestTrap, MissingExtra
 from ..guest import Guest, GuestConfig, GuestSource
 from ..tracing import TRACE_LOGGER, HostCall, HostCallSink
+
+try:
+    import httpx
+    import uvicorn
+except ImportError as exc:
+    raise MissingExtra("http_wasm_asgi.testing", "testing", exc) from None
 
 __all__ = ["AppRequest", "GuestClient", "GuestLog", "RecordingApp", "Result", "echo_app", "recent_results",
            "serve"]

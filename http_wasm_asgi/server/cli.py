@@ -10,9 +10,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import _native
 from ..abi import feature_names
 from ..asgi.routes import Route
-from ..errors import GuestError
+from ..errors import GuestError, MissingExtra
 from .cache_command import add_cache_command
 from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
 
@@ -34,10 +35,18 @@ def _describe(guest: Any, seconds: float | None = None) -> str:
              f"  features at start: {', '.join(features) or 'none'}",
              f"  WASI:      {'yes' if info.uses_wasi else 'no'}",
              f"  compile:   {info.compile_seconds * 1000:.1f} ms ({info.compiled_from})",
-             f"  snapshot:  {_snapshot_line(guest.snapshot)}"]
+             f"  snapshot:  {_snapshot_line(guest.snapshot)}",
+             f"  call path: {_path_line(guest)}"]
     if seconds is not None:
         lines.append(f"  ready in:  {seconds * 1000:.1f} ms (compile + first instance)")
     return "\n".join(lines)
+
+
+def _path_line(guest: Any) -> str:
+    if guest.native:
+        return "native"
+    return (f"python: the native path is {_native.status()}; about 2.5x the cost per guest (fix: install a "
+            "wheel, or reinstall with a C compiler)")
 
 
 def _snapshot_line(snapshot: Any) -> str:
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         status = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return status
-    except (ConfigError, GuestError) as exc:
+    except (ConfigError, GuestError, MissingExtra) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -34,14 +34,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+try:
+    import yaml
+
+    _PARSE_ERRORS: tuple[type[Exception], ...] = (tomllib.TOMLDecodeError, yaml.YAMLError)
+except ImportError:  # TOML config files need nothing beyond the standard library
+    yaml = None  # type: ignore[assignment]
+    _PARSE_ERRORS = (tomllib.TOMLDecodeError,)
 
 from .. import registry
 from ..asgi.middleware import DEFAULT_MAX_BODY_SIZE, HttpWasmMiddleware
 from ..asgi.proxy import ProxyApp, UpstreamTimeout
 from ..asgi.routes import MATCH_KEYS, Route
 from ..asgi.types import ASGIApp
-from ..errors import GuestError
+from ..errors import GuestError, MissingExtra
 from ..guest import Guest
 from ..wasm import cache_files
 from .sources import RemoteSource, SourceError, cached_digest, file_sha256, resolve
@@ -231,9 +237,11 @@ def _parse(file: Path) -> Any:
         raise ConfigError(file, "", f"cannot read the config file: {getattr(exc, 'strerror', None) or exc}") \
             from None
     toml = file.suffix.lower() == ".toml"
+    if not toml and yaml is None:
+        raise MissingExtra("YAML config files", "config")
     try:
         return tomllib.loads(text) if toml else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except _PARSE_ERRORS as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(file, "", f"not valid {'TOML' if toml else 'YAML'}: {detail}; fix: correct the syntax "
                                     "at the place shown") from None

@@ -22,14 +22,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-
+from .. import _native
 from ..asgi.types import Receive, Scope, Send
+from ..errors import MissingExtra
 from ..files import write_atomic
-from ..registry import RELOADS, guest_stats, open_guests
+from ..registry import RELOADS, guest_stats, open_guests, package_version
+from ..wasm.capi import wasmtime_version
 from ..wasm.stats import CALL_BUCKETS_NS
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+except ImportError as exc:
+    raise MissingExtra("metrics (--metrics-port, http_wasm_asgi.metrics)", "metrics", exc) from None
 
 # A sample: (its name, its labels as sorted (name, value) pairs) -> value.
 Figures = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -52,6 +58,8 @@ FAMILIES: Final = {  # name: (type, help)
     "http_wasm_instances_created": ("counter", "Instances created, by source (snapshot, init)"),
     "http_wasm_instance_memory_bytes": ("gauge", "Linear memory of all live instances of a guest"),
     "http_wasm_reloads": ("counter", "Chain reloads, by result (ok, error)"),
+    "http_wasm_build_info": ("gauge", "Processes serving, by build: package version, wasmtime version, native "
+                                      "path on or off (1 per process)"),
 }
 # The classic text format every Prometheus 2.x reads (the samples' names are all plain ones)
 CONTENT_TYPE: Final = str(getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", CONTENT_TYPE_LATEST))
@@ -109,6 +117,8 @@ def figures() -> Figures:
     _pool_figures(result)
     for outcome, count in RELOADS.items():
         _add(result, "http_wasm_reloads_total", count, result=outcome)
+    _add(result, "http_wasm_build_info", 1, version=package_version(), wasmtime=wasmtime_version(),
+         native="on" if _native.EXT is not None else "off")
     return result
 
 

@@ -34,7 +34,21 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # an extra: anything that talks to a registry or a URL says so when it is used
+    httpx = None  # type: ignore[assignment]
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
+
+from ..errors import MissingExtra
+
+
+def require_client() -> None:
+    """Fail with a clear message when the HTTP client (the 'sources' extra) is not installed."""
+    if _MISSING is not None:
+        raise MissingExtra("guests from url: and oci: (and push)", "sources", _MISSING)
 
 WASM_LAYER = "application/vnd.wasm.content.layer.v1+wasm"
 WASM_LAYERS = (WASM_LAYER, "application/wasm")
@@ -44,7 +58,7 @@ TAR_LAYERS = ("application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oc
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFESTS = (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
 INDEXES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+TIMEOUT = httpx.Timeout(30.0, connect=5.0) if httpx is not None else None
 MAX_BYTES = 512 * 1024 * 1024  # a module (or image layer) larger than this is refused, never buffered
 _REFERENCE = re.compile(r"^(?:oci://)?(?P<registry>[^/]+)/(?P<repo>[a-z0-9][a-z0-9._/-]*?)"
                         r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
@@ -144,6 +158,7 @@ class Registry:
 
     def __init__(self, registry: str, *, plain_http: bool = False, verify: Any = True,
                  auth: tuple[str, str] | None = None) -> None:
+        require_client()
         host = "registry-1.docker.io" if registry == "docker.io" else registry
         self.base = f"{'http' if plain_http else 'https'}://{host}/v2/"
         self.registry = registry

@@ -29,13 +29,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-import uvicorn
-from uvicorn.supervisors.multiprocess import Multiprocess
-
+from .. import _native
 from ..asgi.middleware import HttpWasmMiddleware
 from ..asgi.types import Message, Receive, Scope, Send
+from ..errors import MissingExtra
 from . import sources
 from .config import ChainConfig, ConfigError, build_middleware, load_config, reload_config
+
+try:
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+except ImportError as exc:
+    raise MissingExtra("the serve command", "standard", exc) from None
 
 log = logging.getLogger("http_wasm_asgi")
 _ENV_OPTIONS = "HTTP_WASM_ASGI_SERVE"  # the serve options, for the worker processes (JSON)
@@ -89,7 +94,8 @@ def _log_chain(config: ChainConfig, middleware: HttpWasmMiddleware, what: str) -
     target = f"app {config.app}" if config.app else f"upstream {config.upstream}"
     guests = ", ".join(f"{g.name} ({g.info.compiled_from} in {g.info.compile_seconds * 1000:.1f} ms)"
                        for g in middleware.all_guests) or "no guests"
-    log.info("process %d: %s in front of %s: %s", os.getpid(), what, target, guests)
+    log.info("process %d: %s in front of %s: %s; native path %s", os.getpid(), what, target, guests,
+             _native.status())
 
 
 def _early_hup(signum: int, _frame: Any) -> None:
@@ -468,7 +474,10 @@ class _Watcher:
     """
 
     def __init__(self, config: str) -> None:
-        import watchfiles  # noqa: F401  (fail now, in the serve process, if the extra is missing)
+        try:
+            import watchfiles  # noqa: F401  (fail now, in the serve process, if the extra is missing)
+        except ImportError as exc:
+            raise MissingExtra("--reload", "reload", exc) from None
 
         self.config = Path(os.path.abspath(config))
         self._stop = threading.Event()

@@ -180,6 +180,7 @@ def _tls() -> ssl.SSLContext:
 
 
 def _download(source: RemoteSource) -> bytes:
+    oci.require_client()
     import httpx
 
     try:

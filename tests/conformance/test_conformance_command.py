@@ -57,6 +57,7 @@ def test_command_passes_every_case_on_each_languages_guest(lang: str) -> None:
     assert out[:-1] == [f"pass  {case.id}" for case in ON_UVICORN]
 
 
+@pytest.mark.slow
 def test_command_runs_only_the_chosen_cases() -> None:
     proc = command(guest_path("go", "conformance"), "--case", "req_ctx", "--case", "get_uri/encoded")
     assert proc.returncode == 0, proc.stdout + proc.stderr

