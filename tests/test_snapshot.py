@@ -19,7 +19,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from http_wasm_asgi.wasm import snapshot
-from http_wasm_asgi.wasm.snapshot import PAGE_SIZE, SnapshotError, cow_friendly, instrument, layout, refusal, rewrite
+from http_wasm_asgi.wasm.snapshot import (
+    PAGE_SIZE,
+    SnapshotError,
+    code,
+    cow_friendly,
+    encoding,
+    instrument,
+    layout,
+    refusal,
+    rewrite,
+    sections,
+    steps,
+)
 from support import ROOT
 
 MiB = 1 << 20
@@ -82,7 +94,7 @@ def state_of(wasm: bytes, **kwargs: Any) -> tuple[bytes, dict[int, int | float]]
 
 
 def section_ids(wasm: bytes) -> list[int]:
-    return [section.id for section in snapshot._Module.parse(wasm).sections]
+    return [section.id for section in sections._Module.parse(wasm).sections]
 
 
 def same_floats(a: Mapping[int, int | float], b: Mapping[int, int | float]) -> bool:
@@ -142,8 +154,8 @@ def test_start_section_snapshot_keeps_memory_and_globals_and_does_not_run_init_a
 
     snap = rewrite(wasm, memory, values)
     wasmtime.Module.validate(ENGINE, snap)
-    assert snapshot._START not in section_ids(snap)
-    assert snapshot._CUSTOM in section_ids(snap)  # the name section is kept
+    assert encoding._START not in section_ids(snap)
+    assert encoding._CUSTOM in section_ids(snap)  # the name section is kept
     restored = Run(snap)
     assert restored.call("runs") == 1, "the start function ran again"
     assert restored.call("fixed") == 7
@@ -157,7 +169,7 @@ def test_start_section_snapshot_keeps_memory_and_globals_and_does_not_run_init_a
     again_memory, again_values = state_of(snap)
     assert again_memory == memory
     assert same_floats(again_values, values)
-    nan_bits = snapshot._Module.parse(snap).globals[5].init[1:9]
+    nan_bits = sections._Module.parse(snap).globals[5].init[1:9]
     assert struct.unpack("<Q", nan_bits)[0] >> 52 == 0xFFF  # still a negative NaN
 
     # the layout: the data segment's bytes and the three runs (two merged across no gap), the word at the end
@@ -233,9 +245,9 @@ def test_initialize_export_and_passive_segments() -> None:
     snap = rewrite(wasm, memory, values)
     restored = Run(snap)
     assert "_initialize" not in {e.name for e in restored.module.exports}
-    data = snapshot._Module.parse(snap).data
+    data = sections._Module.parse(snap).data
     assert [(seg.flags, seg.init) for seg in data[:2]] == [(1, b""), (1, b"passive segment")]  # indices kept
-    assert snapshot._Module.parse(snap).data_count == len(data)
+    assert sections._Module.parse(snap).data_count == len(data)
     assert restored.call("handle_request") == 1
     exported = restored.exports["memory"]
     assert isinstance(exported, wasmtime.Memory)
@@ -255,7 +267,7 @@ def test_module_without_datacount_loses_its_old_active_segments() -> None:
                '(func $s (i32.store8 (i32.const 9) (i32.const 66))))')
     memory, values = state_of(wasm)
     snap = rewrite(wasm, memory, values)
-    module = snapshot._Module.parse(snap)
+    module = sections._Module.parse(snap)
     assert module.data_count is None
     assert [(seg.flags, seg.offset, seg.init) for seg in module.data] == [
         (0, b"\x41\x08\x0b", b"aBc"), (0, b"\x41\xc0\x3e\x0b", b"def")]
@@ -267,8 +279,8 @@ def test_no_memory_no_globals_and_big_offsets() -> None:
     assert rewrite(empty, b"", {}) == empty
     assert instrument(empty) == snapshot.Instrumented(empty, (), None)
     # offsets past 2 GiB are negative i32.const values
-    assert snapshot._i32_offset(0x80000000) == b"\x41\x80\x80\x80\x80\x78\x0b"
-    assert snapshot._i32_offset(0xFFFFFFFF) == b"\x41\x7f\x0b"
+    assert steps._i32_offset(0x80000000) == b"\x41\x80\x80\x80\x80\x78\x0b"
+    assert steps._i32_offset(0xFFFFFFFF) == b"\x41\x7f\x0b"
 
 
 def test_instrument_refuses_what_it_cannot_export_and_name_clashes() -> None:
@@ -332,7 +344,7 @@ def test_refusal_of_what_is_not_a_module() -> None:
     truncated = wat(START_MODULE)[:-3]
     assert (refusal(truncated) or "").startswith("cannot parse the module:")
     # two functions; the first body's size cuts its i32.const immediate short
-    module = (snapshot._MAGIC + bytes.fromhex("010401600000") + bytes.fromhex("0303020000")
+    module = (encoding._MAGIC + bytes.fromhex("010401600000") + bytes.fromhex("0303020000")
               + bytes.fromhex("0a0802" "03004180" "02000b"))
     assert refusal(module) == "function 0: its body does not end where its size says"
     assert refusal(module[:-5] + bytes.fromhex("00c5" "02000b")) == "function 0: unknown opcode 0xc5"
@@ -394,28 +406,28 @@ def test_instruction_decoder_steps_over_every_kind_of_immediate() -> None:
     wasm = wat(IMMEDIATES_MODULE)
     wasmtime.Module.validate(ENGINE, wasm)
     assert refusal(wasm) == "its memory is shared: shared memory cannot be captured"
-    module = snapshot._Module.parse(wasm)
-    assert snapshot._code_refusal(module) is None
+    module = sections._Module.parse(wasm)
+    assert steps._code_refusal(module) is None
     for _, data, start, end in module.function_bodies():
-        count, pos = snapshot._read_leb(data, start)
+        count, pos = code._read_leb(data, start)
         for _ in range(count):
-            pos = snapshot._skip_blocktype(data, snapshot._skip_leb(data, pos))
-        assert snapshot._scan(data, pos, end) == snapshot._scan(data, pos, end, fast=False) == (end, None)
+            pos = code._skip_blocktype(data, code._skip_leb(data, pos))
+        assert code._scan(data, pos, end) == code._scan(data, pos, end, fast=False) == (end, None)
     # the same body followed by a table.grow is refused
     grows = wat(IMMEDIATES_MODULE.replace("(i32.const 0x26)))\n", "(drop (table.grow $t (ref.null func) "
                                           "(i32.const 1))) (i32.const 0x26)))\n"))
-    assert (snapshot._code_refusal(snapshot._Module.parse(grows)) or "").endswith(
+    assert (steps._code_refusal(sections._Module.parse(grows)) or "").endswith(
         "uses table.grow: table state cannot be captured")
 
 
 def test_the_regex_scan_agrees_with_the_plain_decoder_on_the_repo_guests() -> None:
     for path in sorted(GUESTS.glob("zig/*.wasm")):
-        module = snapshot._Module.parse(path.read_bytes())
+        module = sections._Module.parse(path.read_bytes())
         for index, data, start, end in module.function_bodies():
-            count, pos = snapshot._read_leb(data, start)
+            count, pos = code._read_leb(data, start)
             for _ in range(count):
-                pos = snapshot._skip_blocktype(data, snapshot._skip_leb(data, pos))
-            fast, slow = snapshot._scan(data, pos, end), snapshot._scan(data, pos, end, fast=False)
+                pos = code._skip_blocktype(data, code._skip_leb(data, pos))
+            fast, slow = code._scan(data, pos, end), code._scan(data, pos, end, fast=False)
             assert fast == slow == (end, None), (path.name, index)
 
 
@@ -429,7 +441,7 @@ def repo_guests() -> list[Path]:
 @pytest.mark.parametrize("path", repo_guests(), ids=lambda p: str(p.relative_to(GUESTS)))
 def test_repo_guest_round_trip_and_refusal(path: Path) -> None:
     wasm = path.read_bytes()
-    module = snapshot._Module.parse(wasm)
+    module = sections._Module.parse(wasm)
     assert module.encode() == wasm
     # every decoded section re-encodes to the same payload from its fields
     payloads = [section.payload for section in module.sections]
@@ -495,8 +507,8 @@ def islands(size: int, *spans: tuple[int, int]) -> bytearray:
 
 def test_layout_of_two_islands_100_mib_apart_is_copy_on_write_friendly() -> None:
     memory = islands(101 * MiB, (4096, 8192), (100 * MiB, 100 * MiB + 10))
-    assert snapshot._runs(memory, snapshot.DEFAULT_GAP) == [(4096, 8192), (100 * MiB, 100 * MiB + 10)]
-    assert not cow_friendly(snapshot._runs(memory, snapshot.DEFAULT_GAP))
+    assert steps._runs(memory, snapshot.DEFAULT_GAP) == [(4096, 8192), (100 * MiB, 100 * MiB + 10)]
+    assert not cow_friendly(steps._runs(memory, snapshot.DEFAULT_GAP))
     segments = layout(memory)
     assert segments == [(4096, 100 * MiB + 10)]
     assert cow_friendly(segments)
@@ -511,13 +523,13 @@ def test_wasmtime_maps_the_layout_copy_on_write() -> None:
     import time
 
     memory = islands(21 * MiB, (0, 8 * MiB), (20 * MiB, 20 * MiB + 1))
-    runs = snapshot._runs(memory, snapshot.DEFAULT_GAP)
+    runs = steps._runs(memory, snapshot.DEFAULT_GAP)
     assert len(runs) == 2 and not cow_friendly(runs)
     wasm = wat("(module (memory 1))")
     snap = rewrite(wasm, memory, {})
-    copied = snapshot._Module.parse(snap)
-    copied.replace(snapshot._DATA, snapshot._encode_vec(
-        [snapshot._Data(0, 0, snapshot._i32_offset(start), bytes(memory[start:end])) for start, end in runs]))
+    copied = sections._Module.parse(snap)
+    copied.replace(encoding._DATA, sections._encode_vec(
+        [sections._Data(0, 0, steps._i32_offset(start), bytes(memory[start:end])) for start, end in runs]))
 
     def fastest_instantiation(module_bytes: bytes) -> float:
         module = wasmtime.Module(ENGINE, module_bytes)
@@ -537,7 +549,7 @@ def test_wasmtime_maps_the_layout_copy_on_write() -> None:
 def test_layout_merges_the_smallest_gaps_first() -> None:
     chunks = [(i, i + 8192) for i in range(0, 24 * MiB, 16384)]  # 12 MiB of data in 24 MiB, 8 KiB gaps
     memory = islands(42 * MiB, *chunks, (40 * MiB, 41 * MiB))
-    assert len(snapshot._runs(memory, 4096)) == len(chunks) + 1
+    assert len(steps._runs(memory, 4096)) == len(chunks) + 1
     segments = layout(memory, max_segments=100_000)
     assert cow_friendly(segments)
     assert segments[-1] == (40 * MiB, 41 * MiB)  # the 16 MiB gap stays
@@ -580,7 +592,7 @@ def test_layout_covers_every_non_zero_byte(spans: list[tuple[int, int]], gap: in
     memory = bytearray(6000)
     for start, length in spans:
         memory[start:start + length] = b"\x07" * len(memory[start:start + length])
-    runs = snapshot._runs(memory, gap)
+    runs = steps._runs(memory, gap)
     # dense_image_size=0: only the "image < 2 x data" rule counts, as for images of 16 MiB and more
     segments = layout(memory, gap=gap, max_segments=max_segments, dense_image_size=0)
     assert cow_friendly(segments, dense_image_size=0) and len(segments) <= max_segments
@@ -599,14 +611,14 @@ def test_layout_covers_every_non_zero_byte(spans: list[tuple[int, int]], gap: in
 
 @given(st.integers(-(1 << 63), (1 << 64) - 1))
 def test_leb128_round_trip(value: int) -> None:
-    signed = snapshot._sleb(value)
-    decoded, _ = snapshot._read_leb(signed, 0)
+    signed = encoding._sleb(value)
+    decoded, _ = code._read_leb(signed, 0)
     bits = 7 * len(signed)
     assert (decoded - (1 << bits) if decoded >> (bits - 1) else decoded) == value
     assert len(signed) == 1 or signed[-1] not in (0, 0x7F) or (signed[-2] & 0x40) != (signed[-1] & 0x40)
     if value >= 0:
-        unsigned = snapshot._uleb(value)
-        assert snapshot._read_leb(unsigned, 0) == (value, len(unsigned))
+        unsigned = encoding._uleb(value)
+        assert code._read_leb(unsigned, 0) == (value, len(unsigned))
         assert len(unsigned) == max(1, -(-value.bit_length() // 7))
 
 
@@ -621,9 +633,9 @@ def test_rewrite_time_of_a_75_mib_memory() -> None:
     started = time.perf_counter()
     snap = rewrite(wasm, memory, {})
     elapsed = time.perf_counter() - started
-    data = snapshot._Module.parse(snap).section(snapshot._DATA)
+    data = sections._Module.parse(snap).section(encoding._DATA)
     assert data is not None
-    count = snapshot._Reader(data.payload).uleb()
+    count = encoding._Reader(data.payload).uleb()
     print(f"rewrite of 75 MiB: {elapsed * 1000:.0f} ms, {count} segments, {len(snap) / MiB:.1f} MiB module")
     assert count == 75 * MiB // len(unit) + 1  # one per 7 pages (the empty page splits), 6 pages merged
     assert elapsed < 10

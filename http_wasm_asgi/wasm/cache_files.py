@@ -174,7 +174,7 @@ def entries(folder: Path) -> list[Entry]:
 
 def _about(folder: Path, entry: Entry) -> dict[str, Any]:
     for name in (f"{entry.stem}.about", f"{entry.stem}.json"):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):  # never trusted
             data = json.loads((folder / name).read_text())
             if name.endswith(".json"):  # a snapshot's metadata
                 return {"guest": data["payload"]["guest"], "kind": "snapshot"}
