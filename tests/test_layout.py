@@ -177,4 +177,5 @@ def test_the_public_paths_stay() -> None:
 
 if __name__ == "__main__":
     for module, imports in sorted(import_graph().items()):
-        print(f"{module:24} [{ROOMS[room_of(module)][0]}] -> {', '.join(sorted(imports)) or '(nothing of the package)'}")
+        names = ", ".join(sorted(imports)) or "(nothing of the package)"
+        print(f"{module:24} [{ROOMS[room_of(module)][0]}] -> {names}")

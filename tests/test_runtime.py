@@ -287,6 +287,7 @@ def _often(common: list[int], rare: list[int]) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(common), st.sampled_from(rare)) if rare else st.sampled_from(common)
 
 
+@pytest.mark.slow  # 200 random programs, each linked and run on both paths
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(st.tuples(st.sampled_from([REQUEST, REQUEST, RESPONSE]),
                               st.sampled_from(["get_header_values", "get_header_values", "set_header_value",

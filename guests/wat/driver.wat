@@ -1,6 +1,6 @@
 ;; ABI driver: a guest whose config is a program of host calls.
 ;;
-;; Tests (tests/driver.py builds programs) use it to call every host function
+;; Tests (tests/support/driver.py builds programs) use it to call every host function
 ;; with exact pointers and limits, from init, handle_request or handle_response.
 ;; Config layout: i32 strings_len, strings (loaded at 0x10004), then 32-byte
 ;; records of 8 little-endian i32: phase, op, a, b, c, d, e, f.

@@ -260,9 +260,28 @@ def prune(folder: Path, limit: int) -> tuple[list[Entry], list[Entry]]:
     return removed, skipped
 
 
+def _size_and_sweep(folder: Path) -> int:
+    """The bytes of the folder's entries, in one pass that also removes temp files of writers that died:
+    cheap enough for every write (no lock is probed)."""
+    total, now = 0, time.time()
+    with contextlib.suppress(OSError), os.scandir(folder) as found:
+        for item in found:
+            with contextlib.suppress(OSError):
+                if item.name.endswith(".tmp") and item.is_file():
+                    match = _TEMP.search(item.name)
+                    if match is None or not _alive(int(match.group("pid"))) or \
+                            now - item.stat().st_mtime > STALE_TEMP_SECONDS:
+                        os.unlink(item.path)
+                elif _ENTRY.match(item.name):
+                    total += item.stat().st_size
+    return total
+
+
 def keep_within_limit(folder: Path) -> None:
-    """After a write: prune to the limit, logging what went (never failing the write)."""
+    """After a write: prune to the limit when over it, logging what went (never failing the write)."""
     try:
+        if _size_and_sweep(folder) <= max_size():
+            return
         removed, _ = prune(folder, max_size())
     except (OSError, ValueError) as exc:
         log.warning("cache %s: pruning failed: %s", folder, exc)
