@@ -293,3 +293,33 @@ def test_load_config_is_exported_and_loads_no_guest(folder: Path) -> None:
     # validation does not compile: a broken module is only found when the guests load
     config = load_config(write(folder, "lazy.yaml", "app: cfgapp:app\nguests:\n  - path: bad.wasm\n"))
     assert [g.name for g in config.guests] == ["bad"]
+
+
+async def test_a_guest_config_from_a_file_or_the_environment_reaches_the_guest(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets stay out of config files: `config_file` (e.g. a mounted Secret, relative to the config) and
+    `config_env` give the guest the bytes of a file or the value of a variable."""
+    (folder / "token").write_bytes(b"from-a-file")
+    monkeypatch.setenv("CHAIN_TOKEN", "from-the-env")
+    config = write(folder, "chain.yaml", "app: cfgapp:app\nguests:\n  - {path: guest.wat, config_file: token}\n"
+                                         "  - {path: guest.wat, name: second, config_env: CHAIN_TOKEN}\n")
+    loaded = load_config(config)
+    assert [g.options["config"] for g in loaded.guests] == [b"from-a-file", b"from-the-env"]
+    app = middleware_from_config(config, echo_app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/")).headers["x-config"] == "from-a-file"  # the outer guest sets it last
+    app.close()
+
+
+@pytest.mark.parametrize(("entry", "key", "words"), [
+    ("{path: guest.wat, config_file: missing}", "guests[0].config_file", "cannot read"),
+    ("{path: guest.wat, config_env: NO_SUCH_VARIABLE_HERE}", "guests[0].config_env", "is not set"),
+    ("{path: guest.wat, config: a, config_env: X}", "guests[0].config_env", "cannot be set together with 'config'"),
+    ("{path: guest.wat, config_file: 3}", "guests[0].config_file", "must be a file path"),
+])
+def test_a_guest_config_from_elsewhere_that_cannot_be_read_is_a_clear_error(folder: Path, entry: str, key: str,
+                                                                            words: str) -> None:
+    config = write(folder, "chain.yaml", f"app: cfgapp:app\nguests:\n  - {entry}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert caught.value.key == key and words in caught.value.problem, str(caught.value)

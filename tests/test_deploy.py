@@ -35,11 +35,22 @@ def dockerfile() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
-def copies() -> list[tuple[list[str], str]]:
-    """Each COPY as (sources, destination), relative to the build context and to WORKDIR."""
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each its steps from its FROM on."""
+    found: list[list[tuple[str, str]]] = []
+    for step in dockerfile():
+        if step[0] == "FROM":
+            found.append([])
+        found[-1].append(step)
+    return found
+
+
+def copies(stage: int = -1) -> list[tuple[list[str], str]]:
+    """Each COPY of the build context in a stage (the last: the image that runs) as (sources, destination),
+    relative to the build context and to WORKDIR."""
     out = []
-    for instruction, args in dockerfile():
-        if instruction == "COPY":
+    for instruction, args in stages()[stage]:
+        if instruction == "COPY" and not args.startswith("--from"):
             parts = args.split()
             out.append((parts[:-1], parts[-1]))
     return out
@@ -78,22 +89,30 @@ def test_compose_file_parses_and_describes_the_sidecar_deployment() -> None:
     assert services["upstream"]["command"][:2] == ["uvicorn", "examples.upstream:app"]
 
 
-def test_dockerfile_uses_python_slim_and_copies_what_pip_install_needs() -> None:
-    steps = dockerfile()
-    assert re.fullmatch(r"python:3\.1[1-9]-slim", steps[0][1]) and steps[0][0] == "FROM"
-    runs = [i for i, (instruction, args) in enumerate(steps) if instruction == "RUN" and "pip install" in args]
-    assert len(runs) == 1 and steps[runs[0]][1].split()[-1].strip("'\"").split("[")[0] == "."
-    before = [src for i, (instruction, args) in enumerate(steps) if instruction == "COPY" and i < runs[0]
-              for src in args.split()[:-1]]
+def test_dockerfile_builds_the_wheel_with_a_compiler_and_runs_it_unprivileged_on_slim() -> None:
+    build, image = stages()
+    assert re.fullmatch(r"python:3\.1[1-9] AS build", build[0][1])  # the full image: it has a C compiler
+    wheel = [args for instruction, args in build if instruction == "RUN" and "pip wheel" in args]
+    assert len(wheel) == 1 and '".[standard,examples]"' in wheel[0]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"], "http_wasm_asgi"}
-    assert needed <= set(before), needed - set(before)
+    needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"], "LICENSE", "http_wasm_asgi"}
+    copied = {src for sources, _ in copies(0) for src in sources}
+    assert needed <= copied, needed - copied
+    assert re.fullmatch(r"python:3\.1[1-9]-slim", image[0][1])
+    install = next(args for instruction, args in image if instruction == "RUN" and "pip install" in args)
+    assert "--no-index" in install and "_native.EXT is not None" in install  # only the wheels; native path on
+    assert ("COPY", "--from=build /wheels /wheels") in image
+    user = next(args for instruction, args in image if instruction == "USER")
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) >= 10000  # numeric: runAsNonRoot can check it
+    env = dict(args.split("=", 1) for instruction, args in image if instruction == "ENV")
+    assert env["HTTP_WASM_ASGI_CACHE_DIR"] == "/var/cache/http-wasm-asgi" and f"{env['HTTP_WASM_ASGI_CACHE_DIR']}" \
+        in next(args for instruction, args in image if instruction == "VOLUME")
     sources = re.findall(r'"(http_wasm_asgi/[^"]+\.c)"', (ROOT / "setup.py").read_text())  # the native path's C
     assert sources and all(glob.glob(source, root_dir=ROOT) for source in sources), sources
-    for sources, _ in copies():
+    for sources, _ in copies(0) + copies():
         for source in sources:
             assert glob.glob(source, root_dir=ROOT), source
-    cmd = json.loads(next(args for instruction, args in steps if instruction == "CMD"))
+    cmd = json.loads(next(args for instruction, args in image if instruction == "CMD"))
     assert cmd[:2] == ["http-wasm-asgi", "serve"] and (ROOT / cmd[2]).is_file()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "**/*.so", "**/__pycache__"} <= set(ignored)

@@ -18,7 +18,7 @@ from http_wasm_asgi import load_config
 from support import ROOT
 from support.ops import rss_mib
 from support.procs import COMMAND, free_port, run, serving
-from test_deploy import dockerfile, stage_image
+from test_deploy import stage_image, stages
 
 KUBERNETES_VERSION = "1.32.0"  # validated against this release's API schemas
 FOLDER = ROOT / "deploy" / "kubernetes"
@@ -43,13 +43,15 @@ def container() -> dict[str, Any]:
 
 def chain_config(image: Path) -> Path:
     """The ConfigMap's chain.yaml where the Deployment mounts it, in a folder holding what the image holds."""
-    mount = next(m for m in container()["volumeMounts"] if m["name"] == "chain-config")["mountPath"]
-    workdir = next(args for instruction, args in dockerfile() if instruction == "WORKDIR")
-    assert mount.startswith(workdir + "/")
-    config = image / mount.removeprefix(workdir + "/") / "chain.yaml"
-    config.parent.mkdir(parents=True)
-    config.write_text(manifest("configmap.yaml")["data"]["chain.yaml"])
-    return config
+    workdir = next(args for instruction, args in stages()[-1] if instruction == "WORKDIR")
+    mounts = {m["name"]: m["mountPath"] for m in container()["volumeMounts"]}
+    for name, kind, data in (("chain-config", "configmap.yaml", "data"), ("secrets", "secret.yaml", "stringData")):
+        assert mounts[name].startswith(workdir + "/")
+        for file, text in manifest(kind)[data].items():
+            path = image / mounts[name].removeprefix(workdir + "/") / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return image / mounts["chain-config"].removeprefix(workdir + "/") / "chain.yaml"
 
 
 @pytest.mark.parametrize("name", manifests())
@@ -64,8 +66,8 @@ def test_the_kustomization_applies_every_manifest_and_names_the_image() -> None:
     assert sorted(kustomization["resources"]) == manifests()
     image = container()["image"]
     assert [entry["name"] for entry in kustomization["images"]] == [image.split(":")[0]]
-    assert {m["kind"] for m in map(manifest, manifests())} == {"ConfigMap", "Deployment", "Service",
-                                                              "HorizontalPodAutoscaler"}
+    assert {m["kind"] for m in map(manifest, manifests())} == {"ConfigMap", "Secret", "Deployment", "Service",
+                                                              "HorizontalPodAutoscaler", "PodDisruptionBudget"}
 
 
 def test_names_ports_and_probes_refer_to_what_exists(tmp_path: Path) -> None:
@@ -82,8 +84,10 @@ def test_names_ports_and_probes_refer_to_what_exists(tmp_path: Path) -> None:
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": deployment["metadata"]["name"]}
-    volume = deployment["spec"]["template"]["spec"]["volumes"][0]
-    assert volume["configMap"]["name"] == manifest("configmap.yaml")["metadata"]["name"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["chain-config"]["configMap"]["name"] == manifest("configmap.yaml")["metadata"]["name"]
+    assert volumes["secrets"]["secret"]["secretName"] == manifest("secret.yaml")["metadata"]["name"]
+    assert manifest("pdb.yaml")["spec"]["selector"]["matchLabels"] == labels
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > config.shutdown_timeout  # SIGTERM's drain ends before the kubelet kills the pod
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -115,6 +119,26 @@ def test_the_deployment_command_serves_from_the_image_within_its_memory_request(
     requested = container()["resources"]["requests"]["memory"]
     limit = container()["resources"]["limits"]["memory"]
     assert rss < int(requested[:-2]) * MIB[requested[-2:]] < int(limit[:-2]) * MIB[limit[-2:]], (rss, requested)
+
+
+def test_the_pod_runs_unprivileged_on_a_read_only_root_with_its_cache_on_an_empty_dir(tmp_path: Path) -> None:
+    pod = manifest("deployment.yaml")["spec"]["template"]["spec"]
+    image = stages()[-1]
+    user = next(args for instruction, args in image if instruction == "USER").split(":")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert [str(pod["securityContext"]["runAsUser"]), str(pod["securityContext"]["runAsGroup"])] == user
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container()["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                              "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cache = dict(args.split("=", 1) for instruction, args in image if instruction == "ENV")["HTTP_WASM_ASGI_CACHE_DIR"]
+    assert "emptyDir" in volumes[mounts[cache]] and "emptyDir" in volumes[mounts["/tmp"]]  # the writable places
+    limit = volumes[mounts[cache]]["emptyDir"]["sizeLimit"]
+    config = load_config(chain_config(stage_image(tmp_path / "srv")))
+    assert config.cache_max_size is not None and config.cache_max_size < int(limit[:-2]) * MIB[limit[-2:]] * 2**20
+    assert b"demo-token" not in (FOLDER / "configmap.yaml").read_bytes()  # the token is the Secret's
+    assert config.guests[2].options["config"] == manifest("secret.yaml")["stringData"]["auth-token"].encode()
 
 
 def test_the_readme_says_how_to_build_apply_and_scrape() -> None:

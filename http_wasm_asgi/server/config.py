@@ -58,9 +58,9 @@ ROUTE_KEYS = ("match", "guests")
 SERVER_KEYS = ("host", "port", "workers", "shutdown_timeout")
 METRICS_KEYS = ("host", "port")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
-GUEST_KEYS = ("name", "path", "config", "max_instances", "min_instances", "max_idle", "idle_timeout",
-              "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout", "memory_limit",
-              "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned")
+GUEST_KEYS = ("name", "path", "config", "config_file", "config_env", "max_instances", "min_instances", "max_idle",
+              "idle_timeout", "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout",
+              "memory_limit", "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned")
 WASI_KEYS = ("env", "dirs")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -432,7 +432,10 @@ def _guest_path(file: Path, where: str, entry: dict[str, Any]) -> Path:
 def _guest_options(file: Path, where: str, entry: dict[str, Any]) -> dict[str, Any]:
     """The Guest() keyword arguments of one guests[] entry (all but the path, name and wasi)."""
     options: dict[str, Any] = {}
-    if "config" in entry:
+    secret = _secret_config(file, where, entry)
+    if secret is not None:
+        options["config"] = secret
+    elif "config" in entry:
         guest_config = _guest_config(file, f"{where}.config", entry["config"])
         if guest_config is not None:
             options["config"] = guest_config
@@ -450,6 +453,31 @@ def _guest_options(file: Path, where: str, entry: dict[str, Any]) -> dict[str, A
         if key in entry:
             options[key] = _size(file, f"{where}.{key}", entry[key])
     return options
+
+
+def _secret_config(file: Path, where: str, entry: dict[str, Any]) -> bytes | None:
+    """A guest's config kept out of the config file (tokens, keys): `config_file` (a file's bytes, relative
+    to the config's folder, e.g. a mounted Kubernetes Secret) or `config_env` (an environment variable)."""
+    given = [key for key in ("config", "config_file", "config_env") if key in entry]
+    if len(given) > 1:
+        raise ConfigError(file, f"{where}.{given[1]}", f"cannot be set together with '{given[0]}'; fix: give the "
+                                                        "guest's config one way")
+    if "config_file" in entry:
+        name = _expect(file, f"{where}.config_file", entry["config_file"], str, "a file path")
+        path = (file.parent / name) if not os.path.isabs(name) else Path(name)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(file, f"{where}.config_file", f"cannot read {path}: {exc.strerror or exc}; fix: "
+                                                             "check the path (relative to the config file)") from None
+    if "config_env" in entry:
+        name = _expect(file, f"{where}.config_env", entry["config_env"], str, "an environment variable's name")
+        value = os.environ.get(name)
+        if value is None:
+            raise ConfigError(file, f"{where}.config_env", f"the environment variable {name} is not set; fix: set "
+                                                            "it (e.g. from a Kubernetes Secret) or use 'config'")
+        return value.encode("utf-8")
+    return None
 
 
 def _wasi_options(file: Path, where: str, value: Any) -> dict[str, Any]:
