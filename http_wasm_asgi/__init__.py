@@ -20,11 +20,13 @@ if TYPE_CHECKING:
     from .asgi.routes import Route
     from .guest import Guest
     from .server.config import ConfigError, load_config, reload_config
+    from .server.interop import PackagingError, dapr_component, dapr_pipeline, traefik_plugin
     from .server.sources import SourceError
     from .server.sources import fetch as fetch_guest
 
-__all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PoolTimeout",
-           "Route", "SourceError", "fetch_guest", "load_config", "reload_config"]
+__all__ = ["ConfigError", "Guest", "GuestError", "GuestTrap", "HostTrap", "HttpWasmMiddleware", "PackagingError",
+           "PoolTimeout", "Route", "SourceError", "dapr_component", "dapr_pipeline", "fetch_guest", "load_config",
+           "reload_config", "traefik_plugin"]
 
 
 def __getattr__(name: str) -> Any:
@@ -53,4 +55,8 @@ def __getattr__(name: str) -> Any:
         from .server import config
 
         return getattr(config, name)
+    if name in ("PackagingError", "dapr_component", "dapr_pipeline", "traefik_plugin"):
+        from .server import interop
+
+        return getattr(interop, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

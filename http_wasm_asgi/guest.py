@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # linear memory of one guest's insta
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds an instance may stay idle before it is closed (down to min_instances)
 INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memory (store, tables), for the budget
 MEMORY_PROBE_LIMIT = 4 * 1024 * 1024 * 1024  # after an init that failed: what it needed (up to 4x the limit)
+FAILURE_POLICIES = ("fail_closed", "fail_open")  # what a guest that traps, overruns or cannot get an instance does
 _USE_DEFAULT: Any = object()
 def encode_config(config: GuestConfig) -> bytes:
     """bytes as they are, text as UTF-8, a mapping as compact JSON."""
@@ -123,24 +124,21 @@ class Guest:
         cache_dir: str | os.PathLike[str] | None = _USE_DEFAULT,
         threaded: bool = False,
         trace: bool | HostCallSink | None = None,
+        failure_policy: str = "fail_closed",
+        wasi_dirs_writable: Collection[str] = (),
     ) -> None:
         self.path, self.name, wasm = _read_source(source, name)
+        self._settings(config, max_instances, failure_policy)
         self.trace_sinks, self.host_functions = self._link_time_tracing(trace)
         self.logger = logger if isinstance(logger, logging.Logger) else \
             logging.getLogger(f"{logger or DEFAULT_LOGGER}.{self.name}")
-        try:
-            self.config = encode_config(config)
-        except TypeError as exc:
-            raise GuestError(self.name, str(exc)) from None
-        if max_instances < 1:
-            raise GuestError(self.name, f"max_instances must be at least 1, got {max_instances}")
         self.reuse_instances = reuse_instances
         self.threaded = threaded  # guest calls on worker threads (else on the event loop: fastest)
         self.context = GuestContext(self.name, self.config, self.logger)
         self.module, self.snapshot, self.info = self._load(
             wasm, snapshot, default_cache_dir() if cache_dir is _USE_DEFAULT else
             (Path(cache_dir) if cache_dir else None),
-            WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {})),
+            WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {}), writable=frozenset(wasi_dirs_writable)),
             Limits(call_timeout=call_timeout, init_timeout=init_timeout, memory_bytes=memory_limit))
         # Guests that may read the request body get it buffered before handle_request:
         # a host function cannot wait for the client.
@@ -150,6 +148,21 @@ class Guest:
                                     budget=memory_budget)
         self._fill(wasm)  # fail fast, and learn the init-time features
         registry.guest_opened(self)
+
+    def _settings(self, config: GuestConfig, max_instances: int, failure_policy: str) -> None:
+        """The settings checked before anything loads: the config's bytes, the pool's size, the policy."""
+        try:
+            self.config = encode_config(config)
+        except TypeError as exc:
+            raise GuestError(self.name, str(exc)) from None
+        if max_instances < 1:
+            raise GuestError(self.name, f"max_instances must be at least 1, got {max_instances}")
+        if failure_policy not in FAILURE_POLICIES:
+            raise GuestError(self.name, f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, got "
+                                        f"{failure_policy!r}")
+        self.failure_policy = failure_policy
+        # fail_open: a trap, a CPU or memory overrun or a pool timeout skips this guest (see asgi/failure.py)
+        self.fail_open = failure_policy == "fail_open"
 
     def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[list[HostCallSink] | None,
                                                                              Mapping[str, HostFunction]]:

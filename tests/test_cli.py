@@ -149,7 +149,7 @@ def test_serve_with_a_bad_config_exits_2_before_binding(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--workers", "0", "must be a whole number of 1 or more"),
     ("--port", "http", "must be a port number"),
-    ("--log-level", "loud", "invalid choice: 'loud'"),
+    ("--log-level", "loud", "must be one of critical, error, warning, info, debug, trace, got 'loud'"),
     ("--upstream", "ftp://x", "must be an http:// or https:// URL"),
     ("--metrics-port", "prom", "must be a port number"),
     ("--shutdown-timeout", "0", "must be a number of seconds greater than 0"),

@@ -47,7 +47,7 @@ from test_examples import check_example_chain
 
 APP = "tests.support.matrix_app:app"
 LANGS = ("go", "zig")
-TRAILERS = {("hypercorn", "2")}  # the endpoints whose server offers http.response.trailers
+TRAILERS = {("hypercorn", "2"), ("uvicorn-zttp", "2")}  # the endpoints whose server offers http.response.trailers
 IDS = {key: f"{key[0]}-http{key[1]}" for key in ENDPOINTS}
 
 # What each server puts in the scope and how it tells the app that the client left; the host
@@ -55,12 +55,14 @@ IDS = {key: f"{key[0]}-http{key[1]}" for key in ENDPOINTS}
 SERVER_FACTS: dict[str, dict[str, Any]] = {
     "uvicorn-httptools": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
     "uvicorn-h11": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
+    "uvicorn-zttp": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
     "hypercorn": {"client": ["tuple", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
     "granian": {"client": ["tuple", "str", "str"], "extensions": ["http.response.pathsend", "websocket.http.response"],
                 "left": "receive: http.disconnect"},
     "daphne": {"client": ["list", "str", "int"], "extensions": [], "left": "receive: http.disconnect"},
 }
-HYPERCORN_H2_EXTENSIONS = ["http.response.early_hint", "http.response.push", "http.response.trailers"]
+H2_EXTENSIONS = {"hypercorn": ["http.response.early_hint", "http.response.push", "http.response.trailers"],
+                 "uvicorn-zttp": ["http.response.early_hint", "http.response.trailers"]}
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +264,8 @@ def test_a_guest_reads_and_edits_the_apps_response_trailers(endpoint: Endpoint, 
 @pytest.mark.servers
 @endpoints(only=TRAILERS)
 def test_hypercorn_sends_trailers_only_to_a_client_that_accepts_them(endpoint: Endpoint) -> None:
-    """Without `te: trailers` Hypercorn leaves them out; the guest ran all the same and the body is whole."""
+    """Without `te: trailers` Hypercorn (and uvicorn with zttp) leaves them out; the guest ran all the same and
+    the body is whole."""
     got = h2_get(endpoint.url, "/", [("x-matrix", "trailers-zig")], endpoint.tls, te=False)
     headers = dict(got["headers"])
     assert (headers[":status"], headers["x-trailers"], got["body"], got["trailers"]) == ("200", "granted", b"body", [])
@@ -295,7 +298,7 @@ def test_what_the_server_puts_in_the_scope(endpoint: Endpoint) -> None:
     assert scope["client"][0] == "127.0.0.1" and int(scope["client"][1]) > 0 and scope["raw_path"]
     assert scope["client_types"] == facts["client"]  # get_source_addr formats each: conformance get_source_addr
     h2_trailers = (endpoint.server, endpoint.http_version) in TRAILERS
-    assert scope["extensions"] == (HYPERCORN_H2_EXTENSIONS if h2_trailers else facts["extensions"])
+    assert scope["extensions"] == (H2_EXTENSIONS[endpoint.server] if h2_trailers else facts["extensions"])
 
 
 @pytest.mark.slow
@@ -430,14 +433,14 @@ def test_serve_on_hypercorn_with_tls_speaks_http2_and_http1(tls: TLS, tmp_path_f
 @pytest.mark.servers
 def test_serve_on_hypercorn_has_metrics_reload_and_a_clean_sigterm(tmp_path: Path) -> None:
     """`--server hypercorn` runs with the same operations as uvicorn: the metrics listener (/metrics,
-    /readyz), `--reload` (a changed config reloads through SIGHUP, as the watcher sends it), and SIGTERM
+    /readyz), `--watch` (a changed config reloads through SIGHUP, as the watcher sends it), and SIGTERM
     (/readyz 503 while draining, pools closed, status 0): the flags are accepted, and a SIGHUP reloads
     instead of ending the process."""
     config = write_config(tmp_path, 1)
     port, metrics_port = free_port(), free_port()
     metrics = f"http://127.0.0.1:{metrics_port}"
     args = [COMMAND, "serve", str(config), "--server", "hypercorn", "--port", str(port),
-            "--metrics-port", str(metrics_port), "--reload"]
+            "--metrics-port", str(metrics_port), "--watch"]
     with serving(args, port, cwd=tmp_path) as server:
         assert httpx.get(server.url + "/", timeout=10).status_code == 401
         first = httpx.get(server.url + "/", headers=AUTH, timeout=10)
@@ -448,7 +451,7 @@ def test_serve_on_hypercorn_has_metrics_reload_and_a_clean_sigterm(tmp_path: Pat
         assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_request") == 3
         assert total(samples, "http_wasm_guest_short_circuits_total", guest="auth") == 2
         assert total(samples, "http_wasm_guest_calls_total", guest="auth", phase="handle_response") == 1
-        write_config(tmp_path, 2)  # --reload sees it and sends this process SIGHUP
+        write_config(tmp_path, 2)  # --watch sees it and sends this process SIGHUP
         wait_until(lambda: httpx.get(server.url + "/", headers=AUTH, timeout=10).headers["x-version"] == "2", 20,
                    "the changed config served")
         hup(server.proc.pid)  # an operator's SIGHUP reloads too, and does not end the process
@@ -469,8 +472,10 @@ def test_serve_on_hypercorn_has_metrics_reload_and_a_clean_sigterm(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--certfile", "c.pem", "--keyfile", "k.pem"], "--certfile/--keyfile: TLS needs --server hypercorn"),
-    (["--server", "hypercorn", "--certfile", "README.md"], "give both --certfile and --keyfile, or neither"),
+    (["--certfile", "c.pem", "--keyfile", "k.pem"], "file 'c.pem' not found (--ssl-certfile/--ssl-keyfile)"),
+    (["--server", "hypercorn", "--certfile", "README.md"], "give both --ssl-certfile and --ssl-keyfile, or neither"),
+    (["--server", "hypercorn", "--forwarded-allow-ips", "*"], "--server hypercorn has no --forwarded-allow-ips"),
+    (["--server", "hypercorn", "--limit-concurrency", "9"], "--server hypercorn has no --limit-concurrency"),
     (["--server", "hypercorn", "--workers", "2"], "2 workers need the default server, uvicorn"),
     (["--server", "hypercorn", "--certfile", "nope.pem", "--keyfile", "README.md"], "file 'nope.pem' not found"),
 ])

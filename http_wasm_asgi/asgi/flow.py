@@ -17,11 +17,12 @@ from urllib.parse import quote, unquote_to_bytes
 
 from .. import _native
 from ..abi import HeaderKind, split_ctx_next
-from ..errors import GuestTrap
+from ..errors import GuestError, GuestTrap, PoolTimeout
 from ..guest import Guest
 from ..host import BUFFER_RESPONSE, RESPONSE_OBSERVERS, Exchange, merge_response_headers
 from ..wasm.calls import SUSPENDED
 from ..wasm.instance import WasmInstance
+from .failure import skip, skippable, trap_cause
 from .routes import Route, RouteTable
 from .types import ASGIApp, Message, Receive, Scope, Send, send_error
 
@@ -227,17 +228,20 @@ class Flow:
 
     async def request_phase(self) -> bool:
         """handle_request of each guest `enter` left; False when a guest answered (or failed) instead."""
+        position = len(self.held)  # the guest after the last one held (a fail_open one may be skipped)
         pending = self.pending
         if pending is not None:
             self.pending = None
+            position += 1  # the pending call is guests[len(held)]'s
             if not await self.entered(*pending):
                 return False
         exchange = self.exchange
-        for guest in self.chain.guests[len(self.held):]:
+        for guest in self.chain.guests[position:]:
             if guest.reads_request_body and exchange.request_body is None:
                 await self.buffer_request_body()
-            pool = guest.pool
-            instance = pool.try_acquire() or await pool.acquire()
+            instance = await self.instance_for(guest)
+            if instance is None:
+                continue  # a fail_open guest without an instance: skipped
             outcome: int | GuestTrap
             try:  # host.begin, handle_request, host.after_next on next=1
                 if guest.threaded:
@@ -251,12 +255,28 @@ class Flow:
                 return False
         return True
 
+    async def instance_for(self, guest: Guest) -> WasmInstance | None:
+        """An instance of `guest` for this request; None when there is none (its pool timed out, or a new
+        instance failed its init) and the guest is fail_open, so the request goes on without it."""
+        pool = guest.pool
+        try:
+            return pool.try_acquire() or await pool.acquire()
+        except (PoolTimeout, GuestError) as exc:
+            if not guest.fail_open:
+                raise
+            skip(guest, "pool_timeout" if isinstance(exc, PoolTimeout) else "init", exc, self.scope)
+            return None
+
     async def entered(self, guest: Guest, instance: WasmInstance, outcome: int | GuestTrap) -> bool:
-        """What a guest's handle_request call ended with: True when the guest is held for the way back,
-        False when it answered the request (or failed, and the request got its error)."""
+        """What a guest's handle_request call ended with: True when the request goes on (the guest is held
+        for the way back, or it failed and is fail_open: skipped), False when it answered the request (or
+        failed, and the request got its error)."""
         if outcome == SUSPENDED:
             outcome = await _finish_call(guest, instance)
         if isinstance(outcome, GuestTrap):
+            if skippable(guest, outcome, self.exchange):
+                self.skip_trapped(guest, instance, outcome)
+                return True
             self.drop_trapped(guest, instance, outcome)
             await self.unwind(is_error=True)
             await self.respond_error(outcome.status)
@@ -409,7 +429,8 @@ class Flow:
         """handle_response of every held guest, innermost first; frees their instances.
 
         A guest that traps is dropped and makes is_error true for the guests before it; a
-        response not yet sent becomes its error status.
+        response not yet sent becomes its error status. A fail_open guest that traps is dropped and
+        skipped: the guests before it and the client get the response as it stands.
         """
         while self.pending is not None or not self.leave(is_error):
             outcome: int | GuestTrap | None
@@ -425,6 +446,9 @@ class Flow:
             if outcome == SUSPENDED:
                 outcome = await _finish_call(guest, instance)
             if isinstance(outcome, GuestTrap):
+                if skippable(guest, outcome):  # the response goes on as the inner layers left it
+                    self.skip_trapped(guest, instance, outcome)
+                    continue
                 self.drop_trapped(guest, instance, outcome)
                 self.error_status = outcome.status
                 is_error = True
@@ -474,6 +498,13 @@ class Flow:
         instance.host.end()
         guest.pool.release(instance, discard=True)
         log.error("%s (request %s %s)", trap, self.scope.get("method"), self.scope.get("path"))
+
+    def skip_trapped(self, guest: Guest, instance: WasmInstance, trap: GuestTrap) -> None:
+        """A fail_open guest's call trapped: the instance is thrown away, the skip counted and logged."""
+        cause = trap_cause(instance, trap)
+        instance.host.end()
+        guest.pool.release(instance, discard=True)
+        skip(guest, cause, trap, self.scope)
 
 
 def python_open_flow(chain: Chain, scope: Scope, receive: Receive, send: Send) -> Flow:

@@ -5,20 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
+import platform
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _native
 from ..abi import feature_names
 from ..asgi.routes import Route
 from ..errors import GuestError, MissingExtra
+from . import serve_options
 from .cache_command import add_cache_command
-from .config import LOG_LEVELS, ChainConfig, ConfigError, load_app, load_config
-
-if TYPE_CHECKING:
-    from . import serving
+from .config import ChainConfig, ConfigError, load_app, load_config
 
 log = logging.getLogger("http_wasm_asgi")
 
@@ -110,53 +108,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from . import serving
 
     config = load_config(args.config)
-    level = (args.log_level or config.log_level).lower()
-    host = args.host or config.host
-    options = serving.ServeOptions(
-        config=os.path.abspath(args.config), upstream=args.upstream, host=host,
-        port=args.port if args.port is not None else config.port, workers=args.workers or config.workers,
-        log_level=level, shutdown_timeout=args.shutdown_timeout or config.shutdown_timeout,
-        metrics_host=args.metrics_host or config.metrics_host or host,
-        metrics_port=args.metrics_port if args.metrics_port is not None else config.metrics_port,
-        reload=args.reload, server=args.server, certfile=args.certfile, keyfile=args.keyfile)
-    problem = _server_problem(options)
+    try:
+        options, given = serve_options.resolve(args, config)
+    except serve_options.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = serve_options.server_problem(options, given)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    serving.setup_logging(level)
+    serving.setup_logging(options.log_level, options.log_format)
+    if args.reload_deprecated:
+        log.warning("--reload is deprecated: it is --watch now (the config and guest watcher, not a code "
+                    "reloader); SIGHUP reloads as before")
     return serving.serve(options, config)
-
-
-def _server_problem(options: serving.ServeOptions) -> str | None:
-    """What keeps `serve` from running on the server asked for (TLS files for uvicorn; on Hypercorn, flags it
-    cannot honour, unpaired or missing TLS files, Hypercorn not installed), if anything."""
-    if options.server != "hypercorn":
-        if options.certfile or options.keyfile:
-            return "--certfile/--keyfile: TLS needs --server hypercorn (uvicorn serves no HTTP/2)"
-        return None
-    if bool(options.certfile) != bool(options.keyfile):
-        return "--server hypercorn: give both --certfile and --keyfile, or neither"
-    if options.workers > 1:
-        return (f"--server hypercorn: {options.workers} workers need the default server, uvicorn (Hypercorn runs "
-                "in one process here); fix: leave out --workers (and the config's server.workers), or run "
-                "hypercorn yourself (README, 'ASGI servers')")
-    missing = [path for path in (options.certfile, options.keyfile) if path and not os.path.isfile(path)]
-    if missing:
-        return f"--server hypercorn: file {missing[0]!r} not found"
-    try:
-        import hypercorn  # noqa: F401
-    except ImportError:
-        return "Hypercorn is not installed; fix: pip install 'http-wasm-asgi[servers]' (or hypercorn)"
-    return None
-
-
-def _add_server_choice(serve: argparse.ArgumentParser) -> None:
-    """serve's flags for another ASGI server: Hypercorn, for HTTP/2 over TLS."""
-    serve.add_argument("--server", choices=("uvicorn", "hypercorn"), default="uvicorn",
-                       help="the ASGI server (default uvicorn); hypercorn (pip install 'http-wasm-asgi[servers]') "
-                       "serves HTTP/2 and response trailers with --certfile/--keyfile, one process")
-    serve.add_argument("--certfile", metavar="PEM", help="TLS certificate (chain) for --server hypercorn")
-    serve.add_argument("--keyfile", metavar="PEM", help="TLS private key for --server hypercorn")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -264,36 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), got {text!r}")
-    return int(text)
-
-
-def _url(text: str) -> str:
-    if not re.match(r"https?://[^/\s]+|unix:/\S+", text):
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL or unix:/path.sock, got {text!r}")
-    return text
+_positive = serve_options.positive
 
 
 _EPILOG = """exit status: 0 ok, 2 a bad config, guest or command line, other non-zero values otherwise.
@@ -304,38 +240,31 @@ Python traceback. Compiled guests are cached in $HTTP_WASM_ASGI_CACHE_DIR (defau
 
 def _add_serve(sub: Any, debug: argparse.ArgumentParser) -> None:
     serve = sub.add_parser(
-        "serve", parents=[debug], help="serve a chain (config file) on uvicorn",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        "serve", parents=[debug], help="serve a chain (config file) on uvicorn (or Hypercorn)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=serve_options.PRECEDENCE + "\n\n" + _EPILOG,
         description="Serve the app (or upstream) of CONFIG behind its guest chain on uvicorn.\n"
         "Flags override the config's server: section. Each of --workers N processes loads the chain;\n"
         "guests are compiled once, before the workers start, and reused from the disk cache.\n\n"
         "example: http-wasm-asgi serve examples/chain.yaml --port 8080 --workers 2")
     serve.add_argument("config", help="chain config file (.yaml, .yml or .toml)")
-    serve.add_argument("--host", help="bind address (overrides server.host; default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, help="port (overrides server.port; default 8080)")
-    serve.add_argument("--workers", type=_positive, help="worker processes (overrides server.workers; default 1)")
-    serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
-                       help="uvicorn and guest log level (overrides log_level; default info)")
-    serve.add_argument("--upstream", type=_url, metavar="URL",
-                       help="proxy to this HTTP service (http(s)://host:port or unix:/path.sock) instead of the "
-                       "config's app or upstream (sidecar mode)")
-    _add_operations(serve)
-    _add_server_choice(serve)
+    serve_options.add_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
 
-def _add_operations(serve: argparse.ArgumentParser) -> None:
-    """serve's flags for running it in production: metrics, reloads, shutdown."""
-    serve.add_argument("--metrics-port", type=_port, metavar="PORT",
-                       help="serve /metrics (Prometheus), /healthz and /readyz on this port, a listener of its "
-                       "own (overrides metrics.port; default: none)")
-    serve.add_argument("--metrics-host", metavar="HOST",
-                       help="bind address of the metrics listener (overrides metrics.host; default: --host)")
-    serve.add_argument("--reload", action="store_true",
-                       help="reload the chain when the config file or a guest file changes (SIGHUP always does)")
-    serve.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
-                       help="after SIGTERM, how long requests in flight may take before they are cancelled "
-                       "(overrides server.shutdown_timeout; default 30)")
+class _Version(argparse.Action):
+    """`--version`: the package, wasmtime and the native path (computed only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from ..registry import package_version
+        from ..wasm.capi import wasmtime_version
+
+        print(f"http-wasm-asgi {package_version()} (wasmtime {wasmtime_version()}; native path "
+              f"{_native.status()}; {platform.python_implementation()} {platform.python_version()} on "
+              f"{platform.system()})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of an ASGI app or, as a sidecar, in front of an HTTP service.", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    parser.add_argument("--version", action=_Version,
+                        help="print the versions of http-wasm-asgi, wasmtime and Python, and whether the native "
+                        "call path is on, then exit")
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the Python traceback of an error")

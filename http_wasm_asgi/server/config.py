@@ -48,19 +48,21 @@ from ..asgi.proxy import ProxyApp, UpstreamTimeout
 from ..asgi.routes import MATCH_KEYS, Route
 from ..asgi.types import ASGIApp
 from ..errors import GuestError, MissingExtra
-from ..guest import Guest
+from ..guest import FAILURE_POLICIES, Guest
 from ..wasm import cache_files
+from .interop import ENTRY_KEYS, PackagingError, dapr_entries, expand_entry
 from .sources import RemoteSource, SourceError, cached_digest, file_sha256, resolve
 
 TOP_KEYS = ("app", "upstream", "upstream_timeout", "server", "guests", "routes", "max_body_size", "log_level",
-            "metrics", "cache_max_size")
+            "metrics", "cache_max_size", "dapr")
 ROUTE_KEYS = ("match", "guests")
 SERVER_KEYS = ("host", "port", "workers", "shutdown_timeout")
 METRICS_KEYS = ("host", "port")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "config_file", "config_env", "max_instances", "min_instances", "max_idle",
               "idle_timeout", "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout",
-              "memory_limit", "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned")
+              "memory_limit", "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned",
+              "failure_policy", *ENTRY_KEYS)
 WASI_KEYS = ("env", "dirs")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -283,10 +285,7 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
     if level.lower() not in LOG_LEVELS:
         raise ConfigError(file, "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     config.log_level = level.lower()
-    if "guests" not in data:
-        raise ConfigError(file, "guests", "is missing; fix: add 'guests:', a list of guests (outermost first), "
-                                          "each with at least 'path'")
-    guests = _expect(file, "guests", data["guests"], list, "a list of guests (outermost first)")
+    guests = _chain_entries(file, data)
     names: dict[str, int] = {}
     for index, entry in enumerate(guests):
         config.guests.append(_guest_spec(file, index, entry, names))
@@ -294,6 +293,32 @@ def load_config(path: str | os.PathLike[str]) -> ChainConfig:
         routes = _expect(file, "routes", data["routes"], list, "a list of routes (first match wins)")
         config.routes = [_route_spec(file, index, entry, names) for index, entry in enumerate(routes)]
     return config
+
+
+def _chain_entries(file: Path, data: dict[str, Any]) -> list[Any]:
+    """The guests[] entries: `guests:`, or those of a Dapr pipeline (`dapr:`, see interop.py)."""
+    if "dapr" in data:
+        if "guests" in data:
+            raise ConfigError(file, "dapr", "cannot be set together with 'guests'; fix: take the chain from the "
+                                            "Dapr pipeline or list it under 'guests', not both")
+        try:
+            return list(dapr_entries(file, data["dapr"]))
+        except PackagingError as exc:
+            raise ConfigError(file, f"dapr.{exc.key}", exc.problem) from None
+    if "guests" not in data:
+        raise ConfigError(file, "guests", "is missing; fix: add 'guests:', a list of guests (outermost first), "
+                                          "each with at least 'path'")
+    return list(_expect(file, "guests", data["guests"], list, "a list of guests (outermost first)"))
+
+
+def _packaged(file: Path, where: str, entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Traefik plugin or Dapr component entry as a plain one, and its WASI options (see interop.py)."""
+    if not any(key in entry for key in ENTRY_KEYS):
+        return entry, {}
+    try:
+        return expand_entry(file, entry)
+    except PackagingError as exc:
+        raise ConfigError(file, f"{where}.{exc.key}", exc.problem) from None
 
 
 def _route_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> RouteSpec:
@@ -362,6 +387,7 @@ def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> Gu
     where = f"guests[{index}]"
     entry = _expect(file, where, entry, dict, "a mapping with at least 'path'")
     _keys(file, f"{where}.", entry, GUEST_KEYS)
+    entry, packaged = _packaged(file, where, entry)
     kind = _source_kind(file, where, entry)
     local = _guest_path(file, where, entry) if kind == "path" else None
     default_name = local.stem if local else Path(urlsplit(entry[kind]).path).stem.split(":")[0].split("@")[0]
@@ -370,7 +396,7 @@ def _guest_spec(file: Path, index: int, entry: Any, names: dict[str, int]) -> Gu
         raise ConfigError(file, f"{where}.name", f"duplicate guest name {name!r} (also guests[{names[name]}]); fix: "
                                                  "give each guest a unique 'name'")
     names[name] = index
-    options = _guest_options(file, where, entry)
+    options = {**packaged, **_guest_options(file, where, entry)}
     if "wasi" in entry:
         options.update(_wasi_options(file, f"{where}.wasi", entry["wasi"]))
     if local is not None:
@@ -452,6 +478,12 @@ def _guest_options(file: Path, where: str, entry: dict[str, Any]) -> dict[str, A
     for key in ("memory_limit", "memory_budget"):
         if key in entry:
             options[key] = _size(file, f"{where}.{key}", entry[key])
+    if "failure_policy" in entry:
+        policy = _expect(file, f"{where}.failure_policy", entry["failure_policy"], str, "fail_closed or fail_open")
+        if policy not in FAILURE_POLICIES:
+            raise ConfigError(file, f"{where}.failure_policy", f"must be fail_closed (a failing guest fails the "
+                                                               f"request) or fail_open (it is skipped), got {policy!r}")
+        options["failure_policy"] = policy
     return options
 
 

@@ -52,6 +52,8 @@ FAMILIES: Final = {  # name: (type, help)
     "http_wasm_guest_short_circuits": ("counter", "Requests a guest answered itself (handle_request next=0)"),
     "http_wasm_guest_traps": ("counter", "Guest calls that trapped, by cause (trap, cpu_limit, memory_limit, "
                                          "exit)"),
+    "http_wasm_guest_skips": ("counter", "Requests that went on without a fail_open guest that failed, by cause "
+                                         "(trap, cpu_limit, memory_limit, exit, pool_timeout, init)"),
     "http_wasm_pool_instances": ("gauge", "Live instances per guest, by state (idle, in_use)"),
     "http_wasm_pool_waiting": ("gauge", "Requests waiting for an instance"),
     "http_wasm_pool_timeouts": ("counter", "Requests that waited pool_timeout for an instance and got 503"),
@@ -94,6 +96,8 @@ def _call_figures(figures: Figures) -> None:
         _add(figures, "http_wasm_guest_short_circuits_total", stats.short_circuits, guest=guest)
         for (phase_name, cause), count in list(stats.traps.items()):
             _add(figures, "http_wasm_guest_traps_total", count, guest=guest, phase=phase_name, cause=cause)
+        for cause, count in list(stats.skips.items()):
+            _add(figures, "http_wasm_guest_skips_total", count, guest=guest, cause=cause)
         for source, count in list(stats.created.items()):
             _add(figures, "http_wasm_instances_created_total", count, guest=guest, source=source)
         _add(figures, "http_wasm_pool_timeouts_total", stats.closed_pool_timeouts, guest=guest)

@@ -5,7 +5,7 @@
 - `--workers N`: uvicorn's supervisor starts the workers, each loading the chain; the serve process
   alone listens for scrapes and adds up what the workers publish (`metrics.WorkerFiles`). SIGHUP is
   passed on to every worker (uvicorn's own supervisor would restart them instead).
-- Reload: SIGHUP, or a change of the config file or a guest file with `--reload` (watchfiles), makes
+- Reload: SIGHUP, or a change of the config file or a guest file with `--watch` (watchfiles), makes
   each serving process build the new chain off its event loop and swap it in (`config.reload_config`).
 - SIGTERM: stop accepting, let requests in flight finish (at most `shutdown_timeout`), close every
   pool, exit 0.
@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -33,11 +34,13 @@ from .. import _native
 from ..asgi.middleware import HttpWasmMiddleware
 from ..asgi.types import Message, Receive, Scope, Send
 from ..errors import MissingExtra
-from . import sources
+from . import logs, sources
 from .config import ChainConfig, ConfigError, build_middleware, load_config, reload_config
+from .logs import setup_logging as setup_logging
 
 try:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
     from uvicorn.supervisors.multiprocess import Multiprocess
 except ImportError as exc:
     raise MissingExtra("the serve command", "standard", exc) from None
@@ -62,20 +65,47 @@ class ServeOptions:
     shutdown_timeout: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
-    reload: bool = False
+    watch: bool = False  # reload on a change of the config file or a guest file
     server: str = "uvicorn"  # or "hypercorn" (one process; with certfile and keyfile: TLS, HTTP/2)
     certfile: str | None = None
     keyfile: str | None = None
+    # uvicorn's operator settings (serve_options.FLAGS says which Hypercorn has)
+    uds: str | None = None
+    log_format: str = "text"  # or "json"
+    access_log: bool = True
+    forwarded_allow_ips: str | None = None
+    proxy_headers: bool = True
+    root_path: str = ""
+    timeout_keep_alive: int = 5
+    limit_concurrency: int | None = None
+    http2: bool = False  # uvicorn: its zttp protocol, HTTP/2 by ALPN (TLS) or prior knowledge (h2c)
 
 
-def setup_logging(level: str) -> None:
-    """Guest `log` calls and WASI output go to the `http_wasm_asgi` loggers: show them on stderr."""
-    logger = logging.getLogger("http_wasm_asgi")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(5 if level.lower() == "trace" else level.upper())
+def uvicorn_settings(options: ServeOptions) -> dict[str, Any]:
+    """The uvicorn.Config keywords of the app's server (one process, or every worker of `--workers N`)."""
+    settings: dict[str, Any] = dict(
+        host=options.host, port=options.port, uds=options.uds, log_level=options.log_level,
+        timeout_graceful_shutdown=math.ceil(options.shutdown_timeout), access_log=options.access_log,
+        forwarded_allow_ips=options.forwarded_allow_ips, proxy_headers=options.proxy_headers,
+        root_path=options.root_path, timeout_keep_alive=options.timeout_keep_alive,
+        limit_concurrency=options.limit_concurrency, ssl_certfile=options.certfile, ssl_keyfile=options.keyfile,
+        log_config=_log_config(options))
+    if options.http2:
+        settings.update(_http2_protocol())
+    return settings
+
+
+def _http2_protocol() -> dict[str, Any]:
+    """uvicorn's zttp protocol, with the fix of `uvicorn_h2` where this uvicorn has the modules it fixes."""
+    try:
+        from .uvicorn_h2 import PROTOCOL
+    except ImportError:
+        return {"http": "zttp", "http2": True}
+    return {"http": PROTOCOL}
+
+
+def _log_config(options: ServeOptions) -> dict[str, Any]:
+    return logs.json_log_config() if options.log_format == "json" else LOGGING_CONFIG
 
 
 def load_chain(path: str, upstream: str | None,
@@ -246,8 +276,7 @@ def serve(options: ServeOptions, config: ChainConfig | None = None) -> int:
 
 def _serve_one(options: ServeOptions, config: ChainConfig, middleware: HttpWasmMiddleware) -> int:
     served = ServedChain(config, middleware, options, None)
-    server = uvicorn.Server(uvicorn.Config(served, host=options.host, port=options.port, log_level=options.log_level,
-                                           timeout_graceful_shutdown=math.ceil(options.shutdown_timeout)))
+    server = uvicorn.Server(uvicorn.Config(served, **uvicorn_settings(options)))
     # uvicorn raises the signal it shut down for again once done: SIGTERM then ends here, with status 0
     signal.signal(signal.SIGTERM, lambda *_: None)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
@@ -262,15 +291,20 @@ async def _run_one(server: uvicorn.Server, served: ServedChain, options: ServeOp
 
 def _serve_on_hypercorn(options: ServeOptions, config: ChainConfig, middleware: HttpWasmMiddleware) -> int:
     """`serve --server hypercorn`: the chain on Hypercorn in this one process (over TLS: HTTP/2 and
-    HTTP/1.1), with the metrics listener, SIGHUP, `--reload` and SIGTERM as on uvicorn."""
+    HTTP/1.1), with the metrics listener, SIGHUP, `--watch` and SIGTERM as on uvicorn."""
     from hypercorn.config import Config as HypercornConfig
 
     served = ServedChain(config, middleware, options, None)
     hypercorn = HypercornConfig()
-    hypercorn.bind = [f"{options.host}:{options.port}"]
+    hypercorn.bind = [f"unix:{options.uds}" if options.uds else f"{options.host}:{options.port}"]
     hypercorn.certfile, hypercorn.keyfile = options.certfile, options.keyfile
+    hypercorn.root_path, hypercorn.keep_alive_timeout = options.root_path, options.timeout_keep_alive
     hypercorn.loglevel = "DEBUG" if options.log_level == "trace" else options.log_level.upper()
-    hypercorn.accesslog = "-" if options.log_level in ("info", "debug", "trace") else None
+    access = options.access_log and options.log_level in ("info", "debug", "trace")
+    hypercorn.accesslog = "-" if access else None
+    if options.log_format == "json":
+        hypercorn.errorlog = logs.json_logger("hypercorn.error", hypercorn.loglevel)
+        hypercorn.accesslog = logs.json_logger("hypercorn.access", "INFO", sys.stdout) if access else None
     hypercorn.graceful_timeout = options.shutdown_timeout
     try:
         asyncio.run(_run_on_hypercorn(served, hypercorn, options))
@@ -293,14 +327,14 @@ async def _run_on_hypercorn(served: ServedChain, hypercorn: Any, options: ServeO
 async def _beside_the_server(served: ServedChain, options: ServeOptions,
                              serving: Callable[[], bool]) -> AsyncIterator[None]:
     """What one serving process runs beside its ASGI server: the metrics listener (ready while the chain
-    is and `serving()`) and the `--reload` watcher."""
+    is and `serving()`) and the `--watch` watcher."""
     listener = None
     if options.metrics_port is not None:
         from . import metrics
 
         listener = _Listener(metrics.MetricsApp(metrics.registry(), lambda: served.ready and serving()), options)
         await listener.start()
-    watcher = _Watcher(options.config) if options.reload else None
+    watcher = _Watcher(options.config) if options.watch else None
     try:
         yield
     finally:
@@ -313,7 +347,7 @@ async def _beside_the_server(served: ServedChain, options: ServeOptions,
 def worker_app() -> ServedChain:
     """uvicorn factory for `serve --workers N`: each worker process loads the chain itself."""
     options = ServeOptions(**json.loads(os.environ[_ENV_OPTIONS]))
-    setup_logging(options.log_level)
+    setup_logging(options.log_level, options.log_format)
     signal.signal(signal.SIGHUP, _early_hup)
     _follow_the_supervisor()
     config, middleware = load_chain(options.config, options.upstream)
@@ -346,9 +380,8 @@ def _serve_workers(options: ServeOptions, loaded: ChainConfig) -> int:
         sources.follow_pins = False
         sources.write_pins(pins, loaded.source_pins())
         os.environ[sources.PINS_ENV] = str(pins)
-        config = uvicorn.Config("http_wasm_asgi.server.serving:worker_app", factory=True, host=options.host,
-                                port=options.port, workers=options.workers, log_level=options.log_level,
-                                timeout_graceful_shutdown=math.ceil(options.shutdown_timeout))
+        config = uvicorn.Config("http_wasm_asgi.server.serving:worker_app", factory=True, workers=options.workers,
+                                **uvicorn_settings(options))
         sock = config.bind_socket()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # uvicorn binds this socket with protocol 0, and asyncio turns TCP_NODELAY on only for
@@ -386,7 +419,7 @@ def _worker_metrics(options: ServeOptions, folder: Path, supervisor: _Supervisor
 
 @contextlib.contextmanager
 def _watching(options: ServeOptions) -> Iterator[None]:
-    watcher = _Watcher(options.config) if options.reload else None
+    watcher = _Watcher(options.config) if options.watch else None
     try:
         yield
     finally:
@@ -444,7 +477,7 @@ class _Listener:
 
     def __init__(self, app: Callable[..., Any], options: ServeOptions) -> None:
         config = uvicorn.Config(app, host=options.metrics_host, port=options.metrics_port or 0, lifespan="off",
-                                access_log=False, log_level=options.log_level)
+                                access_log=False, log_level=options.log_level, log_config=_log_config(options))
         self.socket = config.bind_socket()
         self.server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -466,7 +499,7 @@ class _Listener:
 
 
 class _Watcher:
-    """`--reload`: a thread watching the config file and every guest file it names (watchfiles); a change
+    """`--watch`: a thread watching the config file and every guest file it names (watchfiles); a change
     sends this process SIGHUP, as an operator would.
 
     Paths are kept as given (symlinks not followed), and in the config's folder a change of an entry
@@ -477,7 +510,7 @@ class _Watcher:
         try:
             import watchfiles  # noqa: F401  (fail now, in the serve process, if the extra is missing)
         except ImportError as exc:
-            raise MissingExtra("--reload", "reload", exc) from None
+            raise MissingExtra("--watch", "reload", exc) from None
 
         self.config = Path(os.path.abspath(config))
         self._stop = threading.Event()

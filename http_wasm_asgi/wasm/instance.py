@@ -33,7 +33,8 @@ def _new_store(module: WasmModule) -> wasmtime.Store:
         if module.wasi.env:
             wasi.env = [(k, v) for k, v in module.wasi.env.items()]
         for guest_path, host_path in module.wasi.dirs.items():
-            wasi.preopen_dir(host_path, guest_path, fs_mutable=module.wasi.dirs_writable)
+            writable = module.wasi.dirs_writable or guest_path in module.wasi.writable
+            wasi.preopen_dir(host_path, guest_path, fs_mutable=writable)
         store.set_wasi(wasi)
     return store
 
@@ -205,6 +206,10 @@ class WasmInstance:
         if self._stats is not None and index < 2:
             self._stats.count_trap(export, self._trap_cause(error, timed_out))
         raise error
+
+    def trap_cause(self, error: GuestTrap) -> str:
+        """What ended a call that raised `error` (as the traps metric names it), after the fact."""
+        return self._trap_cause(error, False)
 
     def _trap_cause(self, error: GuestTrap, timed_out: bool) -> str:
         """cpu_limit, memory_limit (the instance held over half its memory_limit: a refused memory.grow is

@@ -38,7 +38,8 @@ class WasiOptions:
 
     env: Mapping[str, str] = field(default_factory=dict)
     dirs: Mapping[str, str] = field(default_factory=dict)  # guest path -> host path, read-only
-    dirs_writable: bool = False
+    dirs_writable: bool = False  # every directory read-write
+    writable: frozenset[str] = frozenset()  # the guest paths of dirs mounted read-write (the others read-only)
 
 
 @dataclass(frozen=True)

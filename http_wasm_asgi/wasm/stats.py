@@ -21,12 +21,13 @@ class CallStats:
     instances, which are rare, are counted in Python. Shared by every instance of a guest.
     """
 
-    __slots__ = ("closed_pool_timeouts", "counts", "created", "traps")
+    __slots__ = ("closed_pool_timeouts", "counts", "created", "skips", "traps")
 
     def __init__(self) -> None:
         self.counts = array.array("Q", bytes(8 * STATS_SIZE))
         self.traps: dict[tuple[str, str], int] = {}  # (export, cause) -> traps
         self.created: dict[str, int] = {}  # how instances started ("init", "snapshot") -> instances
+        self.skips: dict[str, int] = {}  # cause -> calls of a fail_open guest skipped (asgi/failure.py)
         self.closed_pool_timeouts = 0  # pool timeouts of this guest's closed pools (open ones count their own)
 
     def calls(self, phase: int) -> int:

@@ -2,7 +2,7 @@
 
 `SERVERS` names each server and how it is started; `ENDPOINTS` are the (server, HTTP version)
 pairs it serves: HTTP/1.1 in the clear, HTTP/2 over TLS (ALPN) with a certificate from a test CA
-(`trustme`). Granian serves one TLS port for both versions (it binds one address); Hypercorn and
+(`trustme`). Granian and uvicorn with zttp serve one TLS port for both versions (each binds one address); Hypercorn and
 Daphne bind a plain port and a TLS port in one process.
 """
 
@@ -68,6 +68,17 @@ def _uvicorn(http: str) -> Command:
                                     "--http", http, "--log-level", "warning"]
 
 
+def _uvicorn_zttp(app: str, ports: Ports, tls: TLS) -> list[str]:
+    """uvicorn's HTTP/2 (zttp) as `serve --http2` runs it: `--http zttp --http2` with the fix of
+    `http_wasm_asgi.server.uvicorn_h2` (a bodiless request's receive() otherwise waits for the client to
+    leave); HTTP/2 and HTTP/1.1 by ALPN on one TLS port. One worker: the matrix app keeps what it saw in its
+    process (`serve --http2 --workers 2` is tests/test_operator.py's)."""
+    script = ("import sys, uvicorn; from http_wasm_asgi.server.uvicorn_h2 import PROTOCOL; "
+              "uvicorn.run(sys.argv[1], host=sys.argv[2], port=int(sys.argv[3]), http=PROTOCOL, "
+              "ssl_certfile=sys.argv[4], ssl_keyfile=sys.argv[5], log_level='warning')")
+    return [str(BIN / "python"), "-c", script, app, HOST, str(ports.tls), str(tls.certfile), str(tls.keyfile)]
+
+
 def _hypercorn(app: str, ports: Ports, tls: TLS) -> list[str]:
     return [str(BIN / "hypercorn"), app, "--bind", f"{HOST}:{ports.tls}", "--insecure-bind", f"{HOST}:{ports.plain}",
             "--certfile", str(tls.certfile), "--keyfile", str(tls.keyfile), "--log-level", "warning"]
@@ -87,6 +98,7 @@ def _daphne(app: str, ports: Ports, tls: TLS) -> list[str]:
 SERVERS: dict[str, Command] = {
     "uvicorn-httptools": _uvicorn("httptools"),
     "uvicorn-h11": _uvicorn("h11"),
+    "uvicorn-zttp": _uvicorn_zttp,
     "hypercorn": _hypercorn,
     "granian": _granian,
     "daphne": _daphne,
@@ -95,6 +107,8 @@ SERVERS: dict[str, Command] = {
 ENDPOINTS: dict[tuple[str, str], bool] = {
     ("uvicorn-httptools", "1.1"): False,
     ("uvicorn-h11", "1.1"): False,
+    ("uvicorn-zttp", "1.1"): True,
+    ("uvicorn-zttp", "2"): True,
     ("hypercorn", "1.1"): False,
     ("hypercorn", "2"): True,
     ("granian", "1.1"): True,
