@@ -22,6 +22,7 @@ COPY guests/zig/*.wasm ./guests/zig/
 COPY examples ./examples
 # The compile cache (a volume: an emptyDir in Kubernetes, where the root filesystem is read-only).
 ENV HTTP_WASM_ASGI_CACHE_DIR=/var/cache/http-wasm-asgi
+ENV PYTHONDONTWRITEBYTECODE=1
 VOLUME /var/cache/http-wasm-asgi
 USER 10001:10001
 EXPOSE 8080

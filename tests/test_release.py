@@ -4,6 +4,7 @@ core install, which brings wasmtime and nothing else."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from support.paths import ROOT
@@ -48,11 +50,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A fresh venv with the wheel and its `standard` and `testing` extras (wheels only: nothing compiles),
+    """A fresh venv with the wheel and its `standard`, `testing` and `examples` extras (wheels only: nothing compiles),
     and an environment whose PATH holds that venv and no C compiler."""
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", str(venv)])
-    _run([str(venv / "bin" / "pip"), "install", "-q", "--only-binary", ":all:", f"{wheel}[standard,testing]",
+    _run([str(venv / "bin" / "pip"), "install", "-q", "--only-binary", ":all:", f"{wheel}[standard,testing,examples]",
           "pytest"])
     env = {"PATH": str(venv / "bin"), "HTTP_WASM_ASGI_CACHE_DIR": str(venv / "cache"), "VIRTUAL_ENV": str(venv)}
     for compiler in ("cc", "gcc", "clang"):
@@ -147,3 +149,32 @@ def test_the_core_install_brings_wasmtime_alone_and_says_which_extra_a_feature_n
                          text=True, env={**os.environ, **env})
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "needs the 'config' extra: pip install 'http-wasm-asgi[config]'" in out.stderr, out.stderr
+
+
+@pytest.mark.servers
+def test_the_image_steps_serve_the_default_command_from_the_installed_wheel(installed: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """What the Dockerfile's running stage does, without a container engine: the installed wheels only, the
+    image's files in a working folder nothing writes to, the compile cache where the image puts it (a
+    folder of its own), and the image's CMD (the sidecar) in front of the example upstream."""
+    from support.procs import free_port, serving
+    from test_deploy import stage_image, stages
+
+    image = stage_image(tmp_path / "srv")
+    cmd = json.loads(next(args for instruction, args in stages()[-1] if instruction == "CMD"))
+    before = sorted(str(p.relative_to(image)) for p in image.rglob("*"))
+    for path in (image, *image.rglob("*")):
+        path.chmod(0o555 if path.is_dir() else 0o444)  # read-only, as the pod's root filesystem
+    cache = tmp_path / "var-cache-http-wasm-asgi"
+    cache.mkdir(mode=0o700)
+    env = {**installed, "HTTP_WASM_ASGI_CACHE_DIR": str(cache), "PYTHONDONTWRITEBYTECODE": "1"}  # as the image
+    upstream_port, port = free_port(), free_port()
+    upstream = ["uvicorn", "examples.upstream:app", "--port", str(upstream_port)]
+    chain = [*cmd, "--host", "127.0.0.1", "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream_port}"]
+    with serving(upstream, upstream_port, cwd=image, env=env), serving(chain, port, cwd=image, env=env) as server:
+        response = httpx.get(server.url + "/orders", headers={"authorization": "Bearer demo-token"}, timeout=10)
+        assert response.status_code == 200 and response.json()["path"] == "/orders"
+        assert httpx.get(server.url + "/orders", timeout=10).status_code == 401
+        assert "native path on" in server.output()
+    assert sorted(str(p.relative_to(image)) for p in image.rglob("*")) == before  # nothing written there
+    assert list(cache.glob("*.cwasm"))  # the compile cache went where the image puts it
