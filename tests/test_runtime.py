@@ -391,3 +391,22 @@ def test_renaming_an_attribute_the_native_path_reads_fails_at_import_naming_it(t
     out = _import_renamed(tmp_path / "both", "reads_request_body", "reads_body", in_declaration=True)
     assert out.returncode != 0 and "NativeContractError" in out.stderr, out.stderr[-2000:]
     assert "Guest.NATIVE_ATTRIBUTES: the native path reads 'reads_request_body', not declared" in out.stderr
+
+
+def test_a_missing_native_build_is_said_once_with_its_cost_and_fix() -> None:
+    code = ("import sys; sys.modules['http_wasm_asgi._native._ext'] = None  # as if it was never compiled\n"
+            "from http_wasm_asgi import Guest, _native\n"
+            "from http_wasm_asgi.wasm.calls import default_path\n"
+            "print(_native.status(), default_path().name)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("off (not built") and out.stdout.split()[-1] == "python"
+    assert out.stderr.count("the native path is not built") == 1, out.stderr
+    assert "2.5x the cost per guest" in out.stderr and "install a wheel" in out.stderr
+
+
+def test_the_build_info_series_says_which_path_runs() -> None:
+    from http_wasm_asgi.metrics import figures
+    from http_wasm_asgi.wasm.capi import wasmtime_version
+
+    info = [dict(labels) for (name, labels), value in figures().items() if name == "http_wasm_build_info"]
+    assert info == [{"native": "on", "version": "0.1.0", "wasmtime": wasmtime_version()}]
