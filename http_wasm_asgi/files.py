@@ -28,6 +28,19 @@ def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o600) -> None
         raise
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (the writer of a temp file, a worker that published its figures)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def entry_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on one cache entry across processes (best effort: none where flock is missing)."""

@@ -25,7 +25,7 @@ from typing import Any, Final
 from .. import _native
 from ..asgi.types import Receive, Scope, Send
 from ..errors import MissingExtra
-from ..files import write_atomic
+from ..files import pid_alive, write_atomic
 from ..registry import RELOADS, guest_stats, open_guests, package_version
 from ..wasm.capi import wasmtime_version
 from ..wasm.stats import CALL_BUCKETS_NS
@@ -167,16 +167,6 @@ def publish(folder: Path, *, ready: bool, stopped: bool = False) -> None:
     write_atomic(folder / f"{os.getpid()}.json", json.dumps(data).encode(), mode=0o644)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class WorkerFiles:
     """The figures the workers published in `folder`, added up; whether every live worker is ready."""
 
@@ -188,7 +178,7 @@ class WorkerFiles:
         for path in sorted(self.folder.glob("*.json")):
             with contextlib.suppress(OSError, ValueError):
                 data = json.loads(path.read_text())
-                data["live"] = not data["stopped"] and _alive(int(data["pid"]))
+                data["live"] = not data["stopped"] and pid_alive(int(data["pid"]))
                 found.append(data)
         return found
 

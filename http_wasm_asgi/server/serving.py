@@ -334,12 +334,10 @@ async def _beside_the_server(served: ServedChain, options: ServeOptions,
 
         listener = _Listener(metrics.MetricsApp(metrics.registry(), lambda: served.ready and serving()), options)
         await listener.start()
-    watcher = _Watcher(options.config) if options.watch else None
     try:
-        yield
+        with _watching(options):
+            yield
     finally:
-        if watcher is not None:
-            watcher.stop()
         if listener is not None:
             await listener.stop()
 

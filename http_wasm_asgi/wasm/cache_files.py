@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..files import write_atomic
+from ..files import pid_alive, write_atomic
 
 log = logging.getLogger("http_wasm_asgi.cache")
 
@@ -217,7 +217,7 @@ def sweep_temp_files(folder: Path, now: float | None = None) -> list[Path]:
     for path in _walk_temp(folder):
         match = _TEMP.search(path.name)
         with contextlib.suppress(OSError):
-            dead = match is None or not _alive(int(match.group("pid")))
+            dead = match is None or not pid_alive(int(match.group("pid")))
             if dead or now - path.stat().st_mtime > STALE_TEMP_SECONDS:
                 path.unlink()
                 removed.append(path)
@@ -227,18 +227,6 @@ def sweep_temp_files(folder: Path, now: float | None = None) -> list[Path]:
 def _walk_temp(folder: Path) -> Iterator[Path]:
     with contextlib.suppress(OSError):
         yield from (p for p in folder.rglob("*.tmp") if p.is_file())
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prune(folder: Path, limit: int) -> tuple[list[Entry], list[Entry]]:
@@ -269,7 +257,7 @@ def _size_and_sweep(folder: Path) -> int:
             with contextlib.suppress(OSError):
                 if item.name.endswith(".tmp") and item.is_file():
                     match = _TEMP.search(item.name)
-                    if match is None or not _alive(int(match.group("pid"))) or \
+                    if match is None or not pid_alive(int(match.group("pid"))) or \
                             now - item.stat().st_mtime > STALE_TEMP_SECONDS:
                         os.unlink(item.path)
                 elif _ENTRY.match(item.name):
