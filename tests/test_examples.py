@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import ROOT
+from support import ROOT, docs
 from support.procs import COMMAND, UVICORN, free_port, serving
 
-README = (ROOT / "README.md").read_text()
+README = docs.text()  # README.md and the pages of docs/
 TOKEN = {"authorization": "Bearer demo-token"}
 
 

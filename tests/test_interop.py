@@ -25,7 +25,7 @@ from http_wasm_asgi import (
 )
 from http_wasm_asgi.server.config import load_config
 from http_wasm_asgi.server.sources import file_sha256, sources_dir
-from support import ROOT, ZIG
+from support import ROOT, ZIG, docs
 from support.procs import COMMAND, free_port, serving
 
 TRAEFIK = ROOT / "examples" / "traefik"
@@ -292,8 +292,7 @@ def test_the_examples_served_by_the_command(config: str) -> None:
 
 
 def test_the_readme_maps_every_key() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Coming from Traefik or Dapr"):]
+    section = docs.section("Coming from Traefik or Dapr")  # docs/guide/traefik-dapr.md
     for key in ("wasmPath", "testData", "settings.envs", "settings.mounts", "spec.metadata", "guestConfig",
                 "httpPipeline", "file://", "failure_policy", "examples/traefik/chain.yaml", "examples/dapr/chain.yaml"):
         assert key in section, key

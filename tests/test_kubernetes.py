@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from http_wasm_asgi import load_config
-from support import ROOT
+from support import ROOT, docs
 from support.ops import rss_mib
 from support.procs import COMMAND, free_port, run, serving
 from test_deploy import stage_image, stages
@@ -142,9 +142,7 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root_with_its_cache_on_an_empt
 
 
 def test_the_readme_says_how_to_build_apply_and_scrape() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Kubernetes\n"):]
-    section = section[:section.index("\n## ", 1)]
+    section = docs.section("Kubernetes")  # docs/deploy/kubernetes.md
     image = container()["image"]
     for needed in (f"docker build -t {image} .", "kubectl apply -k deploy/kubernetes", "/metrics", "/readyz",
                    "/healthz", "tests/test_kubernetes.py"):

@@ -1,4 +1,4 @@
-"""The package's rooms and the way imports go between them, as README "Layout" states it: each module in a
+"""The package's rooms and the way imports go between them, as docs/internals/architecture.md says: each module in a
 room, imports only from its own room or lower ones, no import cycle (deferred imports included, but for the
 ones listed with their reason), no module or C file over 700 lines, short functions, and a core import that
 needs neither PyYAML nor an HTTP client.
@@ -56,7 +56,7 @@ def room_of(module: str) -> int:
     for rank, (_, members) in enumerate(ROOMS):
         if module in members or first in members:
             return rank
-    raise AssertionError(f"{module} has no room: add it to ROOMS (and README Layout)")
+    raise AssertionError(f"{module} has no room: add it to ROOMS (and docs/internals/architecture.md)")
 
 
 def _resolve(module: str, path: Path, node: ast.ImportFrom) -> Iterator[str]:

@@ -18,7 +18,7 @@ from http_wasm_asgi.metrics import FAMILIES, GuestCollector, figures
 from http_wasm_asgi.testing import echo_app
 from http_wasm_asgi.wasm import stats
 from http_wasm_asgi.wasm.calls import CallPath
-from support import ROOT, WAT, ClientFactory
+from support import ROOT, WAT, ClientFactory, docs
 from support.ops import AUTH, ZIG, scrape, total, wait_until, write_config
 from support.procs import COMMAND, UVICORN, free_port, serving
 
@@ -133,7 +133,7 @@ async def test_the_readme_example_mounts_the_metrics_in_an_app(client: ClientFac
 @pytest.mark.slow
 @pytest.mark.servers
 def test_the_prometheus_example_runs_as_the_readme_says() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = docs.text()
     assert "`uvicorn examples.prometheus_app:app` then `curl http://127.0.0.1:8000/metrics/`" in readme
     port = free_port()
     with serving([UVICORN, "examples.prometheus_app:app", "--port", str(port)], port) as server:

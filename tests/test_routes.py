@@ -21,12 +21,12 @@ from http_wasm_asgi.asgi.flow import Chain
 from http_wasm_asgi.asgi.routes import RouteTable, normal_host, request_host, routed_path
 from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
-from support import ROOT
+from support import ROOT, docs
 from support.attack import raw_http
 from support.procs import COMMAND, free_port, run, serving
 
 ZIG = ROOT / "guests" / "zig"
-README = (ROOT / "README.md").read_text()
+README = docs.text()  # README.md and the pages of docs/
 EXAMPLE = ROOT / "examples" / "routes.yaml"
 TOKEN = {"authorization": "Bearer demo-token"}
 
@@ -313,7 +313,7 @@ def test_check_and_inspect_print_the_route_table(command: str) -> None:
 
 
 def readme_block(section: str, language: str) -> str:
-    body = README.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    body = docs.section(section)
     match = re.search(rf"```{language}\n(.*?)```", body, re.DOTALL)
     assert match, f"README '{section}' has no {language} block"
     return match.group(1)

@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from http_wasm_asgi.devkit.conformance import check_response, load_suite, send
+from support import docs
 from support.asgi_servers import (
     ENDPOINTS,
     SERVERS,
@@ -42,7 +43,7 @@ from support.asgi_servers import (
     wait_for,
 )
 from support.ops import AUTH, hup, scrape, total, wait_until, write_config
-from support.procs import BIN, COMMAND, ROOT, free_port, run, serving
+from support.procs import BIN, COMMAND, free_port, run, serving
 from test_examples import check_example_chain
 
 APP = "tests.support.matrix_app:app"
@@ -357,12 +358,11 @@ def test_a_client_that_leaves_while_a_guest_waits_for_the_body_frees_the_guests(
 
 # --- README ---------------------------------------------------------------------------------------------
 
-README = (ROOT / "README.md").read_text()
 
 
 def readme_server_commands() -> list[str]:
     """The commands of README "ASGI servers" (the sh block after the table), comments dropped."""
-    section = README.split("## ASGI servers", 1)[1].split("\n## ", 1)[0]
+    section = docs.section("ASGI servers")  # docs/deploy/asgi-servers.md
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
@@ -394,7 +394,7 @@ def test_the_readme_command_for_each_server(command: str, tls: TLS, tmp_path_fac
 
 
 def test_the_readme_table_names_tests_that_exist_and_covers_every_endpoint() -> None:
-    section = README.split("## ASGI servers", 1)[1].split("\n## ", 1)[0]
+    section = docs.section("ASGI servers")
     named = set(re.findall(r"`(test_\w+)`", section))
     assert named and all(callable(globals().get(name)) for name in named), named - set(globals())
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]

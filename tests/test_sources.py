@@ -37,14 +37,13 @@ from http_wasm_asgi import ConfigError, load_config
 from http_wasm_asgi.server import oci as oci_client
 from http_wasm_asgi.server.config import build_middleware
 from http_wasm_asgi.testing import echo_app
-from support import ROOT
+from support import ROOT, docs
 from support.ops import hup, wait_until
 from support.procs import COMMAND, free_port, run, serving
 
 AUTH = ROOT / "guests" / "zig" / "auth.wasm"  # 401 unless `authorization: Bearer <its config>`
 TAGGER = ROOT / "guests" / "zig" / "headeradder.wasm"
 AUTH_SHA = hashlib.sha256(AUTH.read_bytes()).hexdigest()
-README = (ROOT / "README.md").read_text()
 REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"  # Debian's (`make system-deps`)
 USER = {"HTTP_WASM_ASGI_REGISTRY_USER": "alice", "HTTP_WASM_ASGI_REGISTRY_PASSWORD": "wonderland"}
 
@@ -553,7 +552,7 @@ def test_push_needs_a_tag_and_names_what_is_wrong(tmp_path: Path) -> None:
 # --- the README -----------------------------------------------------------------------------------------
 
 def readme_section() -> str:
-    return README.split("\n## Guest sources\n", 1)[1].split("\n## ", 1)[0]
+    return docs.section("Guest sources")  # docs/guide/guest-sources.md
 
 
 def test_the_readme_example_is_the_example_file() -> None:

@@ -19,6 +19,7 @@ from http_wasm_asgi.abi import Feature, HeaderKind
 from http_wasm_asgi.testing import GuestClient, RecordingApp, recent_results
 from http_wasm_asgi.tracing import TRACE, HostCall
 from http_wasm_asgi.wasm.calls import NATIVE_PATH
+from support import docs
 from support.driver import Program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +277,7 @@ def test_bad_input_is_refused_clearly() -> None:
 
 
 # --- README "Testing a guest", run as written ---
-README = (ROOT / "README.md").read_text()
+README = docs.text()  # README.md and the pages of docs/
 
 
 def _readme_block(first_line: str, fence: str = "```python\n") -> str:

@@ -10,6 +10,8 @@ from types import ModuleType
 import pytest
 from guest_examples import GUESTS, ROOT
 
+from support import docs
+
 
 def build_module(lang: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"build_{lang}_lang", GUESTS / lang / "build_lang.py")
@@ -50,7 +52,7 @@ def test_toolchains_are_pinned_to_what_the_builds_expect() -> None:
 
 
 def test_readme_examples_are_the_hello_guests() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = docs.text()  # README.md and docs/guests/writing.md
     blocks = re.findall(r"^```(go|zig)\n(.*?)^```$", readme, re.M | re.S)
     assert dict(blocks) == {
         "go": (GUESTS / "go" / "hello" / "main.go").read_text(),
