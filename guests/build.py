@@ -4,9 +4,11 @@ Usage: python guests/build.py [--check] [LANG ...]
 
 Each language folder (guests/go, guests/zig, ...) has a `build_lang.py` with a
 `build() -> list[pathlib.Path]` function that writes each `.wasm`
-next to its source. This script installs nothing: the toolchains come from the
-project's `guests` extra (`pip install .[guests]`). With --check it rebuilds and
-fails if any committed `.wasm` differs from what its source builds to.
+next to its source. This script installs nothing: Go, Zig and C (`zig cc`) come
+from the project's `guests` extra (`pip install .[guests]`), Rust (Debian's
+rustc) and AssemblyScript (npm, pinned in guests/assemblyscript) from
+`make guest-toolchains`. With --check it rebuilds and fails if any committed
+`.wasm` differs from what its source builds to.
 """
 
 from __future__ import annotations

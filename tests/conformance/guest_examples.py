@@ -28,13 +28,15 @@ from http_wasm_asgi.testing import echo_app, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 GUESTS = ROOT / "guests"
-LANGUAGES = ("zig", "go")
+LANGUAGES = ("zig", "go", "rust", "assemblyscript", "c")
+# One file per guest next to its source: guests/<lang>/<name>.wasm (built by guests/<lang>/build_lang.py).
+FLAT_LANGUAGES = ("zig", "rust", "assemblyscript", "c")
 
 
 def guest_path(lang: str, name: str) -> Path:
-    """Where guests/build.py writes a guest: guests/zig/<name>.wasm, guests/go/<name>/<name>.wasm."""
-    if lang == "zig":
-        return GUESTS / "zig" / f"{name}.wasm"
+    """Where guests/build.py writes a guest: guests/<lang>/<name>.wasm, guests/go/<name>/<name>.wasm."""
+    if lang in FLAT_LANGUAGES:
+        return GUESTS / lang / f"{name}.wasm"
     if lang == "go":
         return GUESTS / "go" / name / f"{name}.wasm"
     raise ValueError(f"no guests in language {lang!r}")
@@ -352,6 +354,9 @@ class ExampleGuestTests:
         source, declaration = {
             "zig": (GUESTS / "zig" / "conformance.zig", "const expected_config = {};"),
             "go": (GUESTS / "go" / "conformance" / "main.go", "const expectedConfig = {}"),
+            "rust": (GUESTS / "rust" / "conformance.rs", "const EXPECTED_CONFIG: &str = {};"),
+            "assemblyscript": (GUESTS / "assemblyscript" / "conformance.ts", "const expectedConfig = {};"),
+            "c": (GUESTS / "c" / "conformance.c", "static const char expected_config[] = {};"),
         }[self.lang]
         embedded = json.dumps(load_suite().config.decode())  # the string literal is the JSON-escaped config
         assert declaration.format(embedded) in source.read_text()
