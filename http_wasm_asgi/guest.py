@@ -17,7 +17,7 @@ from . import _native, registry
 from .errors import GuestError
 from .host import HOST_FUNCTIONS, GuestContext, GuestHost
 from .pool import InstancePool, NativeInstancePool
-from .snapshot_cache import SnapshotEntry, snapshot_key
+from .snapshot_cache import DamagedSnapshot, SnapshotEntry, snapshot_key
 from .tracing import HostCallSink, sinks_for, traced
 from .wasm.cache import default_cache_dir
 from .wasm.calls import HostFunction
@@ -298,11 +298,15 @@ class Guest:
                     return self._build_snapshot(wasm, entry, key, wasi, limits)
                 raise SnapshotError(reason)
         snap, meta = cached
+        try:  # the snapshot module is read (and verified) only if its compiled form is not in the cache
+            module = WasmModule(self.name, snap, self.host_functions, cache_dir=cache_dir, wasi=wasi,
+                                limits=limits, cache_key=key)
+        except DamagedSnapshot:
+            with entry.lock():
+                return self._build_snapshot(wasm, entry, key, wasi, limits)
         self.context.features = int(meta["features"])
         for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
             self.context.say(int(level), str(message))
-        module = WasmModule(self.name, snap, self.host_functions, cache_dir=cache_dir, wasi=wasi, limits=limits,
-                            cache_key=key)
         return module, SnapshotInfo(True, "disk", float(meta["init_seconds"]), int(meta["image_bytes"]),
                                     tuple((str(n), str(t)) for n, t in meta["exports"]))
 

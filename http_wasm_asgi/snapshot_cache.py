@@ -12,9 +12,10 @@ built again). Processes starting together (N workers) build an entry once: the f
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +24,10 @@ from .wasm import cache_files
 
 SNAPSHOT_FORMAT: Final = 3  # bump when what a snapshot captures changes: old cache entries are then ignored
 _META_KEYS: Final = ("features", "init_seconds", "image_bytes", "exports", "init_log")
+
+
+class DamagedSnapshot(Exception):
+    """A cached snapshot module was not what its metadata says (it is removed; build the snapshot again)."""
 
 
 def snapshot_key(module_sha256: str, config: bytes, wasi_env: Mapping[str, str]) -> str:
@@ -65,34 +70,45 @@ class SnapshotEntry:
         with entry_lock(self.folder / f"snapshot-{self.key}"):
             yield
 
-    def read(self) -> tuple[bytes, dict[str, Any]] | None:
-        """The snapshot module and its metadata, verified; None when there is none (or it was damaged and is
-        removed: it is built again)."""
+    def read(self) -> tuple[Callable[[], bytes], dict[str, Any]] | None:
+        """The snapshot's metadata, verified, and what reads its module (verified too) when it is needed:
+        when the module's compiled form is in the compile cache, the module itself is never read. None
+        when there is none (or it was damaged and is removed: it is built again)."""
         try:
             sealed = self.meta_path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            return self._reject(self.meta_path, f"cannot be read ({exc.strerror or exc})")
+            self._reject(self.meta_path, f"cannot be read ({exc.strerror or exc})")
+            return None
         meta = _unsealed(sealed)
-        if meta is None or not all(k in meta for k in (*_META_KEYS, "module_sha256")):
-            return self._reject(self.meta_path, "its metadata is damaged (the digest it carries does not match)")
+        if meta is None or not all(k in meta for k in (*_META_KEYS, "module_sha256")) \
+                or not self.module_path.is_file():
+            self._reject(self.meta_path, "its metadata is damaged (the digest it carries does not match), or its "
+                                         "module is missing")
+            return None
+        cache_files.touch(self.meta_path)
+        return functools.partial(self._module, str(meta["module_sha256"])), {k: meta[k] for k in _META_KEYS}
+
+    def _module(self, sha256: str) -> bytes:
+        """The snapshot module's bytes; DamagedSnapshot (the entry removed) when they are not what the
+        metadata says."""
         try:
             wasm = self.module_path.read_bytes()
         except OSError as exc:
-            return self._reject(self.module_path, f"cannot be read ({exc.strerror or exc})")
-        if hashlib.sha256(wasm).hexdigest() != meta["module_sha256"]:
-            return self._reject(self.module_path, "its contents do not match the digest in its metadata")
-        cache_files.touch(self.meta_path)
-        return wasm, {k: meta[k] for k in _META_KEYS}
+            self._reject(self.module_path, f"cannot be read ({exc.strerror or exc})")
+            raise DamagedSnapshot(str(self.module_path)) from None
+        if hashlib.sha256(wasm).hexdigest() != sha256:
+            self._reject(self.module_path, "its contents do not match the digest in its metadata")
+            raise DamagedSnapshot(str(self.module_path))
+        return wasm
 
-    def _reject(self, path: Path, why: str) -> tuple[bytes, dict[str, Any]] | None:
-        """Not used: the entry (module and metadata) is removed, and None returned (built again)."""
+    def _reject(self, path: Path, why: str) -> None:
+        """Not used: the entry (module and metadata) is removed (it is built again)."""
         cache_files.reject(self.guest, path, why)
         for other in (self.meta_path, self.module_path):
             with contextlib.suppress(OSError):
                 other.unlink()
-        return None
 
     def write(self, wasm: bytes, meta: dict[str, Any]) -> None:
         """Both files, each replaced whole; the metadata last, so a reader never sees it without its module.

@@ -118,11 +118,16 @@ def test_a_damaged_compiled_module_is_rebuilt_with_one_warning_and_requests_are_
 
 
 def test_a_damaged_snapshot_is_built_again_with_one_warning(tmp_path: Path) -> None:
+    """A snapshot module is read only when its compiled form must be built: damage to it is found then."""
     config = _write(tmp_path)
     cache = tmp_path / "cache"
     assert _check(config, cache).returncode == 0
     snapshot = next(cache.glob("snapshot-*.wasm"))
     _flip(snapshot, len(snapshot.read_bytes()) // 2)
+    assert "is not used" not in _check(config, cache).stderr  # its compiled form is intact: the module is not read
+    compiled = [p for p in _compiled(cache) if snapshot.stem.removeprefix("snapshot-") in p.name]
+    assert len(compiled) == 1
+    compiled[0].unlink()  # evicted: the snapshot module must be compiled again
     out = _check(config, cache)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert [line for line in out.stderr.splitlines() if "is not used" in line and "'auth'" in line], out.stderr

@@ -19,9 +19,11 @@ import ctypes
 import functools
 import hashlib
 import logging
+import mmap
 import os
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import wasmtime
@@ -54,22 +56,29 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "http-wasm-asgi"
 
 
-def content_digest(data: bytes | bytearray | memoryview) -> str:
+def content_digest(data: bytes | bytearray | memoryview | mmap.mmap) -> str:
     """The digest an entry's name carries."""
     return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
 
 
-def compile_module(name: str, wasm: bytes, cache_dir: Path | None,
+Source = bytes | Callable[[], bytes]  # a module's bytes, or what reads them when they are needed
+
+
+def compile_module(name: str, wasm: Source, cache_dir: Path | None,
                    cache_key: str | None = None) -> tuple[wasmtime.Module, float, str, str]:
     """Compile once per process, and once per machine with the disk cache.
 
     Returns (module, seconds, source, key); source is "compiled", "disk" or "memory"; the key
     is the sha256 of the wasm unless the caller names the entry (`cache_key`, e.g. a snapshot's,
-    derived from what it was built from: no need to hash a large module again).
+    derived from what it was built from: no need to hash a large module again). With a key, `wasm` may
+    be a callable: it is called only when the module must be compiled (a snapshot's module is then not
+    read at all when its compiled form is in the cache).
     Processes starting together (N workers) compile a module once: the first takes a lock on
     the cache entry, the others wait for it and load what it wrote.
     """
-    key = cache_key or hashlib.sha256(wasm).hexdigest()
+    if cache_key is None:
+        wasm = wasm() if callable(wasm) else wasm
+    key = cache_key or hashlib.sha256(wasm).hexdigest()  # type: ignore[arg-type]
     cached = _module_cache.get(key)
     if cached is not None:
         return cached, 0.0, "memory", key
@@ -90,11 +99,12 @@ def compile_module(name: str, wasm: bytes, cache_dir: Path | None,
     return _compile_and_store(name, wasm, key, None, mapped, start)
 
 
-def _compile_and_store(name: str, wasm: bytes, key: str, stem: Path | None, mapped: bool,
+def _compile_and_store(name: str, wasm: Source, key: str, stem: Path | None, mapped: bool,
                        start: float) -> tuple[wasmtime.Module, float, str, str]:
     engine = get_engine()
+    binary = wasm() if callable(wasm) else wasm  # (reading a lazy source may fail: that is the caller's)
     try:
-        module = wasmtime.Module(engine, wasm)
+        module = wasmtime.Module(engine, binary)
     except Exception as exc:
         raise GuestError(name, f"not a valid WebAssembly module: {first_line(exc)}") from None
     elapsed = time.perf_counter() - start
@@ -132,7 +142,7 @@ def _load(name: str, folder: Path, stem: str, mapped: bool) -> wasmtime.Module |
     the process); ordinary modules are read into memory instead.
     """
     for path in cache_files.candidates(folder, stem, ".cwasm"):
-        data = _read_verified(name, path)
+        data = _verified(name, path, keep=not mapped)
         if data is None:
             continue
         engine = get_engine()
@@ -147,16 +157,23 @@ def _load(name: str, folder: Path, stem: str, mapped: bool) -> wasmtime.Module |
     return None
 
 
-def _read_verified(name: str, path: Path) -> bytearray | None:
-    """The entry's bytes when their digest is the one its name carries; else it is rejected (None)."""
+def _verified(name: str, path: Path, *, keep: bool) -> bytearray | None:
+    """The entry's bytes (`keep`; else an empty buffer: a mapped entry is hashed through a mapping of its
+    own, with no copy) when their digest is the one its name carries; else it is rejected (None)."""
     try:
         with open(path, "rb") as f:
-            data = bytearray(os.fstat(f.fileno()).st_size)
-            read = f.readinto(data)
-    except OSError as exc:
-        cache_files.reject(name, path, f"cannot be read ({exc.strerror or exc})")
+            size = os.fstat(f.fileno()).st_size
+            if keep:
+                data = bytearray(size)
+                intact = f.readinto(data) == size and content_digest(data) == cache_files.name_digest(path)
+            else:
+                data = bytearray()
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    intact = content_digest(view) == cache_files.name_digest(path)
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        cache_files.reject(name, path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})")
         return None
-    if read != len(data) or content_digest(data) != cache_files.name_digest(path):
+    if not intact:
         cache_files.reject(name, path, "its contents do not match the digest in its name (damaged on disk?)")
         return None
     return data

@@ -14,7 +14,7 @@ from wasmtime import _ffi as ffi
 from .. import _native, abi
 from ..errors import GuestError
 from . import wasi as wasi_shims
-from .cache import compile_module
+from .cache import Source, compile_module
 from .calls import CallPath, HostFunction, default_path
 from .engine import get_engine
 from .instance import WasmInstance
@@ -90,7 +90,7 @@ def wasm_binary(name: str, wasm: bytes) -> bytes:
 class WasmModule:
     """A validated guest module, linked against the host functions, ready to instantiate."""
 
-    def __init__(self, name: str, wasm: bytes, host_functions: Mapping[str, HostFunction],
+    def __init__(self, name: str, wasm: Source, host_functions: Mapping[str, HostFunction],
                  *, cache_dir: Path | None = None, wasi: WasiOptions | None = None,
                  limits: Limits | None = None, cache_key: str | None = None, path: CallPath | None = None) -> None:
         self.name = name
@@ -98,11 +98,12 @@ class WasmModule:
         self.limits = limits or Limits()
         self.wasi = wasi or WasiOptions()
         self.stats: CallStats | None = None  # where its instances count their calls (set by the guest)
-        wasm = wasm_binary(name, wasm)
+        if not callable(wasm):
+            wasm = wasm_binary(name, wasm)
         self._module, seconds, source, sha256 = compile_module(name, wasm, cache_dir, cache_key)
         imports = tuple((i.module, i.name or "", _describe(i.type)) for i in self._module.imports)
         exports = tuple((e.name, _describe(e.type)) for e in self._module.exports)
-        self.info = ModuleInfo(len(wasm), sha256, imports, exports,
+        self.info = ModuleInfo(0 if callable(wasm) else len(wasm), sha256, imports, exports,
                                any(m == abi.WASI_MODULE for m, _, _ in imports), seconds, source)
         self._validate()
         self._engine = get_engine()
