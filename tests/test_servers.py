@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -259,6 +261,24 @@ def test_a_guest_reads_and_edits_the_apps_response_trailers(endpoint: Endpoint, 
     assert headers["x-trailers"] == "granted"
     assert headers["x-app-trailers"] == "x-status=pending, x-drop=secret, x-keep=1"
     assert sorted(got["trailers"]) == [("x-added", "one"), ("x-added", "two"), ("x-keep", "1"), ("x-status", "ok")]
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+@endpoints(only=TRAILERS)
+def test_curl_over_http2_reads_the_trailers_of_a_buffered_response(endpoint: Endpoint) -> None:
+    """The host sends a buffered response with trailers without a content-length the app did not set: curl
+    (7.88) stops reading at a content-length over HTTP/2 and would never show the trailers."""
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is missing"
+    out = subprocess.run([curl, "-sS", "--http2", "-k", "-i", "-H", "te: trailers", "-H", "x-matrix: trailers-zig",
+                          endpoint.url + "/"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    head, _, rest = out.stdout.partition("\n\n")  # (text mode: CRLF read as LF)
+    assert head.startswith("HTTP/2 200") and "content-length" not in head.lower()
+    assert rest.startswith("body")
+    trailers = sorted(line.strip().lower() for line in rest[len("body"):].splitlines() if line.strip())
+    assert trailers == ["x-added: one", "x-added: two", "x-keep: 1", "x-status: ok"], out.stdout
 
 
 @pytest.mark.slow

@@ -473,10 +473,10 @@ class Flow:
             return
         exchange = self.exchange
         status = exchange.status
-        headers, body = _framed(exchange, status, short_circuit=short_circuit,
-                                head=self.scope.get("method") == "HEAD")
         trailers = exchange.response_trailers if exchange.trailers_supported else []
         send_trailers = bool(trailers) or (self.app_trailers and exchange.trailers_supported)
+        headers, body = _framed(exchange, status, short_circuit=short_circuit,
+                                head=self.scope.get("method") == "HEAD", trailers=send_trailers)
         start: Message = {"type": "http.response.start", "status": status, "headers": headers}
         if send_trailers:
             start["trailers"] = True
@@ -533,9 +533,13 @@ _native_methods, native_open_flow = _native.flow_methods(
 _native.install(NativeFlow, _native_methods)
 
 
-def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
-            head: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of a response the host sends itself, with honest framing."""
+def _framed(exchange: Exchange, status: int, *, short_circuit: bool, head: bool,
+            trailers: bool = False) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a response the host sends itself, with honest framing.
+
+    A response with trailers gets no content-length the app did not set: the server then frames it as
+    it must for trailers (chunked on HTTP/1.1, DATA frames on HTTP/2), and clients that stop reading at a
+    content-length (curl 7.88 over HTTP/2) still see the trailers."""
     body = bytes(exchange.response_body)
     headers = exchange.response_headers
     bodiless_status = status in _NO_BODY_STATUS or status < 200
@@ -544,7 +548,7 @@ def _framed(exchange: Exchange, status: int, *, short_circuit: bool,
     if short_circuit or exchange.response_body_replaced or not declared or bodiless_status:
         # a 204/304 has no body, so no framing headers either (the app's would announce one)
         headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
-        if not no_body:
+        if not no_body and not trailers:
             headers.append((b"content-length", str(len(body)).encode()))
     else:
         try:  # a guest that declares a shorter length means it: never leak what it cut
