@@ -241,6 +241,7 @@ class _CancelOnDisconnect:
             await task
 
 
+@pytest.mark.slow
 def test_a_cancelled_request_frees_its_instance_at_once() -> None:
     """When the request is cancelled (a layer or server that cancels on disconnect), the suspended call is
     abandoned there and then: the instance is dropped well before its CPU limit would have ended it."""

@@ -76,6 +76,7 @@ def test_trace_of_a_guest_that_traps_exits_1() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_trace_and_bench_refuse_bad_input_cleanly() -> None:
     for args in (["trace", "missing.wasm"], ["bench", "missing.wasm"], ["trace", str(ZIG / "hello.wasm"), "--",
                                                                          "GET", "nopath"]):

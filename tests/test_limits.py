@@ -92,6 +92,7 @@ def _spin_probe(threaded: bool) -> dict[str, float]:
     return got
 
 
+@pytest.mark.slow
 def test_a_spinning_guest_on_the_event_loop_does_not_hold_up_other_requests() -> None:
     """Default (cooperative calls on the event loop): the spinning call yields every slice, so a healthy
     request is answered long before the spinner's 1 s CPU limit ends it (a call holding the loop would make
@@ -101,6 +102,7 @@ def test_a_spinning_guest_on_the_event_loop_does_not_hold_up_other_requests() ->
                                           "request's spinning guest"
 
 
+@pytest.mark.slow
 def test_threaded_guest_leaves_the_event_loop_free_while_it_spins() -> None:
     """Guest(threaded=True): a healthy request does not wait for another request's spinning guest."""
     got = _spin_probe(threaded=True)

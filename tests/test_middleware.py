@@ -128,6 +128,7 @@ async def test_200_concurrent_requests_in_process(client: Any) -> None:
     assert [r.headers["x-id"] for r in responses] == [f"req-{i}" for i in range(200)]
 
 
+@pytest.mark.slow
 def test_200_concurrent_requests_through_uvicorn() -> None:
     guest = Guest(WAT / "copy_header.wat")
     app = HttpWasmMiddleware(echo_app, guests=[guest])

@@ -542,6 +542,7 @@ def test_an_upstream_that_breaks_off_mid_body_breaks_the_response(
         assert httpx.get(front_url + "/after", timeout=10).status_code == 200  # the next request is fine
 
 
+@pytest.mark.slow
 def test_no_pooled_connection_in_time_gives_503(upstream: Upstream) -> None:
     url = upstream.url
     proxy = ProxyApp(url, timeout=UpstreamTimeout(pool=0.3), max_connections=1)

@@ -540,6 +540,7 @@ def test_oci_credentials_from_a_docker_credential_helper(tmp_path: Path, cache: 
         assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
 def test_push_needs_a_tag_and_names_what_is_wrong(tmp_path: Path) -> None:
     digest = run([COMMAND, "push", str(AUTH), f"oci://127.0.0.1:1/a@sha256:{AUTH_SHA}"])
     assert digest.returncode == 2 and "push to a tag" in digest.stderr

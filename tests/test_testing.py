@@ -246,6 +246,7 @@ def test_the_plugin_says_what_is_missing(pytester: pytest.Pytester) -> None:
     assert "--wasm-guest: file" in run.stdout.str() and "missing.wasm' not found" in run.stdout.str()
 
 
+@pytest.mark.slow
 def test_the_guest_client_fixture_loads_guests_with_config(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_factory=f"""
         import json
@@ -317,6 +318,7 @@ def test_the_readme_trace_sample_is_what_the_command_prints() -> None:
     assert normal(got) == normal(expected)
 
 
+@pytest.mark.slow
 def test_the_failure_report_of_a_trapping_guest(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_trap="""
         def test_no_trap(wasm_client):
@@ -338,6 +340,7 @@ async def test_the_sync_api_inside_an_event_loop_says_what_to_use() -> None:
         assert (await client.arequest("GET", "/hello")).status == 200
 
 
+@pytest.mark.slow
 def test_the_wasm_guest_ini_option(pytester: pytest.Pytester) -> None:
     pytester.makeini(f"[pytest]\nwasm_guest = {ZIG / 'hello.wasm'}\n")
     pytester.makepyfile(test_ini="""
