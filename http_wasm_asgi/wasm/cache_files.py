@@ -210,15 +210,19 @@ def remove(entry: Entry) -> int:
     return freed
 
 
+def _dead_writers(name: str, mtime: float, now: float) -> bool:
+    """Whether temp file `name` is a dead writer's: its pid is gone, or it is an hour old."""
+    match = _TEMP.search(name)
+    return match is None or not pid_alive(int(match.group("pid"))) or now - mtime > STALE_TEMP_SECONDS
+
+
 def sweep_temp_files(folder: Path, now: float | None = None) -> list[Path]:
-    """Remove the temp files of writers that died (their pid is gone, or the file is an hour old)."""
+    """Remove the temp files of writers that died, in the folder and below it."""
     now = time.time() if now is None else now
     removed = []
     for path in _walk_temp(folder):
-        match = _TEMP.search(path.name)
         with contextlib.suppress(OSError):
-            dead = match is None or not pid_alive(int(match.group("pid")))
-            if dead or now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+            if _dead_writers(path.name, path.stat().st_mtime, now):
                 path.unlink()
                 removed.append(path)
     return removed
@@ -256,9 +260,7 @@ def _size_and_sweep(folder: Path) -> int:
         for item in found:
             with contextlib.suppress(OSError):
                 if item.name.endswith(".tmp") and item.is_file():
-                    match = _TEMP.search(item.name)
-                    if match is None or not pid_alive(int(match.group("pid"))) or \
-                            now - item.stat().st_mtime > STALE_TEMP_SECONDS:
+                    if _dead_writers(item.name, item.stat().st_mtime, now):
                         os.unlink(item.path)
                 elif _ENTRY.match(item.name):
                     total += item.stat().st_size
