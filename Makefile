@@ -36,8 +36,9 @@ lint: install
 	$(BIN)/mypy --strict http_wasm_asgi
 
 # Real servers the tests start on 127.0.0.1 (Prometheus, an OCI registry), from Debian when missing.
-# chromium: tests/test_docs.py opens the built documentation site in it, headless.
-SYSTEM_PACKAGES := prometheus:prometheus docker-registry:docker-registry chromium:chromium
+# chromium: tests/test_docs.py opens the built documentation site in it, headless; curl: tests/test_servers.py
+# reads trailers with it over HTTP/2.
+SYSTEM_PACKAGES := prometheus:prometheus docker-registry:docker-registry chromium:chromium curl:curl
 # Rust for the wasm guests (guests/rust), checked by path: the `rustc` first on PATH may be another toolchain.
 GUEST_PACKAGES := /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown/lib:libstd-rust-dev-wasm32 \
   /usr/bin/wasm-ld:lld
