@@ -206,10 +206,18 @@ def _running(pid: int) -> bool:
     return _stat(pid)[:1] not in ([], ["Z"])
 
 
+def _cmdline(pid: int) -> bytes | None:
+    """A process's command line; None once it is gone (a killed worker may go between two reads)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def _workers(pid: int) -> set[int]:
     """serve --workers N: the uvicorn workers (the supervisor also has a multiprocessing helper child)."""
-    return {child for child in _children(pid) if b"multiprocessing.resource_tracker" not in
-            Path(f"/proc/{child}/cmdline").read_bytes()}
+    return {child for child in _children(pid)
+            if (cmdline := _cmdline(child)) is not None and b"multiprocessing.resource_tracker" not in cmdline}
 
 
 @contextlib.contextmanager
