@@ -37,8 +37,9 @@ lint: install
 
 # Real servers the tests start on 127.0.0.1 (Prometheus, an OCI registry), from Debian when missing.
 # chromium: tests/test_docs.py opens the built documentation site in it, headless; curl: tests/test_servers.py
-# reads trailers with it over HTTP/2.
-SYSTEM_PACKAGES := prometheus:prometheus docker-registry:docker-registry chromium:chromium curl:curl
+# reads trailers with it over HTTP/2; nginx: bench/sidecar.py measures it in front of the same upstream.
+SYSTEM_PACKAGES := prometheus:prometheus docker-registry:docker-registry chromium:chromium curl:curl \
+  nginx:nginx-light
 # Rust for the wasm guests (guests/rust), checked by path: the `rustc` first on PATH may be another toolchain.
 GUEST_PACKAGES := /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown/lib:libstd-rust-dev-wasm32 \
   /usr/bin/wasm-ld:lld

@@ -8,6 +8,9 @@ What runs, all on 127.0.0.1 with free ports:
 - the upstream: `uvicorn examples.upstream:app` (one process, defaults, as README's sidecar section);
 - the sidecar: `http-wasm-asgi serve examples/sidecar.yaml --upstream URL` (3 guests), with 1 and
   with 2 workers;
+- nginx (Debian's, `make system-deps` installs it; a skip row when it is missing) in front of the
+  same upstream as a reverse proxy: 1 worker, a keep-alive upstream pool, its access log on (as the
+  sidecar's), a config written to a temporary folder (`nginx_config`);
 - with --candidates, the same 3-guest chain in front of a minimal proxy (below) on each upstream
   client: what the choice of `proxy.py`'s client was made on.
 
@@ -66,7 +69,8 @@ def _prepare(scope: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bool]:
     query = scope.get("query_string") or b""
     target = (path + b"?" + query if query else path).decode("latin-1")
     has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-    return target, request_headers(scope), has_body
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers(scope)]
+    return target, headers, has_body
 
 
 async def _body(receive: Any) -> AsyncIterator[bytes]:
@@ -234,6 +238,42 @@ async def body_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
 _CHUNK = hashlib.sha256(b"chunk").digest() * (MiB // 32)
 
 
+# --- nginx, the reference reverse proxy -------------------------------------------------------------
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+def nginx_config(folder: Path, port: int, upstream_port: int) -> Path:
+    """A reverse proxy as the sidecar is one: 1 worker, HTTP/1.1 keep-alive to the upstream, x-forwarded-*."""
+    config = folder / "nginx.conf"
+    config.write_text(f"""daemon off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {folder}/access.log;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+""")
+    return config
+
+
 # --- processes, measurement ---------------------------------------------------------------------------
 
 
@@ -361,8 +401,11 @@ def serve_args(config: Path, port: int, upstream: str, workers: int = 1) -> list
             "--workers", str(workers)]
 
 
+NGINX = "nginx (1 worker, keep-alive upstream pool)"
+
+
 def throughput(rounds: int, seconds: float, candidates: bool) -> dict[str, Any]:
-    """The wrk part: direct, the sidecar with 1 and 2 workers, optionally each candidate client.
+    """The wrk part: direct, the sidecar with 1 and 2 workers, nginx, optionally each candidate client.
 
     Every variant has an upstream process of its own (all alike), so TIME_WAIT and the upstream's
     CPU are the variant's own.
@@ -370,6 +413,11 @@ def throughput(rounds: int, seconds: float, candidates: bool) -> dict[str, Any]:
     fronts: list[tuple[str, list[str], dict[str, str]]] = [("upstream direct", [], {})]
     for workers in (1, 2):
         fronts.append((f"sidecar, {workers} worker{'s' * (workers > 1)}", serve_args(CONFIG, 0, "", workers), {}))
+    nginx = nginx_binary()
+    if nginx is None:
+        print("  nginx: not installed (make system-deps, or apt-get install nginx-light): skipped")
+    else:
+        fronts.append((NGINX, [nginx, "-p", "{folder}", "-c", "{config}", "-e", "{folder}/error.log"], {}))
     for name in CANDIDATES if candidates else ():
         if not _candidate_installed(name):
             print(f"  candidate {name}: not installed, skipped")
@@ -377,25 +425,32 @@ def throughput(rounds: int, seconds: float, candidates: bool) -> dict[str, Any]:
         fronts.append((f"candidate: {name}", [sys.executable, "-m", "uvicorn", "--factory", "--app-dir",
                                               str(ROOT / "bench"), "sidecar:candidate_app", "--port", "0"],
                        {"SIDECAR_CANDIDATE": name}))
-    variants = []
     with contextlib.ExitStack() as stack:
-        for label, args, env in fronts:
-            up_port = free_port()
-            up = stack.enter_context(server([str(BIN / "uvicorn"), "examples.upstream:app", "--port", str(up_port)],
-                                            up_port))
-            if not args:
-                variants.append(Variant(label, up_port, up, up_port, up))
-                continue
-            port, upstream = free_port(), f"http://127.0.0.1:{up_port}"
-            args = [{"0": str(port), "": upstream}.get(a, a) for a in args]
-            proc = stack.enter_context(server(args, port, env={**env, "SIDECAR_UPSTREAM": upstream}))
-            variants.append(Variant(label, port, proc, up_port, up))
+        variants = [_start(stack, label, args, env) for label, args, env in fronts]
         drive(variants, rounds, seconds)
         report(variants)
     direct, one, two = variants[:3]
+    by_label = {v.label: v for v in variants}
     return {"share": _share(one, direct), "share2": _share(two, direct), "errors": one.errors + two.errors,
             "rate": statistics.median(one.rates), "direct": statistics.median(direct.rates),
-            "cpu": statistics.median(one.cpu_us)}
+            "cpu": statistics.median(one.cpu_us),
+            "nginx": _share(by_label[NGINX], direct) if NGINX in by_label else None}
+
+
+def _start(stack: contextlib.ExitStack, label: str, args: list[str], env: dict[str, str]) -> Variant:
+    """A variant's upstream, then its front (none: the upstream hit directly), both stopped by `stack`."""
+    up_port = free_port()
+    up = stack.enter_context(server([str(BIN / "uvicorn"), "examples.upstream:app", "--port", str(up_port)], up_port))
+    if not args:
+        return Variant(label, up_port, up, up_port, up)
+    port, upstream = free_port(), f"http://127.0.0.1:{up_port}"
+    names = {"0": str(port), "": upstream}
+    if label == NGINX:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sidecar-nginx-")))
+        names.update({"{folder}": str(folder), "{config}": str(nginx_config(folder, port, up_port))})
+    args = [names.get(a, a).replace("{folder}", names.get("{folder}", "")) for a in args]
+    proc = stack.enter_context(server(args, port, env={**env, "SIDECAR_UPSTREAM": upstream}))
+    return Variant(label, port, proc, up_port, up)
 
 
 def _share(variant: Variant, direct: Variant) -> float:
@@ -439,18 +494,20 @@ Check = tuple[str, str, str, bool]  # label, measured, goal, met: as bench/run.p
 
 def checks(smoke: bool, rounds: int | None = None, seconds: float | None = None,
            candidates: bool = False) -> list[Check]:
-    """Run everything (tables printed on the way); the targets of issue 14 with their verdicts."""
+    """Run everything (tables printed on the way); the targets of issues 14 and 28 with their verdicts."""
     rounds = rounds or (1 if smoke else 5)
     seconds = seconds or (1 if smoke else 8)
     out: list[Check] = []
     if shutil.which("wrk") is None:
         print("\nwrk not found (apt-get install wrk): the sidecar's req/s part is skipped")
     else:
-        print(f"\nSidecar vs direct (issue 14): wrk -t1 -c32 -d{seconds:g}s, {rounds} interleaved rounds", flush=True)
+        print(f"\nSidecar vs direct (issues 14, 28): wrk -t1 -c32 -d{seconds:g}s, {rounds} interleaved rounds",
+              flush=True)
         got = throughput(rounds, seconds, candidates)
+        nginx = "nginx not installed" if got["nginx"] is None else f"nginx in the same run: {got['nginx']:.2f}x"
         out.append((f"sidecar keeps, 3 guests, 1 worker ({got['rate']:.0f} vs {got['direct']:.0f} req/s; "
-                    f"{got['cpu']:.0f} us CPU/req)", f"{got['share']:.2f}x", ">= 0.55x of direct",
-                    got["share"] >= 0.55))
+                    f"{got['cpu']:.0f} us CPU/req; {nginx})", f"{got['share']:.2f}x", ">= 0.60x of direct",
+                    got["share"] >= 0.60))
         out.append((f"sidecar errors under load (1 and 2 workers; 2 workers keep {got['share2']:.2f}x)",
                     str(got["errors"]), "0", got["errors"] == 0))
     mbps = bodies(2 if smoke else 5)

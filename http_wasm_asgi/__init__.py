@@ -4,7 +4,7 @@
     app = HttpWasmMiddleware(app, guests=[Guest("guests/auth.wasm", config=b"secret")])
 
 The core (`Guest`, `HttpWasmMiddleware`) needs only wasmtime; config files (PyYAML) and the
-sidecar proxy (aiohttp) load on first use of `load_config`/`ConfigError`. Everything but the
+sidecar proxy (httptools) load on first use of `load_config`/`ConfigError`. Everything but the
 exceptions is imported when first asked for (PEP 562): the pytest plugin, loaded by every pytest
 run once the package is installed, must not load wasmtime.
 """

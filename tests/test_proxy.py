@@ -374,7 +374,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_not_reused(tmp_path: Pat
             front(url) as front_url, httpx.Client(base_url=front_url, timeout=10) as client:
         assert client.post("/a", content=b"one").json()["body"] == "one"
         time.sleep(2.5)  # the upstream closes a connection idle for 1 s (margin for a loaded machine)
-        r = client.post("/b", content=b"two")  # not idempotent: aiohttp would not retry it on a dead connection
+        r = client.post("/b", content=b"two")  # not idempotent: never sent twice
     assert (r.status_code, r.json()["body"]) == (200, "two")
     assert len(set(app.connections)) == 2  # the upstream did close the first connection
 
@@ -590,9 +590,10 @@ def test_the_client_pool_is_closed_at_lifespan_shutdown(upstream: Upstream) -> N
     with serve(HttpWasmMiddleware(proxy, guests=[zig("headeradder", "response x-b 1")]), lifespan="on",
                timeout_graceful_shutdown=2) as front_url:
         assert httpx.get(front_url + "/", timeout=10).status_code == 200
-        session = proxy._session
-        assert session is not None and not session.closed
-    assert proxy._session is None and session.closed
+        idle = list(proxy.pool._idle)
+        assert len(idle) == 1 and not proxy.pool.closed  # kept for the next request
+    assert proxy.pool.closed and proxy.pool._idle == []
+    assert idle[0].transport is not None and idle[0].transport.is_closing()
 
 
 # --- the command in sidecar mode --------------------------------------------------------------------

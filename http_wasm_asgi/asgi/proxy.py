@@ -1,22 +1,23 @@
 """Sidecar mode: an ASGI app that forwards every request to an upstream HTTP service.
 
-The upstream hop is aiohttp's client (chosen on measurements: bench/README.md, "Sidecar"): one
-session per process with a keep-alive pool, HTTP/1.1 without pipelining, over TCP or a Unix socket.
+The upstream hop is `upstream.py` (asyncio protocols parsed by httptools; chosen on measurements:
+docs/internals/design-notes.md, "Sidecar"): one keep-alive pool per process, HTTP/1.1 without
+pipelining, over TCP, TLS or a Unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
 
 try:
-    import aiohttp
-    import yarl
-except ImportError as exc:  # the sidecar's HTTP client is an extra: a ProxyApp says so when it is made
-    aiohttp = yarl = None  # type: ignore[assignment]
+    from . import upstream as hop
+except ImportError as exc:  # the sidecar's HTTP parser is an extra: a ProxyApp says so when it is made
+    hop = None  # type: ignore[assignment]
     _MISSING: ImportError | None = exc
 else:
     _MISSING = None
@@ -31,17 +32,15 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
                         b"expect"})
 
-# Headers aiohttp would add on its own: the upstream gets only what the client sent (aiohttp still
-# adds `host`, and `content-length: 0` to a POST, PUT, PATCH or DELETE without a body).
-_CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent", "content-type")
+# Methods whose requests get `content-length: 0` when they have no body (servers may ask for a length).
+_LENGTH_EXPECTED: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Requests sent again, once, on a fresh connection when a reused one turns out closed before any answer.
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # The server running this app (uvicorn, hypercorn) adds its own `date` and `server`: never send two.
 _SERVER_SUPPLIED = frozenset({b"date", b"server"})
 # Request headers the client's `x-forwarded-*` are replaced by (the chain is kept, and extended).
 _NOT_FORWARDED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _NOT_RETURNED = HOP_BY_HOP | _SERVER_SUPPLIED
-# Idle upstream connections are closed after this many seconds: less than the keep-alive of common
-# servers (uvicorn and Node 5 s, nginx 75 s), so the upstream rarely closes one just as it is reused.
-KEEPALIVE_SECONDS = 4.0
 log = logging.getLogger("http_wasm_asgi.proxy")
 
 
@@ -62,25 +61,21 @@ class UpstreamError(Exception):
     """The upstream failed after its response started: the response cannot be completed."""
 
 
-class _WriteTimeout(Exception):
-    """The upstream took no part of the request body for longer than the write timeout."""
-
-
 def _tokens(value: bytes) -> set[bytes]:
     """The header names a `connection` header lists: hop-by-hop as well."""
     return {token.strip().lower() for token in value.split(b",")}
 
 
-def request_headers(scope: Scope) -> list[tuple[str, str]]:
+def request_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     """The headers to send upstream: the client's minus hop-by-hop ones, with fresh x-forwarded-*."""
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     chain: list[bytes] = []
     host: bytes | None = None
     named: set[bytes] = set()
     for key, value in scope["headers"]:
         name = key.lower()
         if name not in _NOT_FORWARDED:
-            headers.append((key.decode("latin-1"), value.decode("latin-1")))
+            headers.append((name, value))
         elif name == b"x-forwarded-for":
             chain += [part.strip() for part in value.split(b",") if part.strip()]
         elif name == b"host" and host is None:
@@ -88,17 +83,17 @@ def request_headers(scope: Scope) -> list[tuple[str, str]]:
         elif name == b"connection":
             named |= _tokens(value)
     if named - _NOT_FORWARDED:  # rare: `connection` names more than the usual hop-by-hop headers
-        headers = [(k, v) for k, v in headers if k.lower().encode("latin-1") not in named]
+        headers = [(k, v) for k, v in headers if k not in named]
     client = scope.get("client")
     if client:
         address = str(client[0]).encode()
         if not chain or chain[-1] != address:  # the server may already have taken it from the chain
             chain.append(address)
     if chain:
-        headers.append(("x-forwarded-for", b", ".join(chain).decode("latin-1")))
-    headers.append(("x-forwarded-proto", str(scope.get("scheme") or "http")))
+        headers.append((b"x-forwarded-for", b", ".join(chain)))
+    headers.append((b"x-forwarded-proto", str(scope.get("scheme") or "http").encode("latin-1")))
     if host:
-        headers.append(("x-forwarded-host", host.decode("latin-1")))
+        headers.append((b"x-forwarded-host", host))
     return headers
 
 
@@ -117,25 +112,6 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return headers
 
 
-def _failure(exc: BaseException) -> tuple[int, str]:
-    """The client's status for an upstream failure before the response started, and the log's name for it."""
-    if isinstance(exc, _WriteTimeout):
-        return 504, "WriteTimeout"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return 504, "ConnectTimeout"
-    if isinstance(exc, TimeoutError):
-        return 504, "ReadTimeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return 502, "ConnectError"
-    return 502, type(exc).__name__
-
-
-def _reschedule(deadline: asyncio.Timeout, when: float | None) -> None:
-    """Move the write deadline, unless the exchange is over (the upstream may answer before the body ends)."""
-    with contextlib.suppress(RuntimeError):  # a Timeout that expired or was left cannot be moved
-        deadline.reschedule(when)
-
-
 class ProxyApp:
     """Forwards method, raw path and query, headers (minus hop-by-hop) and streamed bodies.
 
@@ -143,8 +119,8 @@ class ProxyApp:
     x-forwarded-for (the client appended to any chain the request carried), x-forwarded-proto and
     x-forwarded-host. Bodies stream both ways: nothing is held in memory here. Upstream
     unreachable: 502; a timeout before the response starts: 504; no pooled connection in time:
-    503. One aiohttp session (a keep-alive pool of up to `max_connections`) per process, created
-    on first use and closed at lifespan shutdown.
+    503. One keep-alive pool of up to `max_connections` per process, opened on first use and closed
+    at lifespan shutdown.
     """
 
     def __init__(self, upstream: str, *, timeout: float | UpstreamTimeout = _DEFAULT_TIMEOUT,
@@ -152,37 +128,24 @@ class ProxyApp:
         if _MISSING is not None:
             raise MissingExtra("sidecar mode (upstream:)", "sidecar", _MISSING)
         self.upstream = upstream.rstrip("/")
-        self.socket_path: str | None = None
         if self.upstream.startswith("unix:"):
-            self.socket_path, origin, prefix = self.upstream[len("unix:"):], "http://localhost", ""
+            self.pool = hop.Pool("localhost", 0, socket_path=self.upstream[len("unix:"):])
+            self._host, self._prefix = b"localhost", b""
         else:
-            url = yarl.URL(self.upstream)
-            origin, prefix = str(url.origin()), url.raw_path.rstrip("/")
-        self._base = origin + prefix  # every request goes here: the client never chooses the host
+            url = urlsplit(self.upstream)
+            tls = url.scheme == "https"
+            self.pool = hop.Pool(url.hostname or "", url.port or (443 if tls else 80), tls=tls)
+            default_port = url.port is None or url.port == (443 if tls else 80)
+            host = url.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            self._host = (host if default_port else f"{host}:{url.port}").encode("idna")
+            self._prefix = url.path.rstrip("/").encode("latin-1")  # the client never chooses the host
         self.timeout = timeout if isinstance(timeout, UpstreamTimeout) else UpstreamTimeout(*[timeout] * 4)
         self.max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector: aiohttp.BaseConnector
-            if self.socket_path is not None:
-                connector = aiohttp.UnixConnector(self.socket_path, limit=self.max_connections,
-                                                  keepalive_timeout=KEEPALIVE_SECONDS)
-            else:
-                connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_SECONDS)
-            self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                skip_auto_headers=_CLIENT_DEFAULTS, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.connect,
-                                              sock_read=self.timeout.read))
-        return self._session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        self.pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -202,81 +165,117 @@ class ProxyApp:
                 return
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """One request: a pooled connection (503 if none in time), the exchange, the error response."""
+        """One request: a connection slot (503 if none in time), the exchange, the error response."""
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         if not path.startswith(b"/"):  # not an origin-form request target: never a host the client names
             await send_error(send, 400)
             return
-        query: bytes = scope.get("query_string") or b""
-        url = yarl.URL(self._base + (path + b"?" + query if query else path).decode("latin-1"), encoded=True)
-        if self._slots.locked():  # as many requests in flight as connections allowed: wait for one
-            try:
-                async with asyncio.timeout(self.timeout.pool):
-                    await self._slots.acquire()
-            except TimeoutError:
-                log.warning("%s %s: no upstream connection free in time (PoolTimeout)", scope["method"],
-                            scope["path"])
+        if self._slots.locked():
+            if not await self._wait_for_slot(scope):
                 await send_error(send, 503)
                 return
         else:
             await self._slots.acquire()  # free: no wait, no timer
         try:
-            response = await self._send_request(scope, receive, url)
-        except (aiohttp.ClientError, TimeoutError, _WriteTimeout) as exc:
-            self._slots.release()
-            status, name = _failure(exc)
-            log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream, name,
-                        exc)
-            await send_error(send, status)
-            return
-        try:
-            async with response:  # released (or closed, if not read to the end) on the way out
-                await self._stream_back(scope, response, send)
+            try:
+                connection = await self._exchange(scope, receive, path)
+            except hop.UpstreamFailure as exc:
+                log.warning("%s %s: upstream %s failed: %s: %s", scope["method"], scope["path"], self.upstream,
+                            exc.name, exc)
+                await send_error(send, exc.status)
+                return
+            try:
+                await self._stream_back(scope, connection, send)
+            finally:
+                self.pool.release(connection)
         finally:
             self._slots.release()
 
-    async def _send_request(self, scope: Scope, receive: Receive, url: yarl.URL) -> aiohttp.ClientResponse:
-        """The upstream's response to the request; its body, if any, streamed under the write timeout."""
-        session = self._get_session()
-        headers = request_headers(scope)
-        # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
-        if not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"]):
-            return await session.request(scope["method"], url, headers=headers, allow_redirects=False)
+    async def _wait_for_slot(self, scope: Scope) -> bool:
+        """As many requests in flight as connections allowed: wait for one to end (False: not in time)."""
         try:
-            async with asyncio.timeout(None) as deadline:  # moved by the body as the upstream takes it
-                return await session.request(scope["method"], url, headers=headers, allow_redirects=False,
-                                             data=self._request_body(receive, deadline))
+            async with asyncio.timeout(self.timeout.pool):
+                await self._slots.acquire()
         except TimeoutError:
-            if deadline.expired():
-                raise _WriteTimeout(f"no part of the request body was taken in {self.timeout.write} s") from None
-            raise
+            log.warning("%s %s: no upstream connection free in time (PoolTimeout)", scope["method"], scope["path"])
+            return False
+        return True
 
-    async def _request_body(self, receive: Receive, deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
-        """The client's body as it arrives; each chunk must be taken by the upstream within the write timeout."""
-        loop = asyncio.get_running_loop()
+    async def _exchange(self, scope: Scope, receive: Receive, path: bytes) -> hop.Connection:
+        """The request sent and the response's head in, on a pooled connection; a reused connection the
+        upstream closed meanwhile is replaced once for a bodiless idempotent request."""
+        method: str = scope["method"]
+        query: bytes = scope.get("query_string") or b""
+        target = self._prefix + (path + b"?" + query if query else path)
+        # A request without content-length or transfer-encoding has no body (RFC 9112 6.3).
+        has_body = any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
+        head = self._head(method, target, request_headers(scope), has_body)
+        for attempt in (0, 1):
+            connection, reused = await self.pool.acquire(self.timeout.connect)
+            connection.start(head_only=method == "HEAD")
+            try:
+                if has_body:
+                    await self._send_body(connection, head, receive, scope)
+                else:
+                    connection.write(head)
+                await connection.response_head(self.timeout.read)
+            except hop.Disconnected:
+                connection.close()
+                if reused and not attempt and not has_body and method in _IDEMPOTENT:
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+        raise AssertionError("unreachable")
+
+    def _head(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], has_body: bool) -> bytes:
+        """The request's head as it goes on the wire; a CR or LF a header smuggled in is refused."""
+        framing = b""
+        if has_body and not any(k == b"content-length" for k, _ in headers):
+            framing = b"transfer-encoding: chunked\r\n"
+        elif not has_body and method in _LENGTH_EXPECTED:
+            framing = b"content-length: 0\r\n"
+        lines = b"".join([k + b": " + v + b"\r\n" for k, v in headers])
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n" % (method.encode("latin-1"), target, self._host, lines,
+                                                             framing)
+        if head.count(b"\n") != len(headers) + 3 + bool(framing) or head.count(b"\r") != head.count(b"\n") \
+                or b" " in target:
+            raise hop.UpstreamFailure("a header, the method or the path holds a line break or space")
+        return head
+
+    async def _send_body(self, connection: hop.Connection, head: bytes, receive: Receive, scope: Scope) -> None:
+        """The head, then the client's body as it arrives (the first chunk in the head's write); each chunk
+        must be taken by the upstream within the write timeout. Chunked unless the length is known."""
+        chunked = head.endswith(b"transfer-encoding: chunked\r\n\r\n")
         more = True
         while more:
             message = await receive()
             if message["type"] != "http.request":
                 raise UpstreamError("the client went away while its request body was being forwarded")
-            chunk = message.get("body", b"")
-            if chunk:
-                _reschedule(deadline, loop.time() + self.timeout.write)
-                yield chunk  # resumed once the connection has taken it
-                _reschedule(deadline, None)
+            chunk: bytes = message.get("body", b"")
             more = message.get("more_body", False)
+            if chunked:
+                chunk = (b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunk else b"") + (b"" if more else b"0\r\n\r\n")
+            connection.write(head + chunk if head else chunk)
+            head = b""
+            if connection.head_ready and more:  # the upstream answered before the body ended: not reusable
+                connection.keep = False
+                return
+            await connection.drain(self.timeout.write)
 
-    async def _stream_back(self, scope: Scope, response: aiohttp.ClientResponse, send: Send) -> None:
+    async def _stream_back(self, scope: Scope, connection: hop.Connection, send: Send) -> None:
         """The upstream's response to the client; a failure mid-body breaks the client's connection."""
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": response_headers(response.raw_headers)})
-        content, more = response.content, True
+        await send({"type": "http.response.start", "status": connection.status,
+                    "headers": response_headers(connection.headers)})
+        more = True
         try:
             while more:  # each chunk as it arrives; the last one (often the only one) ends the response
-                chunk = await content.readany()
-                more = bool(chunk) and not content.at_eof()
+                chunk = await connection.read(self.timeout.read)
+                more = bool(chunk) and connection.more
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except hop.UpstreamFailure as exc:
             # The status line is gone already: the only honest thing left is to break the connection.
             raise UpstreamError(f"{scope['method']} {scope['path']}: upstream {self.upstream} failed "
-                                f"mid-response: {_failure(exc)[1]}") from None
+                                f"mid-response: {exc.name}") from None
