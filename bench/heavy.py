@@ -24,6 +24,13 @@ Scenarios and targets (PASS/FAIL per target, like bench/run.py):
   (one cache entry, one "snapshot after init" log line), both workers' PSS;
 - a light guest (guests/zig/headeradder.wasm, Guest() defaults): 200 clients that request a
   20 MiB response and never read leave a normal request answered (200) within 1 s;
+- issue 28, heavy-guest memory: the WAF and guests/go/churn (a heap churned per request, like a
+  garbage-collected guest's), `Guest()` defaults, 20 ms app vs CPU-bound in interleaved rounds: the
+  WAF's rate >= 0.95x and its PSS with 32 instances in use <= 400 MiB; for both, PSS per instance and
+  the pages each holds of its own. Churn also with recycle_memory 8 MiB: at the default (64 MiB) none
+  of its instances is recycled (they grow ~35 MiB) and its CPU per request is <= 0.5x 8 MiB's; 8 MiB
+  brings its PSS per instance to <= 0.5x the default's. Churn's rate is bound by its own CPU (~0.7 ms a
+  request): reported, no target. `--memory`: only these;
 - reuse_instances=False with the snapshot: its rate vs reuse_instances=True (figures, no target);
   snapshot=False (init per instance, on the pool's thread): the cold burst for comparison.
 """
@@ -323,6 +330,89 @@ def slow_readers(logs: Path, clients: int) -> dict[str, Any]:
     return got
 
 
+def guest_memory(logs: Path, seconds: float, rounds: int, kind: str, rule_env: dict[str, str],
+                 recycle: str | None = None) -> dict[str, Any]:
+    """Issue 28: one heavy guest behind the 20 ms app, then CPU-bound, in interleaved rounds: rates, PSS with
+    the instances in use, and what each instance holds of its own (pages it wrote) and how far it grew."""
+    env = {"HEAVY_GUEST": kind, **rule_env, **({"HEAVY_RECYCLE": recycle} if recycle else {})}
+    got: dict[str, Any] = {"kind": kind, "recycle": recycle or "default", "awaiting": [], "bound": []}
+    with cache_copy(None) as built:
+        for r in range(rounds):
+            for mode in (("awaiting", "bound") if r % 2 == 0 else ("bound", "awaiting")):
+                run = cold_burst(built, logs, seconds, delay_ms=DELAY_MS if mode == "awaiting" else 0,
+                                 warm=mode == "bound", **env)
+                got[mode].append(run)
+    return got
+
+
+def _print_memory(report: Report, got: dict[str, Any]) -> tuple[float, float, float, int]:
+    """The table of one guest_memory run; returns (rate ratio, PSS busy, PSS per instance, instances)."""
+    awaiting, bound = got["awaiting"], got["bound"]
+    rate = statistics.median(run["wrk"]["rate"] for run in awaiting)
+    bound_rate = statistics.median(run["wrk"]["rate"] for run in bound)
+    busy = statistics.median(run["pss_busy"] for run in awaiting)
+    start = statistics.median(run["pss_start"] for run in awaiting)
+    last = awaiting[-1]["stats"]
+    peak = max(run["stats"].get("pool_peak", 0) or run["stats"]["pool_size"] for run in awaiting)
+    per = (busy - start) / max(peak - 1, 1)  # the start holds one instance already
+    own, grown = last["own_mib"] or [0.0], last["grown_mib"] or [0.0]
+    report.header(f"{got['kind']} guest, recycle_memory {recycle_label(got)}: wrk -t1 -c{CONNECTIONS}, "
+                  f"{len(awaiting)} rounds", "figure", "value", "")
+    ceiling = CONNECTIONS / (DELAY_MS / 1000)  # c / 20 ms: the most a 20 ms app allows, whatever the guest
+    report.row("requests/s: 20 ms app; CPU-bound (app answers at once)", f"{rate:.0f}",
+               f"{bound_rate:.0f} (ceiling {ceiling:.0f})")
+    report.row("server CPU per request: 20 ms app; CPU-bound",
+               f"{statistics.median(run['cpu_us'] for run in awaiting):.0f} us",
+               f"{statistics.median(run['cpu_us'] for run in bound):.0f} us")
+    report.row("timeouts; errors (20 ms app)", f"{sum(r['wrk']['timeouts'] for r in awaiting)}; "
+               f"{sum(r['wrk']['errors'] for r in awaiting)}")
+    report.row("PSS: at start (1 instance); peak under load", f"{start:.0f} MiB", f"{busy:.0f} MiB")
+    report.row(f"PSS per instance ((peak - start) / {peak - 1} more instances)", f"{per:.1f} MiB")
+    report.row("own pages per instance after the load: median; max", f"{statistics.median(own):.1f} MiB",
+               f"{max(own):.1f} MiB")
+    report.row("memory grown past the image: median; max", f"{statistics.median(grown):.1f} MiB",
+               f"{max(grown):.1f} MiB")
+    report.row("instances recycled; created (last 20 ms run)", str(last.get("pool_recycled", 0)),
+               str(last.get("created", 0)))
+    return rate / min(bound_rate, ceiling), busy, per, peak
+
+
+def recycle_label(got: dict[str, Any]) -> str:
+    """Which recycle_memory a guest_memory run measured: "64 MiB (default)", "8 MiB" or "none"."""
+    value = got["awaiting"][-1]["stats"].get("recycle_memory")
+    size = "none" if value is None else f"{value / MiB:g} MiB"
+    return f"{size} (default)" if got["recycle"] == "default" else size
+
+
+def memory_checks(smoke: bool, report: Report) -> None:
+    """Issue 28's targets: both heavy guests with Guest() defaults; the churning one with recycle_memory 8 MiB too
+    (its memory bounded, for CPU: figures and what recycling must buy, no rate target)."""
+    rules = 100 if smoke else None
+    seconds, rounds = (2, 1) if smoke else (8, 2)
+    rule_env = {"HEAVY_RULES": str(rules)} if rules else {}
+    with tempfile.TemporaryDirectory(prefix="heavy-logs-") as tmp:
+        logs = Path(tmp)
+        waf, churn, small = (guest_memory(logs, seconds, rounds, "waf", rule_env),
+                             guest_memory(logs, seconds, rounds, "churn", {}),
+                             guest_memory(logs, seconds, rounds, "churn", {}, recycle=str(8 * MiB)))
+    (ratio, busy, per, peak), (_, _, kept, _), (_, _, bounded, _) = \
+        (_print_memory(report, got) for got in (waf, churn, small))
+    # issue 28's targets, for the WAF at the defaults: the rate the 20 ms app allows, its PSS
+    report.check(f"28 waf at {recycle_label(waf)}: rate, 20 ms app / CPU-bound", f"{ratio:.2f}x", ">= 0.95x",
+                 ratio >= 0.95)
+    report.check(f"28 waf: PSS with {peak} instances in use ({per:.1f} MiB each)", f"{busy:.0f} MiB",
+                 f"<= {PSS_LIMIT_MIB} MiB", busy <= PSS_LIMIT_MIB and peak >= CONNECTIONS)
+    # churn: its rate is bound by its own CPU (~0.7 ms a request: one worker's core at ~1400/s), so no rate
+    # target; the default must keep its instances (and its CPU), 8 MiB must buy memory for it
+    recycled = sum(run["stats"].get("pool_recycled", 0) for run in churn["awaiting"] + churn["bound"])
+    report.check(f"28 churn at {recycle_label(churn)}: instances recycled", str(recycled), "0", recycled == 0)
+    cpu_kept, cpu_bounded = (statistics.median(run["cpu_us"] for run in got["awaiting"]) for got in (churn, small))
+    report.check(f"28 churn: CPU per request, {recycle_label(churn)} vs {recycle_label(small)}",
+                 f"{cpu_kept:.0f} / {cpu_bounded:.0f} us", "<= 0.5x", cpu_kept <= cpu_bounded / 2)
+    report.check(f"28 churn: PSS per instance, {recycle_label(small)} vs {recycle_label(churn)}",
+                 f"{bounded:.1f} / {kept:.1f} MiB", "<= 0.5x", bounded <= kept / 2)
+
+
 # --- the run ----------------------------------------------------------------------------------------
 def checks(smoke: bool, report: Report | None = None) -> list[Check]:
     """Run every scenario; print the tables; return (target, measured, goal, met) per target."""
@@ -374,6 +464,7 @@ def checks(smoke: bool, report: Report | None = None) -> list[Check]:
         slow = slow_readers(logs, 50 if smoke else 200)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews wall-clock figures)")
     _targets(report, empty, disk, cold_rates, bound_rates, bound, fresh, nosnap, inproc, workers, slow, rules)
+    memory_checks(smoke, report)
     return report.verdicts
 
 
@@ -469,9 +560,14 @@ def _targets(report: Report, empty: dict[str, Any], disk: dict[str, Any], cold_r
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a small rule set and short runs")
+    parser.add_argument("--memory", action="store_true", help="only issue 28's memory figures (both heavy guests)")
     args = parser.parse_args()
     report = Report()
-    verdicts = checks(args.smoke, report)
+    if args.memory:
+        memory_checks(args.smoke, report)
+    else:
+        checks(args.smoke, report)
+    verdicts = report.verdicts
     met = sum(ok for *_, ok in verdicts)
     print(f"\n{met} of {len(verdicts)} targets met" + (" (smoke: figures are not meaningful)" if args.smoke else ""))
     for label, value, goal, ok in verdicts:

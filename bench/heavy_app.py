@@ -2,8 +2,11 @@
 
 Configured by environment variables (read at import):
 
-    HEAVY_GUEST         waf (default: guests/go/waf with the heavy rule set), light (guests/zig/headeradder
+    HEAVY_GUEST         waf (default: guests/go/waf with the heavy rule set), churn (guests/go/churn: a heap
+                        churned per request, like a garbage-collected guest's), light (guests/zig/headeradder
                         with Guest() defaults) or none (the app alone, e.g. behind a config file's chain)
+    HEAVY_CHURN         churn's config (default: its own, "state=16 churn=4096")
+    HEAVY_RECYCLE       Guest(recycle_memory=...) in bytes, or "none" (default: the Guest() default)
     HEAVY_DELAY_MS      what a request awaits before answering (default 20; 0 answers at once: CPU-bound)
     HEAVY_REUSE         1 (default) or 0: Guest(reuse_instances=...)
     HEAVY_IDLE_TIMEOUT  Guest(idle_timeout=...) in seconds (default: the Guest() default)
@@ -36,6 +39,7 @@ from http_wasm_asgi import Guest, HttpWasmMiddleware
 ROOT = Path(__file__).resolve().parent.parent
 WAF = ROOT / "guests" / "go" / "waf" / "waf.wasm"
 LIGHT = ROOT / "guests" / "zig" / "headeradder.wasm"
+CHURN = ROOT / "guests" / "go" / "churn" / "churn.wasm"
 DELAY = float(os.environ.get("HEAVY_DELAY_MS", "20")) / 1000
 TICK = 0.005  # the ticker's period: a lag is how late its sleep came back
 BIG_CHUNK = b"x" * 65536
@@ -110,8 +114,18 @@ def stats() -> dict[str, Any]:
                    app_inflight_peak=INFLIGHT["peak"], server_inflight_peak=SERVER_INFLIGHT["peak"],
                    connections=len(CLIENTS),
                    snapshot={"used": snap.used, "detail": snap.detail, "init_seconds": snap.init_seconds,
-                             "image_bytes": snap.image_bytes})
+                             "image_bytes": snap.image_bytes}, **memory())
     return got
+
+
+def memory() -> dict[str, Any]:
+    """What the live instances hold of their own (pages written: /proc/self/pagemap) and how far they grew."""
+    assert GUEST is not None
+    instances = GUEST.pool.instances()
+    own = [instance.own_memory() or 0 for instance in instances]
+    grown = [instance.memory_size() - GUEST.snapshot.image_bytes for instance in instances]
+    return {"pool_recycled": GUEST.pool.recycled, "recycle_memory": GUEST.recycle_memory,
+            "own_mib": [round(b / 2**20, 2) for b in own], "grown_mib": [round(b / 2**20, 2) for b in grown]}
 
 
 async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -177,6 +191,11 @@ def _guest() -> Guest | None:
                                "snapshot": os.environ.get("HEAVY_SNAPSHOT", "1") == "1"}
     if os.environ.get("HEAVY_IDLE_TIMEOUT"):
         options["idle_timeout"] = float(os.environ["HEAVY_IDLE_TIMEOUT"])
+    recycle = os.environ.get("HEAVY_RECYCLE")
+    if recycle:
+        options["recycle_memory"] = None if recycle == "none" else int(recycle)
+    if kind == "churn":
+        return Guest(CHURN, name="churn", config=os.environ.get("HEAVY_CHURN", ""), **options)
     rules = waf_rules()
     count = os.environ.get("HEAVY_RULES")
     return Guest(WAF, name="waf", config=rules.generate(int(count)) if count else rules.heavy(), **options)

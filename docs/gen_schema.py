@@ -99,6 +99,10 @@ def schema() -> dict[str, Any]:
         "idle_timeout": described(SECONDS, "idle instances are closed after this long (default 60)"),
         "memory_budget": described(SIZE, "new instances only while the guest's instances hold less (default 1GiB)"),
         "memory_limit": described(SIZE, "linear memory cap per instance (default 256MiB)"),
+        "recycle_memory": {"description": "an instance that grew more than this past its start is replaced by a "
+                                          "fresh one (default 64MiB, snapshot instances); null or none: never",
+                           "anyOf": [*SIZE["anyOf"], {"type": "null"},
+                                     {"type": "string", "pattern": r"^\s*[Nn][Oo][Nn][Ee]\s*$"}]},
         "pool_timeout": described(SECONDS, "how long a request waits for an instance, then 503 (default 10)"),
         "call_timeout": described(SECONDS, "time a guest call may take, then 503 (default 1.0)"),
         "init_timeout": described(SECONDS, "CPU time the guest's init may take (default 10)"),

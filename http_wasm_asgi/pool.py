@@ -42,11 +42,15 @@ class InstancePool(Generic[T]):
     Bounds: at most `max_size` instances, and new ones only while the instances' summed
     `cost(instance)` (bytes) stays within `budget`. Idle instances beyond `max_idle`, or idle
     for longer than `idle_timeout` seconds, are closed, down to `min_size`.
+
+    An instance whose linear memory reached its `recycle_above` (bytes, set by its maker; None: never) is
+    closed when released, not kept: what it wrote goes back to the system, and the next request that needs
+    one gets a fresh instance (from the snapshot: as cheap as a reuse, see Guest(recycle_memory=...)).
     """
 
     __slots__ = ("_budget_logged", "_create", "_executor", "_idle", "_live", "_low", "_trim_handle", "_waiters",
                  "budget", "budget_waits", "cost", "create_inline", "idle_timeout", "max_idle", "max_size",
-                 "min_size", "name", "reuse", "size", "timeout", "timeouts")
+                 "min_size", "name", "recycled", "reuse", "size", "timeout", "timeouts")
     # what NativeInstancePool's try_acquire and release read, write and call (their fast cases: an idle
     # instance taken from and given back to the end of _idle); see _native: the contract
     NATIVE_SLOTS: ClassVar = ("_idle", "_low", "_trim_handle", "_waiters", "idle_timeout", "max_idle", "min_size",
@@ -79,6 +83,7 @@ class InstancePool(Generic[T]):
         self.size = 0  # instances alive or being created
         self.budget_waits = 0  # times a request waited because of the budget, not the count
         self.timeouts = 0  # requests that got PoolTimeout
+        self.recycled = 0  # instances closed on release because their memory grew past recycle_above
         self._budget_logged = 0.0
 
     # -- figures --
@@ -157,6 +162,10 @@ class InstancePool(Generic[T]):
 
     def release(self, instance: T, *, discard: bool = False) -> None:
         if discard or not self.reuse or instance.closed:
+            self._close(instance)
+            self._give_back(None)
+        elif _past_recycle(instance):  # a fresh instance replaces it, when one is needed
+            self.recycled += 1
             self._close(instance)
             self._give_back(None)
         elif self._waiters:
@@ -284,6 +293,12 @@ class InstancePool(Generic[T]):
         self._low = len(self._idle)
         if self.size > self.min_size:
             self._schedule_trim()
+
+
+def _past_recycle(instance: object) -> bool:
+    """Whether an instance's linear memory reached its `recycle_above` (instances without one: never)."""
+    above = getattr(instance, "recycle_above", None)
+    return above is not None and int(instance.memory_size()) >= above  # type: ignore[attr-defined]
 
 
 class NativeInstancePool(InstancePool[WasmInstance]):

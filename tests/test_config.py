@@ -87,6 +87,11 @@ BAD_YAML = [
     (OK + "    call_timeout: -1\n", "guests[0].call_timeout", "greater than 0, got -1"),
     (OK + "    pool_timeout: soon\n", "guests[0].pool_timeout", "must be a number of seconds"),
     (OK + "    memory_limit: lots\n", "guests[0].memory_limit", "like 65536 or '64MiB', got 'lots'"),
+    (OK + "    recycle_memory: lots\n", "guests[0].recycle_memory",
+     "must be a size like '64MiB' (how far an instance may grow past its start before it is replaced), or null to "
+     "never replace one; got 'lots'"),
+    (OK + "  - {name: churn, path: guest.wat, recycle_memory: -1}\n", "guests[1].recycle_memory", "or null"),
+    (OK + "    recycle_memory: false\n", "guests[0].recycle_memory", "got False"),
     (OK + "    wasi: {dirs: {/data: nowhere}}\n", "guests[0].wasi.dirs./data", "folder 'nowhere' not found"),
     (OK + "server: {port: http}\n", "server.port", "must be a port number (0-65535), got a string 'http'"),
     (OK + "server: {port: 70000}\n", "server.port", "must be a port number (0-65535), got 70000"),
@@ -120,6 +125,8 @@ BAD_TOML = [
     ('app = "cfgapp:app"\n[server]\nport = "http"\n[[guests]]\npath = "guest.wat"\n', "server.port",
      "must be a port number"),
     ('app = "cfgapp:app"\nupstream = "http://h"\nguests = []\n', "upstream", "keep exactly one"),
+    ('app = "cfgapp:app"\n[[guests]]\npath = "guest.wat"\nrecycle_memory = "off"\n', "guests[0].recycle_memory",
+     "or null to never replace one; got 'off'"),
     ('app = "cfgapp:app"\n[[guests]]\npath = "guest.wat"\n[[guests]]\npath = "nope.wasm"\n', "guests[1].path",
      "not found"),
 ]
@@ -323,3 +330,28 @@ def test_a_guest_config_from_elsewhere_that_cannot_be_read_is_a_clear_error(fold
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     assert caught.value.key == key and words in caught.value.problem, str(caught.value)
+
+
+def test_recycle_memory_is_a_size_or_none_and_reaches_the_guests_instances(folder: Path) -> None:
+    """`recycle_memory`: how far an instance may grow past its start before the pool replaces it."""
+    from http_wasm_asgi.guest import DEFAULT_RECYCLE_MEMORY
+
+    yaml_file = write(folder, "chain.yaml", "app: cfgapp:app\nguests:\n"
+                      "  - {name: sized, path: guest.wat, recycle_memory: 8MiB}\n"
+                      "  - {name: never, path: guest.wat, recycle_memory: null}\n"
+                      "  - {name: default, path: guest.wat}\n")
+    toml_file = write(folder, "chain.toml", 'app = "cfgapp:app"\n[[guests]]\nname = "bytes"\npath = "guest.wat"\n'
+                      'recycle_memory = 65536\n[[guests]]\nname = "never"\npath = "guest.wat"\n'
+                      'recycle_memory = "None"\n')
+    guests = load_config(yaml_file).load_guests() + load_config(toml_file).load_guests()
+    try:
+        assert [g.name for g in guests] == ["sized", "never", "default", "bytes", "never"]
+        assert guests[2].snapshot.used  # the default applies to snapshot instances
+        assert [g.recycle_memory for g in guests] == [8 * 1024 * 1024, None, DEFAULT_RECYCLE_MEMORY, 65536, None]
+        for guest in guests:
+            instance = guest.pool.instances()[0]  # min_instances: created at load
+            expected = None if guest.recycle_memory is None else instance.memory_size() + guest.recycle_memory
+            assert instance.recycle_above == expected, guest.name
+    finally:
+        for guest in guests:
+            guest.close()

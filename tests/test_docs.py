@@ -140,8 +140,11 @@ def test_the_schema_refuses_what_the_loader_refuses() -> None:
     for wrong in ({"app": "hello:app", "guests": [{"path": "a.wasm", "max_instance": 2}]},
                   {"app": "hello:app", "upstream": "http://127.0.0.1:9000", "guests": []},
                   {"app": "hello:app", "guests": [{"path": "a.wasm", "memory_limit": "lots"}]},
+                  {"app": "hello:app", "guests": [{"path": "a.wasm", "recycle_memory": "off"}]},
                   {"app": "hello:app", "log_level": "loud", "guests": []}):
         assert not validator.is_valid(wrong), wrong
+    for recycle in ("8MiB", 65536, None, "none"):  # what the loader takes: a size, or null/none (never)
+        assert_valid({"app": "hello:app", "guests": [{"path": "a.wasm", "recycle_memory": recycle}]}, str(recycle))
 
 
 def test_the_config_reference_names_every_key() -> None:

@@ -301,3 +301,83 @@ def test_clients_that_stop_reading_do_not_starve_a_light_guest_with_defaults() -
         finally:
             for sock in stalled:
                 sock.close()
+
+
+# --- memory given back: instances that grew are replaced ----------------------------------------------
+
+CHURN = GO / "churn" / "churn.wasm"  # a heap churned per request, like a garbage-collected guest's
+SMALL_CHURN = "state=2 churn=2048"  # 2 MiB of state, 2 MiB dropped per request: grows ~6 MiB when kept
+
+
+async def test_an_instance_that_grew_past_recycle_memory_is_replaced_by_a_fresh_one() -> None:
+    answers: dict[str, set[str]] = {}
+    for recycle in (3 * MiB, None):
+        guest = Guest(CHURN, config=SMALL_CHURN, recycle_memory=recycle)
+        app = HttpWasmMiddleware(echo_app, guests=[guest])
+        answers[str(recycle)] = {(await get(app, "/a?b=c")).headers["x-churn"] for _ in range(12)}
+        image = guest.snapshot.image_bytes
+        grown = max((instance.memory_size() - image for instance in guest.pool.instances()), default=0)
+        if recycle is None:  # kept: it grows past what the other guest allows, and is never replaced
+            assert guest.pool.recycled == 0 and guest.pool.size == 1
+            assert grown > 3 * MiB
+        else:
+            assert guest.pool.recycled >= 3 and guest.pool.size <= 1  # each replaced in turn, when needed
+            assert grown < 3 * MiB + 4 * MiB  # at most what one request adds past the threshold
+            fresh = guest.new_instance()
+            assert fresh.memory_size() == image and fresh.recycle_above == image + recycle
+            fresh.close()
+    # one answer, from fresh instances and from a reused one alike: the state is intact, nothing carried over
+    assert answers[str(3 * MiB)] == answers["None"] and len(answers["None"]) == 1
+
+
+async def test_the_default_keeps_a_guest_that_churns_a_few_mib_and_its_cpu() -> None:
+    """The default (64 MiB) guards against an instance that balloons: a garbage-collected guest at its usual
+    high-water mark keeps its instance (replacing it per request would fault its pages in again)."""
+    guest = Guest(CHURN, config=SMALL_CHURN)
+    app = HttpWasmMiddleware(echo_app, guests=[guest])
+    for _ in range(12):
+        assert (await get(app, "/a?b=c")).status_code == 200
+    [instance] = guest.pool.instances()
+    assert instance.memory_size() - guest.snapshot.image_bytes > 3 * MiB  # it grew, as in the test above
+    assert guest.pool.recycled == 0 and instance.recycle_above == guest.snapshot.image_bytes + 64 * MiB
+
+
+async def test_the_pages_that_replaced_instances_wrote_go_back_to_the_system() -> None:
+    own: dict[str, int] = {}
+    for name, recycle in (("recycled", 2 * MiB), ("kept", None)):
+        guest = Guest(CHURN, config=SMALL_CHURN, recycle_memory=recycle)
+        assert (guest.new_instance().own_memory() or 0) < MiB  # a fresh instance maps the image, shared
+        app = HttpWasmMiddleware(together(6), guests=[guest])
+        for _ in range(4):
+            responses = await asyncio.gather(*(get(app, f"/{n}") for n in range(6)))
+            assert [r.status_code for r in responses] == [200] * 6
+        held = [instance.own_memory() for instance in guest.pool.instances()]
+        assert None not in held, "/proc/self/pagemap is not readable"
+        own[name] = sum(b for b in held if b is not None)
+    assert own["kept"] > 6 * 4 * MiB  # six instances at their heap's high-water mark
+    assert own["recycled"] < own["kept"] / 2, own
+
+
+async def test_the_native_release_recycles_like_the_reference() -> None:
+    from http_wasm_asgi.pool import InstancePool, NativeInstancePool
+
+    guest = Guest(CHURN, config=SMALL_CHURN, max_instances=4)
+    assert guest.recycle_memory == 64 * MiB  # the default, for instances from a snapshot
+    for release in (NativeInstancePool.release, InstancePool.release):
+        pool = guest.pool
+        grown, small = pool.try_acquire(), pool.try_acquire()
+        assert grown is not None and small is not None
+        grown.recycle_above = grown.memory_size()  # reached: replaced
+        small.recycle_above = small.memory_size() + 1  # not reached: kept
+        before = pool.recycled
+        release(pool, grown)
+        release(pool, small)
+        assert grown.closed and pool.recycled == before + 1 and grown not in pool.instances()
+        assert not small.closed and pool._idle[-1] is small
+
+
+def test_recycle_memory_is_for_snapshot_instances_unless_set() -> None:
+    assert Guest(CHURN, config=SMALL_CHURN, snapshot=False).recycle_memory is None  # init per instance: costly
+    assert Guest(CHURN, config=SMALL_CHURN, snapshot=False, recycle_memory=MiB).recycle_memory == MiB
+    with pytest.raises(GuestError, match="recycle_memory must be at least 0"):
+        Guest(CHURN, config=SMALL_CHURN, recycle_memory=-1)

@@ -33,6 +33,7 @@ GUESTS = [
     "conformance", "auth", "router", "redact", "accesslog", "headeradder", "bodyrewrite", "hello", "trailers",
     "copyheader",  # bench/run.py's filter: the same as guests/wat/copy_header.wat
     "waf",  # the heavy guest: regex rules compiled at init (tests/test_waf.py, rules from waf/rules.py)
+    "churn",  # a heavy guest that churns its heap per request like a GC'd guest (bench/heavy.py)
 ]
 
 BUILD_FLAGS = [

@@ -60,9 +60,9 @@ SERVER_KEYS = ("host", "port", "workers", "shutdown_timeout")
 METRICS_KEYS = ("host", "port")
 TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 GUEST_KEYS = ("name", "path", "config", "config_file", "config_env", "max_instances", "min_instances", "max_idle",
-              "idle_timeout", "memory_budget", "reuse_instances", "pool_timeout", "call_timeout", "init_timeout",
-              "memory_limit", "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure", "allow_unpinned",
-              "failure_policy", *ENTRY_KEYS)
+              "idle_timeout", "memory_budget", "recycle_memory", "reuse_instances", "pool_timeout", "call_timeout",
+              "init_timeout", "memory_limit", "snapshot", "threaded", "wasi", "url", "oci", "sha256", "insecure",
+              "allow_unpinned", "failure_policy", *ENTRY_KEYS)
 WASI_KEYS = ("env", "dirs")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
@@ -194,6 +194,17 @@ def _size(file: Path, key: str, value: Any) -> int:
     if not match or int(match.group(1)) == 0:
         raise ConfigError(file, key, f"must be a size in bytes like 65536 or '64MiB', got {value!r}")
     return int(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+
+
+def _recycle_memory(file: Path, key: str, value: Any) -> int | None:
+    """How far an instance may grow past its start before it is replaced (a size), or null/none: never."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        return _size(file, key, value)
+    except ConfigError:
+        raise ConfigError(file, key, f"must be a size like '64MiB' (how far an instance may grow past its start "
+                                     f"before it is replaced), or null to never replace one; got {value!r}") from None
 
 
 def _keys(file: Path, where: str, mapping: dict[Any, Any], allowed: tuple[str, ...]) -> None:
@@ -478,6 +489,8 @@ def _guest_options(file: Path, where: str, entry: dict[str, Any]) -> dict[str, A
     for key in ("memory_limit", "memory_budget"):
         if key in entry:
             options[key] = _size(file, f"{where}.{key}", entry[key])
+    if "recycle_memory" in entry:
+        options["recycle_memory"] = _recycle_memory(file, f"{where}.recycle_memory", entry["recycle_memory"])
     if "failure_policy" in entry:
         policy = _expect(file, f"{where}.failure_policy", entry["failure_policy"], str, "fail_closed or fail_open")
         if policy not in FAILURE_POLICIES:
