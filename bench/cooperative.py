@@ -17,9 +17,11 @@ slicing costs a call that does not yield, and how long a heavy guest holds the e
    the same event loop measuring how late the loop wakes it (1 ms sleeps); the same load on the app
    without the guest gives the floor (the loop's own work and the machine).
 
-Targets (issue 13): rate under attack >= 0.80x alone, p99 under attack <= 50 ms, every spinning request a
-5xx after about call_timeout; a call that does not yield <= +0.5 us over the synchronous path; the heavy
-guest's calls hold the loop no more than ~2 ms.
+Targets (issues 13 and 28): rate under attack >= 0.90x alone, p99 under attack <= 50 ms, every spinning
+request a 5xx, none before call_timeout and none after 1.5 x call_timeout / LONG_WAIT (a long call gets at
+most LONG_SHARE of a busy loop and its clock counts LONG_WAIT of its waiting, so under load it ends within
+about call_timeout / LONG_WAIT, stretched by the other guests' share of the loop); a call that does not
+yield <= +0.5 us over the synchronous path; the heavy guest's calls hold the loop no more than ~2 ms.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ COPY = ROOT / "guests" / "wat" / "copy_header.wat"
 WAF = ROOT / "guests" / "go" / "waf" / "waf.wasm"
 RULES = ROOT / "guests" / "go" / "waf" / "rules.py"
 MiB = 1024 * 1024
+CALL_TIMEOUT = 1.0  # Guest()'s default, which the attack keeps
+LATEST = 1.5 * CALL_TIMEOUT / calls.LONG_WAIT  # when the last spinning request may end (see the docstring)
 Check = tuple[str, str, str, bool]  # label, measured, goal, met
 
 
@@ -68,7 +72,9 @@ async def hello(scope: Any, receive: Any, send: Any) -> None:
 
 
 def make_app() -> Any:
-    return HttpWasmMiddleware(hello, [Guest(SPIN)])  # Guest() defaults
+    guest = Guest(SPIN)  # Guest() defaults
+    assert guest.module.limits.call_timeout == CALL_TIMEOUT
+    return HttpWasmMiddleware(hello, [guest])
 
 
 # --- 1. attack ----------------------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
                                            str(rate)], stdout=subprocess.PIPE, text=True)
                 attacked.append(_wrk(port, seconds))
                 spins.extend(json.loads(driver.communicate(timeout=120)[0]))
-                time.sleep(2.5)  # the last spinners end before the next round
+                time.sleep(LATEST)  # the last spinners end before the next round
             print(f"round {r + 1}: alone {alone[-1][0]:.0f} req/s p99 {alone[-1][1] * 1000:.1f} ms; under attack "
                   f"{attacked[-1][0]:.0f} req/s p99 {attacked[-1][1] * 1000:.1f} ms", flush=True)
     finally:
@@ -141,10 +147,10 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
           f"{ratio:.2f}x; {len(spins)} spinning requests: {', '.join(statuses)} after {took[0]:.2f} s (min), "
           f"{statistics.median(took):.2f} s (median), {took[-1]:.2f} s (max)")
     return [
-        ("1a. rate under attack / alone (median of rounds)", f"{ratio:.2f}x", ">= 0.80x", ratio >= 0.8),
+        ("1a. rate under attack / alone (median of rounds)", f"{ratio:.2f}x", ">= 0.90x", ratio >= 0.9),
         ("1b. p99 under attack (median of rounds)", f"{p99 * 1000:.1f} ms", "<= 50 ms", p99 <= 0.05),
         ("1c. spinning requests: 5xx, after (min-max)", f"{took[0]:.2f}-{took[-1]:.2f} s",
-         "5xx, ~call_timeout (1 s)", five and took[0] >= 0.95 and took[-1] <= 2.5),
+         f"5xx, {CALL_TIMEOUT * 0.95:g}-{LATEST:g} s", five and took[0] >= CALL_TIMEOUT * 0.95 and took[-1] <= LATEST),
     ]
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware
 from http_wasm_asgi.testing import echo_app, serve
+from http_wasm_asgi.wasm.calls import LONG_WAIT
 from support import WAT
 from support.attack import Catch, assert_replaced, idle_instance
 
@@ -121,7 +122,7 @@ class _Ticker:
 
 @pytest.mark.slow
 def test_spinning_requests_do_not_hold_up_normal_ones() -> None:
-    """2 spinning requests a second, each until call_timeout (1 s): normal requests go on being answered
+    """2 spinning requests a second, each until its call_timeout (1 s) clock: normal requests go on being answered
     promptly. A guest call that held the event loop for its whole second would make normal requests wait
     up to 1 s each (p99 ~1 s, a few dozen requests a second)."""
     guest = Guest(SPIN)  # the defaults: call_timeout 1 s, calls on the event loop
@@ -147,10 +148,14 @@ def test_spinning_requests_do_not_hold_up_normal_ones() -> None:
     assert len(normal) >= 300, f"only {len(normal)} normal requests answered in {seconds - 0.5:.1f} s"
     assert p99 < 0.3, f"normal requests: p99 {p99 * 1000:.0f} ms"
     assert stall < 0.8, f"the event loop was held for {stall * 1000:.0f} ms"
-    # Every spinning request: a 5xx (503) once its call's clock reached call_timeout, not much later.
+    # Every spinning request: a 5xx (503) once its call's clock reached call_timeout. Held to a small share of
+    # the busy loop, its clock counts its own slices and LONG_WAIT of its waiting: it ends later in wall time,
+    # within about call_timeout / LONG_WAIT (measured: 2.0-2.4 s; up to 4.4 s with the machine loaded, as time
+    # the server thread lost inside other calls' slices counts as theirs), never before call_timeout.
     assert len(got["spins"]) == int(seconds * rate)
     assert all(500 <= status < 600 for _, _, status in got["spins"]), got["spins"]
-    assert spin_seconds[0] >= CALL_TIMEOUT * 0.95 and spin_seconds[-1] < CALL_TIMEOUT * 2.5, spin_seconds
+    assert spin_seconds[0] >= CALL_TIMEOUT * 0.95, spin_seconds
+    assert spin_seconds[-1] < CALL_TIMEOUT / LONG_WAIT * 3, spin_seconds
     assert guest.pool.in_use == 0
     assert not app.errors
 

@@ -50,7 +50,8 @@ SUSPENDED: Final = -1  # what start_request/start_response return when the guest
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
 TURN_NS: Final = int(TURN_SECONDS * 1e9)
 LONG_CALL_SECONDS: Final = 0.01  # a suspended call that used more is "long": it yields to shorter ones ...
-LONG_CALL_NS: Final = int(LONG_CALL_SECONDS * 1e9)  # ... and its clock counts the time it waited
+LONG_CALL_NS: Final = int(LONG_CALL_SECONDS * 1e9)  # ... and its clock counts part of the time it waited:
+LONG_WAIT: Final = 0.5  # held to a small share of a busy loop, it still ends within ~call_timeout / LONG_WAIT
 
 
 class _Thread(threading.local):
@@ -86,10 +87,10 @@ class PythonCore:
     (handle_response, host.end). Cooperative calls: `start_request`/`start_response` return
     SUSPENDED when the guest did not finish in its first slice (or the event loop's turn was
     used up); `resume()` runs one more slice, `cancel()` abandons the call.
-    A call's clock is its own slices plus, once it is long (LONG_CALL_SECONDS of guest time), the
-    non-guest time that ran on its thread while it was suspended (a short call is never timed out
-    for waiting on a busy loop); past `budget` seconds it is cancelled (`take_trap` says timed
-    out, status 503).
+    A call's clock is its own slices plus, once it is long (LONG_CALL_SECONDS of guest time),
+    LONG_WAIT of the non-guest time that ran on its thread while it was suspended (a short call is
+    never timed out for waiting on a busy loop); past `budget` seconds it is cancelled (`take_trap`
+    says timed out, status 503).
     A trap is kept (`take_trap`) and raised by `owner._raise_trap(index)`. `trap_status` is the
     HTTP status of the running call's trap (a host function may set it); `host` is what Python
     host functions get first; `used` the seconds of guest time of the running (or last) call.
@@ -174,8 +175,8 @@ class PythonCore:
                 return self._raise()
             return _DONE
         budget = self.budget * 1e9  # the clock: as in the native path's slice() (_native/core.c)
-        if self._own >= budget or (self._own >= LONG_CALL_NS and
-                                   (t1 - self._start_ns) - (local.slices - self._others0 - self._own) >= budget):
+        waited = (t1 - self._start_ns) - (local.slices - self._others0)  # non-guest time since the call began
+        if self._own >= budget or (self._own >= LONG_CALL_NS and self._own + LONG_WAIT * waited >= budget):
             self.cancel()
             if self._stats is not None and self._index < 2:
                 count_call(self._stats, self._index, t1 - self._start_ns)
@@ -367,7 +368,7 @@ PYTHON_PATH: Final = CallPath("python", PythonCore, PythonCore.set_current, Pyth
 
 
 def _native_path() -> CallPath | None:
-    ext = _native.bind_calls(capi.address, host_error, TURN_SECONDS, 2 * TURN_SECONDS, LONG_CALL_SECONDS,
+    ext = _native.bind_calls(capi.address, host_error, TURN_SECONDS, 2 * TURN_SECONDS, LONG_CALL_SECONDS, LONG_WAIT,
                              (CALL_BUCKETS_NS, STATS_SIZE))
     if ext is None:
         return None

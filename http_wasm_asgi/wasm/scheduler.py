@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from .calls import LONG_CALL_SECONDS, SUSPENDED, TURN_SECONDS, quick_calls
 
-LONG_SHARE: Final = 0.1  # a long call's most share of the loop while other requests are served
+LONG_SHARE: Final = 0.05  # the most of the loop's time long calls get (together) while other requests are served
 
 
 class CallScheduler:
@@ -19,7 +19,10 @@ class CallScheduler:
     used less than LONG_CALL_SECONDS of guest time go first, round robin. Longer ones (a runaway
     guest, or a very heavy request) get a slice only when no shorter call waits, and while other
     requests are being served (guest calls ended in their first slice, or shorter calls ran) at
-    most LONG_SHARE of the loop's time.
+    most LONG_SHARE of the loop's time: after a long slice of d seconds, none runs for
+    d * (1 - LONG_SHARE) / LONG_SHARE. With nothing else to serve they run back to back. Their
+    clocks count only part of their waiting (calls.LONG_WAIT), so under load they end later in wall
+    time, within about call_timeout / LONG_WAIT.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -52,18 +55,21 @@ class CallScheduler:
         self.handle = self.loop.call_soon(self._turn) if delay <= 0 else self.loop.call_later(delay, self._turn)
 
     def _turn(self) -> None:
-        """Short calls' slices until the turn's guest time (TURN_SECONDS) is used, or one long call's.
+        """Short calls' slices until the turn's guest time (TURN_SECONDS) is used, or one long call's
+        once its gap is over.
 
         Calls deferred before their first slice (their turn was used up) mostly end at once: many
         of them fit in one turn, instead of each waiting for a loop iteration of its own.
         """
         self.handle = None
-        end = self.loop.time() + TURN_SECONDS
-        while self.short or self.long:
-            long = not self.short
-            self._slice(long)
-            if long or self.loop.time() >= end:
-                break
+        if self.short:
+            end = self.loop.time() + TURN_SECONDS
+            while self.short:
+                self._slice(False)
+                if self.loop.time() >= end:
+                    break
+        elif self.long and self.loop.time() >= self.long_after:  # never before its gap is over
+            self._slice(True)
         self._schedule()
 
     def _slice(self, long: bool) -> None:
