@@ -35,6 +35,10 @@ DEFAULT_LIMITS = Limits()
 DEFAULT_MAX_INSTANCES = 1024  # a count cap: what instances cost is bounded by memory_budget
 DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024  # linear memory of one guest's instances, beyond a shared snapshot
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds an instance may stay idle before it is closed (down to min_instances)
+# an instance (from a snapshot) whose linear memory grew more than this past the image is replaced when released:
+# a guard against one that ballooned (a huge request), not a per-request reset (a fresh instance faults its pages in
+# again: 8 MiB cost a garbage-collected guest 3.4x its CPU per request)
+DEFAULT_RECYCLE_MEMORY = 64 * 1024 * 1024
 INSTANCE_OVERHEAD = 128 * 1024  # what an instance costs beside its linear memory (store, tables), for the budget
 MEMORY_PROBE_LIMIT = 4 * 1024 * 1024 * 1024  # after an init that failed: what it needed (up to 4x the limit)
 FAILURE_POLICIES = ("fail_closed", "fail_open")  # what a guest that traps, overruns or cannot get an instance does
@@ -86,7 +90,13 @@ class Guest:
     snapshot module, and every instance starts from it in microseconds (`snapshot=False` runs
     init per instance). The pool holds up to `max_instances` instances while their memory
     stays within `memory_budget`, keeps `min_instances` ready and closes instances idle for
-    `idle_timeout` seconds (or beyond `max_idle`).
+    `idle_timeout` seconds (or beyond `max_idle`). An instance whose linear memory grew more than
+    `recycle_memory` bytes past its start (a garbage-collected guest's heap at its high-water mark) is
+    closed when released and replaced, when needed, by a fresh one: its memory goes back to the system.
+    The default (64 MiB, for instances from a snapshot, which are cheap to replace) guards against an
+    instance that ballooned; a small value bounds a churning guest's memory but costs it CPU (a fresh
+    instance faults its pages in again). None never replaces them (an explicit value applies without a
+    snapshot too).
 
     `trace` records every host function call (`tracing.HostCall`): a callable gets each one, True
     logs them to `http_wasm_asgi.trace.<name>` at TRACE; the default traces only when that logger
@@ -95,7 +105,7 @@ class Guest:
 
     # What the native path reads of a guest (see _native: the contract); set in __init__.
     NATIVE_SLOTS: ClassVar = ()
-    NATIVE_ATTRIBUTES: ClassVar = ("context", "pool", "reads_request_body", "threaded")
+    NATIVE_ATTRIBUTES: ClassVar = ("pool", "threaded")
     context: GuestContext
     pool: InstancePool[WasmInstance]
     reads_request_body: bool
@@ -112,6 +122,7 @@ class Guest:
         max_idle: int | None = None,
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        recycle_memory: int | None = _USE_DEFAULT,
         reuse_instances: bool = True,
         pool_timeout: float = 10.0,
         call_timeout: float = DEFAULT_LIMITS.call_timeout,
@@ -140,6 +151,7 @@ class Guest:
             (Path(cache_dir) if cache_dir else None),
             WasiOptions(env=dict(wasi_env or {}), dirs=dict(wasi_dirs or {}), writable=frozenset(wasi_dirs_writable)),
             Limits(call_timeout=call_timeout, init_timeout=init_timeout, memory_bytes=memory_limit))
+        self.recycle_memory = self._recycle_memory(recycle_memory)
         # Guests that may read the request body get it buffered before handle_request:
         # a host function cannot wait for the client.
         self.reads_request_body = self.info.imports_host("read_body")
@@ -163,6 +175,14 @@ class Guest:
         self.failure_policy = failure_policy
         # fail_open: a trap, a CPU or memory overrun or a pool timeout skips this guest (see asgi/failure.py)
         self.fail_open = failure_policy == "fail_open"
+
+    def _recycle_memory(self, value: int | None) -> int | None:
+        """The growth past which an instance is replaced: the default only for snapshot instances."""
+        if value is _USE_DEFAULT:
+            return DEFAULT_RECYCLE_MEMORY if self.snapshot.used else None
+        if value is not None and value < 0:
+            raise GuestError(self.name, f"recycle_memory must be at least 0 (or None), got {value}")
+        return value
 
     def _link_time_tracing(self, trace: bool | HostCallSink | None) -> tuple[list[HostCallSink] | None,
                                                                              Mapping[str, HostFunction]]:
@@ -201,6 +221,8 @@ class Guest:
 
     def new_instance(self) -> WasmInstance:
         instance = self._instantiate(self.module)
+        if self.recycle_memory is not None:
+            instance.recycle_above = instance.memory_size() + self.recycle_memory
         created = self.stats.created
         created[self.instance_source] = created.get(self.instance_source, 0) + 1
         return instance

@@ -385,12 +385,12 @@ def _import_renamed(tmp_path: Path, old: str, new: str, *, in_declaration: bool)
 
 
 def test_renaming_an_attribute_the_native_path_reads_fails_at_import_naming_it(tmp_path: Path) -> None:
-    out = _import_renamed(tmp_path / "code", "reads_request_body", "reads_body", in_declaration=False)
+    out = _import_renamed(tmp_path / "code", "threaded", "on_threads", in_declaration=False)
     assert out.returncode != 0 and "NativeContractError" in out.stderr, out.stderr[-2000:]
-    assert "Guest.reads_request_body" in out.stderr
-    out = _import_renamed(tmp_path / "both", "reads_request_body", "reads_body", in_declaration=True)
+    assert "Guest.threaded" in out.stderr
+    out = _import_renamed(tmp_path / "both", "threaded", "on_threads", in_declaration=True)
     assert out.returncode != 0 and "NativeContractError" in out.stderr, out.stderr[-2000:]
-    assert "Guest.NATIVE_ATTRIBUTES: the native path reads 'reads_request_body', not declared" in out.stderr
+    assert "Guest.NATIVE_ATTRIBUTES: the native path reads 'threaded', not declared" in out.stderr
 
 
 def test_a_missing_native_build_is_said_once_with_its_cost_and_fix() -> None:

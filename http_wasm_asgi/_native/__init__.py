@@ -30,7 +30,7 @@ from .. import abi
 
 log = logging.getLogger("http_wasm_asgi.native")
 
-VERSION: Final = 12  # the C this module was written for (its VERSION): a stale build is refused
+VERSION: Final = 15  # the C this module was written for (its VERSION): a stale build is refused
 DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_NATIVE"
 _OLD_DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_FASTPATH"  # the former name, still honoured
 
@@ -112,9 +112,11 @@ WASMTIME_FUNCTIONS: Final = (
 
 
 def bind_calls(address: Callable[[str], int], error_handler: Callable[[str, BaseException, Any], str],
-               turn: float, window: float, long_call: float, stats_layout: tuple[tuple[int, ...], int]) -> Any | None:
+               turn: float, window: float, long_call: float, long_wait: float,
+               stats_layout: tuple[tuple[int, ...], int]) -> Any | None:
     """The compiled module, set up for guest calls: wasmtime's entry points (`address` of each of
-    WASMTIME_FUNCTIONS), the host error handler, the event loop's turn; None without it.
+    WASMTIME_FUNCTIONS), the host error handler, the event loop's turn and what a long call's clock
+    counts of its waiting (calls.LONG_WAIT); None without it.
 
     `stats_layout` (the buckets and size of CallStats.counts) must be the C's: a mismatch is a bug."""
     if EXT is None:
@@ -123,7 +125,7 @@ def bind_calls(address: Callable[[str], int], error_handler: Callable[[str, Base
         raise NativeContractError(f"the native path counts calls in {EXT.STATS_SIZE} counters with buckets "
                                   f"{EXT.STATS_BUCKETS_NS}, CallStats has {stats_layout}")
     EXT.configure(*map(address, WASMTIME_FUNCTIONS), error_handler)
-    EXT.set_turn(turn, window, long_call)
+    EXT.set_turn(turn, window, long_call, long_wait)
     return EXT
 
 

@@ -24,6 +24,7 @@ static _Thread_local long long thread_slices_ns; /* every slice ever run on this
 static _Thread_local long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
 static _Thread_local unsigned long long quick_calls; /* cooperative calls done in their first slice */
 static long long turn_ns = 1000000, turn_window_ns = 2000000, long_ns = 10000000; /* set_turn() */
+static double long_wait = 0.5; /* the part of its waiting a long call's clock counts (set_turn) */
 
 static void cancel_call(Core *self);
 
@@ -196,9 +197,10 @@ static int raise_trap(Core *self) {
 
 /* One slice of the running call: poll its future once (it runs until done or the next epoch tick).
  *
- * The call's clock is its own slices plus, once it is long (long_ns of its own guest time), the time
- * other (non-guest) work ran on this thread while it was suspended; other calls' slices never count,
- * and a short call is never timed out for waiting on a busy loop. Past the budget it is cancelled (503). */
+ * The call's clock is its own slices plus, once it is long (long_ns of its own guest time), long_wait of
+ * the time other (non-guest) work ran on this thread while it was suspended; other calls' slices never
+ * count, and a short call is never timed out for waiting on a busy loop. Past the budget it is cancelled
+ * (503). */
 static int slice(Core *self, long long t0) {
     Core *prev = hw_current;
     int prev_holds = hw_holds_gil;
@@ -229,7 +231,9 @@ static int slice(Core *self, long long t0) {
         rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
     } else if (self->own_ns >= self->budget_ns ||
                (self->own_ns >= long_ns &&
-                (t1 - self->start_ns) - (thread_slices_ns - self->others0 - self->own_ns) >= self->budget_ns)) {
+                self->own_ns + (long long)(long_wait * (double)((t1 - self->start_ns) -
+                                                                (thread_slices_ns - self->others0))) >=
+                    self->budget_ns)) {
         cancel_call(self);
         if (self->stats != NULL && self->index < 2)
             count_call(self, t1 - self->start_ns);
@@ -551,12 +555,14 @@ PyObject *hw_set_current(PyObject *self, PyObject *arg) {
 /* quick_calls() -> cooperative calls on this thread that ended in their first slice (a counter) */
 PyObject *hw_quick_calls(PyObject *self, PyObject *unused) { return PyLong_FromUnsignedLongLong(quick_calls); }
 
-/* set_turn(turn seconds, window seconds, long seconds): the guest time the event loop gives guests per
- * turn, and the guest time after which a call is long (its clock then counts the time it waited) */
+/* set_turn(turn seconds, window seconds, long seconds, wait part): the guest time the event loop gives
+ * guests per turn, the guest time after which a call is long, and the part of the time a long call
+ * waited that its clock counts (0..1) */
 PyObject *hw_set_turn(PyObject *self, PyObject *args) {
-    double turn, window, longer;
-    if (!PyArg_ParseTuple(args, "ddd", &turn, &window, &longer))
+    double turn, window, longer, wait;
+    if (!PyArg_ParseTuple(args, "dddd", &turn, &window, &longer, &wait))
         return NULL;
+    long_wait = wait;
     turn_ns = (long long)(turn * 1e9);
     turn_window_ns = (long long)(window * 1e9);
     long_ns = (long long)(longer * 1e9);

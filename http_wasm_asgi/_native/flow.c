@@ -50,17 +50,6 @@ static PyObject *triple(PyTypeObject *type, PyObject *a, PyObject *b, PyObject *
     return t;
 }
 
-/* The running instance's Core (its `_core`), a new reference; NULL (no exception) for another kind. */
-static Core *core_of(PyObject *instance) {
-    PyObject *core = PyObject_GetAttr(instance, a_instance_core);
-    if (core != NULL && !Py_IS_TYPE(core, &hw_CoreType)) {
-        Py_DECREF(core);
-        return NULL;
-    }
-    PyErr_Clear();
-    return (Core *)core;
-}
-
 /* flow.pending = Pending(guest, instance, outcome); outcome stolen. 0, or -1 with an exception. */
 static int set_pending(PyObject *flow, PyObject *guest, PyObject *instance, PyObject *outcome) {
     PyObject *t = outcome ? triple(pending_type, guest, instance, outcome) : NULL;
@@ -117,26 +106,34 @@ static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *
     return 0;
 }
 
-/* One guest's handle_request on the native path: 1 held, 0 stopped (before the guest, or with its outcome in
- * pending), -1 error. */
-static int enter_guest(PyObject *flow, PyObject *guest, PyObject *exchange) {
-    int stop = hw_attr_true(guest, a_guest_threaded);
-    if (stop == 0 && (stop = hw_attr_true(guest, a_guest_reads_request_body)) == 1)
+/* A step of chain.steps: (guest, pool, context, threaded, reads_request_body), what the chain's constructor read
+ * of each guest once. 1 when `step` is one, else 0 with a TypeError. */
+static int is_step(PyObject *step) {
+    if (PyTuple_CheckExact(step) && PyTuple_GET_SIZE(step) == 5)
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "a chain step is not (guest, pool, context, threaded, reads_request_body)");
+    return 0;
+}
+
+/* One guest's handle_request on the native path (its step of chain.steps): 1 held, 0 stopped (before the guest,
+ * or with its outcome in pending), -1 error. */
+static int enter_guest(PyObject *flow, PyObject *step, PyObject *exchange) {
+    if (!is_step(step))
+        return -1;
+    PyObject *guest = PyTuple_GET_ITEM(step, 0), *pool = PyTuple_GET_ITEM(step, 1);
+    int stop = PyObject_IsTrue(PyTuple_GET_ITEM(step, 3));
+    if (stop == 0 && (stop = PyObject_IsTrue(PyTuple_GET_ITEM(step, 4))) == 1)
         stop = FIELD(exchange, o_ex_request_body) == Py_None; /* its body is still to be read */
     if (stop)
         return stop < 0 ? -1 : 0;
-    PyObject *pool = PyObject_GetAttr(guest, a_guest_pool);
-    PyObject *instance = pool ? PyObject_CallMethodNoArgs(pool, a_pool_try_acquire) : NULL;
-    Py_XDECREF(pool);
+    PyObject *instance = hw_pool_take(pool);
     if (instance == NULL || instance == Py_None) {
         Py_XDECREF(instance);
         return instance == NULL ? -1 : 0;
     }
     int rc = -1;
-    PyObject *context = PyObject_GetAttr(guest, a_guest_context);
-    PyObject *features = context ? PyObject_GetAttr(context, a_context_features) : NULL;
-    Py_XDECREF(context);
-    Core *core = features ? core_of(instance) : NULL;
+    PyObject *features = PyObject_GetAttr(PyTuple_GET_ITEM(step, 2), a_context_features);
+    Core *core = features ? hw_core_of(instance) : NULL;
     if (core == NULL) {
         if (features != NULL)
             PyErr_SetString(PyExc_TypeError, "enter: the instance has no native-path Core");
@@ -167,26 +164,24 @@ static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow has no Exchange or held list");
         return NULL;
     }
-    PyObject *guests = PyObject_GetAttr(FIELD(flow, o_flow_chain), a_chain_guests);
-    if (guests == NULL)
-        return NULL;
-    if (!PyTuple_CheckExact(guests)) {
-        Py_DECREF(guests);
-        PyErr_SetString(PyExc_TypeError, "enter: chain.guests is not a tuple");
+    PyObject *chain = FIELD(flow, o_flow_chain);
+    PyObject *steps = chain != NULL && PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) ? FIELD(chain, o_chain_steps)
+                                                                                          : NULL;
+    if (steps == NULL || !PyTuple_CheckExact(steps)) {
+        PyErr_SetString(PyExc_TypeError, "enter: the flow's chain has no tuple of steps");
         return NULL;
     }
     int rc = 1;
-    while (rc == 1 && PyList_GET_SIZE(held) < PyTuple_GET_SIZE(guests))
-        rc = enter_guest(flow, PyTuple_GET_ITEM(guests, PyList_GET_SIZE(held)), exchange);
-    Py_DECREF(guests);
+    while (rc == 1 && PyList_GET_SIZE(held) < PyTuple_GET_SIZE(steps))
+        rc = enter_guest(flow, PyTuple_GET_ITEM(steps, PyList_GET_SIZE(held)), exchange);
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
 
 /* One held guest's handle_response on the native path (entry popped already): 1 done and released, 0 its outcome
  * in pending, -1 error. */
-static int leave_guest(PyObject *flow, PyObject *entry, PyObject *is_error) {
+static int leave_guest(PyObject *flow, PyObject *entry, PyObject *pool, PyObject *is_error) {
     PyObject *guest = PyTuple_GET_ITEM(entry, 0), *instance = PyTuple_GET_ITEM(entry, 1);
-    Core *core = core_of(instance);
+    Core *core = hw_core_of(instance);
     if (core == NULL) {
         PyErr_SetString(PyExc_TypeError, "leave: the instance has no native-path Core");
         return -1;
@@ -201,11 +196,37 @@ static int leave_guest(PyObject *flow, PyObject *entry, PyObject *is_error) {
     if (outcome != Py_None)
         return set_pending(flow, guest, instance, outcome);
     Py_DECREF(outcome);
-    PyObject *pool = PyObject_GetAttr(guest, a_guest_pool);
-    PyObject *r = pool ? PyObject_CallMethodOneArg(pool, a_pool_release, instance) : NULL;
-    Py_XDECREF(pool);
+    PyObject *r = hw_pool_give(pool, instance);
     Py_XDECREF(r);
     return r == NULL ? -1 : 1;
+}
+
+/* The step of chain.steps of a held guest (borrowed), found by identity; NULL, no exception, when none is (a
+ * held entry of another chain: its guest's attributes are read instead). */
+static PyObject *step_of(PyObject *flow, PyObject *guest) {
+    PyObject *chain = FIELD(flow, o_flow_chain);
+    PyObject *steps = chain != NULL && PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) ? FIELD(chain, o_chain_steps)
+                                                                                          : NULL;
+    if (steps == NULL || !PyTuple_CheckExact(steps))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
+        PyObject *step = PyTuple_GET_ITEM(steps, i);
+        if (PyTuple_CheckExact(step) && PyTuple_GET_SIZE(step) == 5 && PyTuple_GET_ITEM(step, 0) == guest)
+            return step;
+    }
+    return NULL;
+}
+
+/* One held entry's guest: whether its calls run on threads (1/0, -1 error) and its pool (a new reference). */
+static int held_guest(PyObject *flow, PyObject *guest, PyObject **pool) {
+    PyObject *step = step_of(flow, guest);
+    if (step != NULL) {
+        *pool = Py_NewRef(PyTuple_GET_ITEM(step, 1));
+        return PyObject_IsTrue(PyTuple_GET_ITEM(step, 3));
+    }
+    int threaded = hw_attr_true(guest, a_guest_threaded);
+    *pool = threaded == 0 ? PyObject_GetAttr(guest, a_guest_pool) : NULL;
+    return threaded == 0 && *pool == NULL ? -1 : threaded;
 }
 
 /* Flow.leave(is_error) -> bool */
@@ -227,16 +248,21 @@ static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
             PyErr_SetString(PyExc_TypeError, "leave: a held entry is not (guest, instance, req_ctx)");
             return NULL;
         }
-        int threaded = hw_attr_true(PyTuple_GET_ITEM(entry, 0), a_guest_threaded);
-        if (threaded)
+        PyObject *pool = NULL;
+        int threaded = held_guest(flow, PyTuple_GET_ITEM(entry, 0), &pool);
+        if (threaded) {
+            Py_XDECREF(pool);
             return threaded < 0 ? NULL : Py_NewRef(Py_False);
+        }
         Py_INCREF(entry);
         if (PyList_SetSlice(held, last, last + 1, NULL) < 0) {
             Py_DECREF(entry);
+            Py_DECREF(pool);
             return NULL;
         }
-        rc = leave_guest(flow, entry, as_bool);
+        rc = leave_guest(flow, entry, pool, as_bool);
         Py_DECREF(entry);
+        Py_DECREF(pool);
     }
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }

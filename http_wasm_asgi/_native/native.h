@@ -31,7 +31,7 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 12 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 15 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
@@ -167,13 +167,15 @@ extern Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o
     o_flow_sent, o_flow_started, o_flow_receive, o_flow_scope;
 extern Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size,
     o_pool_min_size, o_pool_trim_handle, o_pool_idle_timeout;
+extern Py_ssize_t o_instance_recycle_above, o_instance_core;
+extern Py_ssize_t o_chain_steps;
 
 /* Attribute and method names, interned from the strings the classes declare (NULL until their role is learned). */
 extern PyObject *a_host_after_next, *a_host_begin, *a_host_end, *a_host_pass_on_request_body;
-extern PyObject *a_instance_raise_trap, *a_instance_bind_memory, *a_instance_core, *a_instance_closed;
-extern PyObject *a_guest_threaded, *a_guest_reads_request_body, *a_guest_pool, *a_guest_context;
+extern PyObject *a_instance_raise_trap, *a_instance_bind_memory, *a_instance_closed;
+extern PyObject *a_guest_threaded, *a_guest_pool;
 extern PyObject *a_context_features;
-extern PyObject *a_chain_guests, *a_chain_observes_response, *a_chain_max_body_size;
+extern PyObject *a_chain_observes_response, *a_chain_max_body_size;
 extern PyObject *a_flow_collect, *a_flow_stream, *a_flow_replay_receive;
 extern PyObject *a_pool_try_acquire, *a_pool_release, *a_pool_schedule_trim;
 
@@ -238,6 +240,19 @@ PyObject *hw_define(PyObject *self, PyObject *args);
 PyObject *hw_start_ticker(PyObject *self, PyObject *args);
 PyObject *hw_flow_methods(PyObject *self, PyObject *args);
 PyObject *hw_pool_methods(PyObject *self, PyObject *cls);
+/* pool.try_acquire() and pool.release(instance): the native methods called directly when `pool` is of the class
+ * pool_methods equipped (exactly), else through the method lookup. */
+PyObject *hw_pool_take(PyObject *pool);
+PyObject *hw_pool_give(PyObject *pool, PyObject *instance);
+
+/* The native-path Core of a WasmInstance (its `_core` slot), a new reference; NULL, no exception, for anything
+ * else. */
+static inline Core *hw_core_of(PyObject *instance) {
+    if (hw_role_class[ROLE_INSTANCE] == NULL || !PyObject_TypeCheck(instance, hw_role_class[ROLE_INSTANCE]))
+        return NULL;
+    PyObject *core = FIELD(instance, o_instance_core);
+    return core != NULL && Py_IS_TYPE(core, &hw_CoreType) ? (Core *)Py_NewRef(core) : NULL;
+}
 int hw_flow_init(void); /* interns ASGI's keys (PyInit) */
 
 #if defined(__GNUC__)

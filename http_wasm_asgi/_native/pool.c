@@ -2,8 +2,9 @@
  *
  * Mirrors http_wasm_asgi/pool.py, which is the reference: InstancePool's try_acquire and release as C methods
  * (pool_methods): an idle instance taken from (and given back to) the end of `_idle`, as the Python methods do;
- * every other case goes to them. The methods go on the subclass handed to pool_methods (NativeInstancePool,
- * `__slots__ = ()`); the class learned as "pool" keeps the Python ones, which are the fallbacks.
+ * every other case goes to them, an instance whose memory grew past its `recycle_above` too (the reference
+ * replaces it). The methods go on the subclass handed to pool_methods (NativeInstancePool, `__slots__ = ()`);
+ * the class learned as "pool" keeps the Python ones, which are the fallbacks.
  */
 #include "native.h"
 
@@ -38,6 +39,28 @@ static int int_less(PyObject *a, PyObject *b) {
     return PyLong_AsSsize_t(a) < PyLong_AsSsize_t(b);
 }
 
+/* Whether an instance's linear memory reached its `recycle_above` (bytes; None: never): 1 (the reference then
+ * replaces it: InstancePool._recycles), 0, or 1 for what only the reference can tell (another class, a closed
+ * core, a value that is not an int). One wasmtime call: the per-request price of giving memory back. */
+static int past_recycle(PyObject *instance) {
+    if (!PyObject_TypeCheck(instance, hw_role_class[ROLE_INSTANCE]))
+        return 0; /* not a WasmInstance: the reference has nothing to recycle either */
+    PyObject *limit = FIELD(instance, o_instance_recycle_above);
+    if (limit == NULL || limit == Py_None)
+        return 0;
+    Core *core = hw_core_of(instance);
+    int past = 1;
+    if (PyLong_CheckExact(limit) && core != NULL && core->ctx != NULL && core->memory != NULL) {
+        size_t above = PyLong_AsSize_t(limit);
+        if (above == (size_t)-1 && PyErr_Occurred())
+            PyErr_Clear(); /* negative or huge: the reference decides */
+        else
+            past = hw_memory_size(core->ctx, core->memory) >= above;
+    }
+    Py_XDECREF((PyObject *)core);
+    return past;
+}
+
 /* InstancePool.release(instance, *, discard=False) */
 static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -53,6 +76,11 @@ static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t narg
         return NULL;
     int above = int_less(min_size, size); /* size > min_size */
     if (closed || waiting || above < 0)
+        goto reference;
+    int past = past_recycle(args[0]);
+    if (past < 0)
+        return NULL;
+    if (past)
         goto reference;
     if (max_idle != Py_None) { /* room among the idle ones, or the pool at its floor */
         PyObject *count = PyLong_FromSsize_t(PyList_GET_SIZE(idle));
@@ -82,6 +110,20 @@ reference:
             stack[i + 1] = args[i];
         return PyObject_Vectorcall(pool_release_reference, stack, (size_t)nargs + 1, kwnames);
     }
+}
+
+static PyTypeObject *native_pool_type; /* the class pool_methods equipped */
+
+PyObject *hw_pool_take(PyObject *pool) {
+    if (Py_IS_TYPE(pool, native_pool_type))
+        return pool_try_acquire(pool, NULL);
+    return PyObject_CallMethodNoArgs(pool, a_pool_try_acquire);
+}
+
+PyObject *hw_pool_give(PyObject *pool, PyObject *instance) {
+    if (Py_IS_TYPE(pool, native_pool_type))
+        return pool_release(pool, &instance, 1, NULL);
+    return PyObject_CallMethodOneArg(pool, a_pool_release, instance);
 }
 
 static PyMethodDef pool_defs[] = {
@@ -115,5 +157,8 @@ PyObject *hw_pool_methods(PyObject *self, PyObject *cls) {
     }
     Py_XSETREF(pool_try_acquire_reference, acquire);
     Py_XSETREF(pool_release_reference, release);
+    Py_INCREF(cls);
+    Py_XDECREF((PyObject *)native_pool_type);
+    native_pool_type = (PyTypeObject *)cls;
     return hw_method_descriptors((PyTypeObject *)cls, pool_defs);
 }

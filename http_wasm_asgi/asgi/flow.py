@@ -68,10 +68,10 @@ class Chain:
     """
 
     __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "open_flow", "retired",
-                 "routes", "threads")
+                 "routes", "steps", "threads")
     # what the native path reads of a chain (see _native: the contract)
-    NATIVE_SLOTS: ClassVar = ()
-    NATIVE_ATTRIBUTES: ClassVar = ("guests", "max_body_size", "observes_response")
+    NATIVE_SLOTS: ClassVar = ("steps",)
+    NATIVE_ATTRIBUTES: ClassVar = ("max_body_size", "observes_response")
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest], max_body_size: int,
                  routes: Sequence[Route] | None = None) -> None:
@@ -80,6 +80,10 @@ class Chain:
                 raise TypeError(f"guests must be Guest objects, got {type(guest).__name__}")
         self.app = app
         self.guests: tuple[Guest, ...] = tuple(guests)
+        # what NativeFlow's enter and leave read of each guest, read once here (a guest's pool, context and
+        # options never change): (guest, pool, context, threaded, reads_request_body)
+        self.steps = tuple((guest, guest.pool, guest.context, guest.threaded, guest.reads_request_body)
+                           for guest in self.guests)
         self.max_body_size = max_body_size
         # Whether a guest may look at the app's response (status, headers, trailers) in
         # handle_response: if none can, an unbuffered response goes straight to the client.
@@ -322,21 +326,15 @@ class Flow:
         exchange.request_body_more = more
 
     # -- the next handler --
-    async def call_app(self) -> None:
-        """Run the app with the guests' changes, then handle_response of every held guest."""
-        scope, receive, send = self.app_args()
-        app_error: Exception | None = None
-        try:
-            await self.chain.app(scope, receive, send)
-        except _ResponseTooLarge:
+    async def app_failed(self, exc: Exception) -> None:
+        """The app raised: handle_response of every held guest with is_error, then the app's error goes on,
+        but for a buffered response that outgrew max_body_size (finish() answers that one)."""
+        if isinstance(exc, _ResponseTooLarge):
             self.response_too_large = True
-        except Exception as exc:
-            app_error = exc
-        is_error = app_error is not None or self.response_too_large
-        if not self.leave(is_error):
-            await self.unwind(is_error=is_error)
-        if app_error is not None:
-            raise app_error
+        if not self.leave(True):
+            await self.unwind(is_error=True)
+        if not self.response_too_large:
+            raise exc
 
     def app_args(self) -> tuple[Scope, Receive, Send]:
         """What the next handler gets: the scope with the guests' changes, the request body as they left

@@ -108,7 +108,13 @@ class HttpWasmMiddleware:
         chain.active += 1
         try:
             if flow.enter() or await flow.request_phase():
-                await flow.call_app()
+                try:  # the app, with the guests' changes (inline: no coroutine of its own per request)
+                    await chain.app(*flow.app_args())
+                except Exception as exc:
+                    await flow.app_failed(exc)
+                else:
+                    if not flow.leave(False):  # handle_response of the held guests, innermost first
+                        await flow.unwind(is_error=False)
                 if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
                     await flow.finish()
         except PoolTimeout as exc:
