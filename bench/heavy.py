@@ -16,8 +16,9 @@ Scenarios and targets (PASS/FAIL per target, like bench/run.py):
 - a new instance from the snapshot, in this process (Guest.new_instance) and in the server
   (each creation timed; the pool creates snapshot instances inline, on the loop): <= 2 ms;
 - the cold burst: no event-loop stall > 50 ms, 0 timeouts, 0 errors, max latency <= 1 s;
-- its rate >= 0.80x of the same guest's CPU-bound rate (the same server, the app answering at
-  once, warmed up), in interleaved rounds;
+- its rate >= 0.80x of the most it can be: the same guest's CPU-bound rate (the same server, the app
+  answering at once, warmed up), or the 20 ms app's own rate without a guest (c / 20 ms in theory; a
+  sleep on a real loop overshoots it), whichever is lower, in interleaved rounds;
 - PSS (/proc/PID/smaps_rollup) with 32 instances in use <= 400 MiB, and after idle trimming
   (idle_timeout 2 s) back down;
 - `http-wasm-asgi serve bench/heavy.yaml --workers 2` on an empty cache: one snapshot built
@@ -25,8 +26,9 @@ Scenarios and targets (PASS/FAIL per target, like bench/run.py):
 - a light guest (guests/zig/headeradder.wasm, Guest() defaults): 200 clients that request a
   20 MiB response and never read leave a normal request answered (200) within 1 s;
 - issue 28, heavy-guest memory: the WAF and guests/go/churn (a heap churned per request, like a
-  garbage-collected guest's), `Guest()` defaults, 20 ms app vs CPU-bound in interleaved rounds: the
-  WAF's rate >= 0.95x and its PSS with 32 instances in use <= 400 MiB; for both, PSS per instance and
+  garbage-collected guest's), `Guest()` defaults, 20 ms app vs CPU-bound and vs the app without a
+  guest in interleaved rounds: the WAF's rate >= 0.95x of the lower and its PSS with 32 instances in
+  use <= 400 MiB; for both, PSS per instance and
   the pages each holds of its own. Churn also with recycle_memory 8 MiB: at the default (64 MiB) none
   of its instances is recycled (they grow ~35 MiB) and its CPU per request is <= 0.5x 8 MiB's; 8 MiB
   brings its PSS per instance to <= 0.5x the default's. Churn's rate is bound by its own CPU (~0.7 ms a
@@ -335,12 +337,14 @@ def guest_memory(logs: Path, seconds: float, rounds: int, kind: str, rule_env: d
     """Issue 28: one heavy guest behind the 20 ms app, then CPU-bound, in interleaved rounds: rates, PSS with
     the instances in use, and what each instance holds of its own (pages it wrote) and how far it grew."""
     env = {"HEAVY_GUEST": kind, **rule_env, **({"HEAVY_RECYCLE": recycle} if recycle else {})}
-    got: dict[str, Any] = {"kind": kind, "recycle": recycle or "default", "awaiting": [], "bound": []}
+    got: dict[str, Any] = {"kind": kind, "recycle": recycle or "default", "awaiting": [], "bound": [], "plain": []}
+    modes = ("awaiting", "bound", "plain")
     with cache_copy(None) as built:
         for r in range(rounds):
-            for mode in (("awaiting", "bound") if r % 2 == 0 else ("bound", "awaiting")):
-                run = cold_burst(built, logs, seconds, delay_ms=DELAY_MS if mode == "awaiting" else 0,
-                                 warm=mode == "bound", **env)
+            for mode in (modes if r % 2 == 0 else tuple(reversed(modes))):
+                settings = {"HEAVY_GUEST": "none"} if mode == "plain" else env  # plain: the same app, no guest
+                run = cold_burst(built, logs, seconds, delay_ms=0 if mode == "bound" else DELAY_MS,
+                                 warm=mode == "bound", **settings)
                 got[mode].append(run)
     return got
 
@@ -358,9 +362,11 @@ def _print_memory(report: Report, got: dict[str, Any]) -> tuple[float, float, fl
     own, grown = last["own_mib"] or [0.0], last["grown_mib"] or [0.0]
     report.header(f"{got['kind']} guest, recycle_memory {recycle_label(got)}: wrk -t1 -c{CONNECTIONS}, "
                   f"{len(awaiting)} rounds", "figure", "value", "")
-    ceiling = CONNECTIONS / (DELAY_MS / 1000)  # c / 20 ms: the most a 20 ms app allows, whatever the guest
+    # The most a 20 ms app allows, whatever the guest: the same app without a guest, same run (c / 20 ms in
+    # theory; a sleep overshoots it on a real loop)
+    ceiling = statistics.median(run["wrk"]["rate"] for run in got["plain"])
     report.row("requests/s: 20 ms app; CPU-bound (app answers at once)", f"{rate:.0f}",
-               f"{bound_rate:.0f} (ceiling {ceiling:.0f})")
+               f"{bound_rate:.0f} (no guest: {ceiling:.0f}; c / 20 ms: {CONNECTIONS / (DELAY_MS / 1000):.0f})")
     report.row("server CPU per request: 20 ms app; CPU-bound",
                f"{statistics.median(run['cpu_us'] for run in awaiting):.0f} us",
                f"{statistics.median(run['cpu_us'] for run in bound):.0f} us")
@@ -398,8 +404,8 @@ def memory_checks(smoke: bool, report: Report) -> None:
     (ratio, busy, per, peak), (_, _, kept, _), (_, _, bounded, _) = \
         (_print_memory(report, got) for got in (waf, churn, small))
     # issue 28's targets, for the WAF at the defaults: the rate the 20 ms app allows, its PSS
-    report.check(f"28 waf at {recycle_label(waf)}: rate, 20 ms app / CPU-bound", f"{ratio:.2f}x", ">= 0.95x",
-                 ratio >= 0.95)
+    report.check(f"28 waf at {recycle_label(waf)}: rate, 20 ms app / min(CPU-bound, no guest)", f"{ratio:.2f}x",
+                 ">= 0.95x", ratio >= 0.95)
     report.check(f"28 waf: PSS with {peak} instances in use ({per:.1f} MiB each)", f"{busy:.0f} MiB",
                  f"<= {PSS_LIMIT_MIB} MiB", busy <= PSS_LIMIT_MIB and peak >= CONNECTIONS)
     # churn: its rate is bound by its own CPU (~0.7 ms a request: one worker's core at ~1400/s), so no rate
@@ -436,9 +442,9 @@ def checks(smoke: bool, report: Report | None = None) -> list[Check]:
             disk = cold_burst(cache, logs, seconds, idle_timeout=1 if smoke else 2, **rule_env)
         _print_burst(report, f"cold start, snapshot ON DISK (idle_timeout {1 if smoke else 2} s)", disk)
         # 3. the rate vs the CPU-bound rate, interleaved rounds (round 1 is the start above)
-        cold_rates, bound_rates = [disk["wrk"]["rate"]], []
+        cold_rates, bound_rates, plain_rates = [disk["wrk"]["rate"]], [], []
         for r in range(rounds):
-            order = ("bound", "cold") if r % 2 == 0 else ("cold", "bound")
+            order = ("bound", "plain", "cold") if r % 2 == 0 else ("cold", "plain", "bound")
             for kind in order:
                 if kind == "cold" and r == 0:
                     continue
@@ -447,6 +453,8 @@ def checks(smoke: bool, report: Report | None = None) -> list[Check]:
                         got = cold_burst(cache, logs, seconds, delay_ms=0, warm=True, **rule_env)
                         bound_rates.append(got["wrk"]["rate"])
                         bound = got
+                    elif kind == "plain":  # the same 20 ms app without a guest: what the app itself allows
+                        plain_rates.append(cold_burst(cache, logs, seconds, HEAVY_GUEST="none")["wrk"]["rate"])
                     else:
                         cold_rates.append(cold_burst(cache, logs, seconds, **rule_env)["wrk"]["rate"])
         # 4. reuse_instances=False (a fresh instance from the snapshot per request)
@@ -463,7 +471,8 @@ def checks(smoke: bool, report: Report | None = None) -> list[Check]:
         workers = two_workers(logs, seconds, rules)
         slow = slow_readers(logs, 50 if smoke else 200)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews wall-clock figures)")
-    _targets(report, empty, disk, cold_rates, bound_rates, bound, fresh, nosnap, inproc, workers, slow, rules)
+    _targets(report, empty, disk, (cold_rates, bound_rates, plain_rates), bound, fresh, nosnap, inproc, workers, slow,
+             rules)
     memory_checks(smoke, report)
     return report.verdicts
 
@@ -493,9 +502,11 @@ def _print_burst(report: Report, title: str, got: dict[str, Any]) -> None:
                    f"{got['stats_idle']['pool_size']} instances")
 
 
-def _targets(report: Report, empty: dict[str, Any], disk: dict[str, Any], cold_rates: list[float],
-             bound_rates: list[float], bound: dict[str, Any], fresh: dict[str, Any], nosnap: dict[str, Any] | None,
-             inproc: dict[str, float], workers: dict[str, Any], slow: dict[str, Any], rules: int | None) -> None:
+def _targets(report: Report, empty: dict[str, Any], disk: dict[str, Any],
+             rates: tuple[list[float], list[float], list[float]], bound: dict[str, Any], fresh: dict[str, Any],
+             nosnap: dict[str, Any] | None, inproc: dict[str, float], workers: dict[str, Any], slow: dict[str, Any],
+             rules: int | None) -> None:
+    """The verdicts of issue 12; rates: 20 ms app from cold, CPU-bound, and the 20 ms app without a guest."""
     label = f"WAF, {rules or 3000} rules"
     report.header(f"Issue 12 targets ({label}; image {inproc['image_mib']:.1f} MiB, init {inproc['init_ms']:.0f} ms "
                   "when built)", "target", "measured", "goal", "")
@@ -516,15 +527,18 @@ def _targets(report: Report, empty: dict[str, Any], disk: dict[str, Any], cold_r
                      "0; 0", result["timeouts"] == 0 and result["errors"] == 0)
         report.check(f"12.2c ({name}) cold burst: max latency", f"{result['max_latency'] * 1000:.0f} ms", "<= 1 s",
                      result["max_latency"] <= 1)
-    cold, cpu_bound = statistics.median(cold_rates), statistics.median(bound_rates)
+    cold_rates, bound_rates, _ = rates
+    cold, cpu_bound, plain = (statistics.median(r) for r in rates)
     ceiling = CONNECTIONS / (DELAY_MS / 1000)
     report.row(f"  rates: 20 ms app, cold ({len(cold_rates)} starts)", f"{cold:.0f}/s",
                ", ".join(f"{r:.0f}" for r in cold_rates))
     report.row(f"  rates: app answering at once, warm ({len(bound_rates)})", f"{cpu_bound:.0f}/s",
                f"{bound['cpu_us']:.0f} us CPU/request")
-    report.row(f"  ceiling of c={CONNECTIONS} with a 20 ms await (c / 20 ms)", f"{ceiling:.0f}/s")
-    report.check("12.3 rate, 20 ms app from cold / CPU-bound rate", f"{cold / cpu_bound:.2f}x", ">= 0.80x",
-                 cold >= 0.8 * cpu_bound)
+    report.row(f"  ceiling of c={CONNECTIONS} with a 20 ms await: c / 20 ms; the app without a guest",
+               f"{ceiling:.0f}/s", f"{plain:.0f}/s")
+    allowed = min(cpu_bound, plain)  # the guest's CPU-bound rate, or what the 20 ms app allows without any guest
+    report.check("12.3 rate, 20 ms app from cold / min(CPU-bound, no guest)", f"{cold / allowed:.2f}x", ">= 0.80x",
+                 cold >= 0.8 * allowed)
     busy_in_use = disk["stats"].get("pool_peak", 0)
     report.check(f"12.4a PSS with {busy_in_use} instances (peak under load)", f"{disk['pss_busy']:.0f} MiB",
                  f"<= {PSS_LIMIT_MIB} MiB", disk["pss_busy"] <= PSS_LIMIT_MIB and busy_in_use >= CONNECTIONS)

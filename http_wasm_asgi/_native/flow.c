@@ -249,17 +249,20 @@ static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
             return NULL;
         }
         PyObject *pool = NULL;
+        Py_INCREF(entry);
         int threaded = held_guest(flow, PyTuple_GET_ITEM(entry, 0), &pool);
         if (threaded) {
+            Py_DECREF(entry);
             Py_XDECREF(pool);
             return threaded < 0 ? NULL : Py_NewRef(Py_False);
         }
-        Py_INCREF(entry);
-        if (PyList_SetSlice(held, last, last + 1, NULL) < 0) {
+        if (PyList_GET_SIZE(held) != last + 1 || PyList_GET_ITEM(held, last) != entry) { /* changed meanwhile */
             Py_DECREF(entry);
             Py_DECREF(pool);
+            PyErr_SetString(PyExc_RuntimeError, "leave: the held list changed while its last guest was read");
             return NULL;
         }
+        Py_DECREF(hw_list_pop(held)); /* the list's reference; ours goes to leave_guest */
         rc = leave_guest(flow, entry, pool, as_bool);
         Py_DECREF(entry);
         Py_DECREF(pool);

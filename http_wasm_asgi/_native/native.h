@@ -245,6 +245,16 @@ PyObject *hw_pool_methods(PyObject *self, PyObject *cls);
 PyObject *hw_pool_take(PyObject *pool);
 PyObject *hw_pool_give(PyObject *pool, PyObject *instance);
 
+/* list.pop() of a non-empty exact list, as a new reference: its capacity stays for the next append (as a pop
+ * that does not shrink it), with no call into the generic slice assignment. */
+static inline PyObject *hw_list_pop(PyObject *list) {
+    Py_ssize_t last = PyList_GET_SIZE(list) - 1;
+    PyObject *item = PyList_GET_ITEM(list, last);
+    PyList_SET_ITEM(list, last, NULL);
+    Py_SET_SIZE(list, last);
+    return item;
+}
+
 /* The native-path Core of a WasmInstance (its `_core` slot), a new reference; NULL, no exception, for anything
  * else. */
 static inline Core *hw_core_of(PyObject *instance) {

@@ -15,12 +15,8 @@ static PyObject *pool_try_acquire(PyObject *pool, PyObject *unused) {
     PyObject *idle = FIELD(pool, o_pool_idle), *low = FIELD(pool, o_pool_low);
     if (idle == NULL || !PyList_CheckExact(idle) || PyList_GET_SIZE(idle) == 0 || low == NULL || !PyLong_CheckExact(low))
         return PyObject_CallOneArg(pool_try_acquire_reference, pool);
-    Py_ssize_t left = PyList_GET_SIZE(idle) - 1;
-    PyObject *instance = Py_NewRef(PyList_GET_ITEM(idle, left));
-    if (PyList_SetSlice(idle, left, left + 1, NULL) < 0) {
-        Py_DECREF(instance);
-        return NULL;
-    }
+    PyObject *instance = hw_list_pop(idle);
+    Py_ssize_t left = PyList_GET_SIZE(idle);
     if (left < PyLong_AsSsize_t(low)) {
         PyObject *n = PyLong_FromSsize_t(left);
         if (n == NULL) {

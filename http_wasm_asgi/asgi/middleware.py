@@ -108,8 +108,9 @@ class HttpWasmMiddleware:
         chain.active += 1
         try:
             if flow.enter() or await flow.request_phase():
+                app_scope, app_receive, app_send = flow.app_args()
                 try:  # the app, with the guests' changes (inline: no coroutine of its own per request)
-                    await chain.app(*flow.app_args())
+                    await chain.app(app_scope, app_receive, app_send)
                 except Exception as exc:
                     await flow.app_failed(exc)
                 else:
