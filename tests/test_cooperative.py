@@ -125,11 +125,16 @@ def test_a_long_call_yields_and_the_loop_keeps_running() -> None:
 
 
 def test_interleaved_slow_calls_keep_their_requests_apart() -> None:
-    guest = Guest(SPIN, name="apart", max_instances=4, call_timeout=30)  # a loaded machine may stretch them
+    guest = Guest(SPIN, name="apart", max_instances=5, call_timeout=30)  # a loaded machine may stretch them
     instances = [guest.pool.try_acquire() for _ in range(4)]
 
     async def main() -> None:
-        n = long_request_calls()
+        probe = guest.pool.try_acquire()
+        assert probe is not None
+        await request(probe, [(b"x-spin", str(long_request_calls() // 4).encode()), (b"x-id", b"p")])
+        speed = probe._core.used / (long_request_calls() // 4)  # type: ignore[union-attr]  # guest time per host call
+        # each call ~4x the ticker's idle period in guest time: even a first one, on an idle ticker, yields
+        n = max(long_request_calls(), int(4 * 4 * engine.EPOCH_IDLE_SECONDS / speed))
         got = await asyncio.gather(*(request(inst, [(b"x-spin", str(n // 4 + n // 40 * i).encode()),  # type: ignore[arg-type]
                                                     (b"x-id", f"req-{i}".encode())])
                                      for i, inst in enumerate(instances)))
@@ -289,3 +294,4 @@ def test_calls_run_to_their_end_on_a_worker_thread() -> None:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+

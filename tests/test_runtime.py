@@ -4,6 +4,7 @@ part compared with the Python it mirrors, and the contract between them), the co
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from http_wasm_asgi import Guest, HttpWasmMiddleware, _native, host
 from http_wasm_asgi.asgi import flow
 from http_wasm_asgi.pool import InstancePool, NativeInstancePool
 from http_wasm_asgi.testing import echo_app
-from http_wasm_asgi.wasm import cache, capi
+from http_wasm_asgi.wasm import cache, capi, engine
 from http_wasm_asgi.wasm.calls import NATIVE_PATH, PYTHON_PATH, using_path
 from support import ROOT, WAT
 from support.attack import asgi_request, logger_records
@@ -410,3 +411,48 @@ def test_the_build_info_series_says_which_path_runs() -> None:
 
     info = [dict(labels) for (name, labels), value in figures().items() if name == "http_wasm_build_info"]
     assert info == [{"native": "on", "version": "0.1.0", "wasmtime": wasmtime_version()}]
+
+
+_TICKER_WAKEUPS = """
+import json, sys, time
+from pathlib import Path
+from http_wasm_asgi import Guest, _native
+from http_wasm_asgi.host import Exchange
+
+def wakeups():
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "http-wasm-epoch":
+            status = (task / "status").read_text()
+            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt")))
+    raise SystemExit("no http-wasm-epoch thread")
+
+def per_second(work):
+    before, start = wakeups(), time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        work()
+    return (wakeups() - before) / (time.perf_counter() - start)
+
+copy = Guest(Path(sys.argv[1]), name="light").pool.try_acquire()
+spin = Guest(Path(sys.argv[2]), name="heavy", call_timeout=30).pool.try_acquire()
+headers = [(b"x-id", b"abc")]
+light = lambda: copy.response(copy.request(Exchange("GET", b"/", b"", headers, max_body_size=1024), 0) >> 32, False)
+idle = per_second(light)
+spin.request(Exchange("GET", b"/", b"", [(b"x-spin", b"3000000"), (b"x-id", b"s")], max_body_size=1024), 0)
+after_long = per_second(light)
+print(json.dumps({"native": _native.EXT is not None, "light": idle, "after_long": after_long}))
+"""
+
+
+def test_the_epoch_ticker_idles_under_short_calls_and_ticks_after_a_long_one() -> None:
+    """Short calls (a light guest at full speed) leave the ticker at its idle period, so a busy worker is not
+    woken every tick; a call that used a turn's guest time brings the tick back for EPOCH_HOLD_SECONDS."""
+    out = subprocess.run([sys.executable, "-c", _TICKER_WAKEUPS, str(WAT / "copy_header.wat"),
+                          str(WAT / "spin_on_header.wat")], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    if not got["native"]:
+        pytest.fail("the native module is not built: the ticker under test is the native one")
+    idle_rate, tick_rate = 1 / engine.EPOCH_IDLE_SECONDS, 1 / engine.EPOCH_TICK_SECONDS
+    assert got["light"] <= 2 * idle_rate, got  # ~100 a second, not ~1000
+    assert got["after_long"] >= tick_rate / 2, got

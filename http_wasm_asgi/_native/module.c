@@ -25,7 +25,11 @@ static PyMethodDef methods[] = {
     {"set_current", hw_set_current, METH_O, "Set the running instance of this thread; returns the previous one."},
     {"quick_calls", hw_quick_calls, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
     {"set_turn", hw_set_turn, METH_VARARGS, "set_turn(turn, window, long): guest seconds per event-loop turn."},
-    {"start_ticker", hw_start_ticker, METH_VARARGS, "Start the native epoch ticker."},
+    {"start_ticker", hw_start_ticker, METH_VARARGS,
+     "start_ticker(engine, interval_us, idle_us, hold_us): the epoch ticker."},
+    {"ticker_count", hw_ticker_count, METH_VARARGS,
+     "ticker_count(which, delta): a Python-path slice (0) or call that yielded (1) begins (+1) or ends (-1); "
+     "a call ran long (2)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,11 @@ from .. import _native
 from .capi import VP
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
+# The native ticker wakes every tick only while a call that yielded is in progress or for EPOCH_HOLD_SECONDS after
+# a call used a turn's guest time (calls.TURN_SECONDS), else every EPOCH_IDLE_SECONDS: a call's first slice then
+# yields within that plus a tick.
+EPOCH_IDLE_SECONDS: Final = 0.01
+EPOCH_HOLD_SECONDS: Final = 2.0
 ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed;fixed-memory"  # what compiled code depends on (cache keys)
 
 _engine_lock = threading.Lock()
@@ -35,13 +40,14 @@ def get_engine() -> wasmtime.Engine:
 
 
 def _start_ticker(engine: wasmtime.Engine) -> None:
-    """A thread that bumps the engine's epoch every tick, for ever. Native when built: guest calls on the
-    native path keep the GIL, so a Python thread could not tick while one runs."""
+    """A thread that bumps the engine's epoch, for ever. Native when built: guest calls on the native path keep
+    the GIL, so a Python thread could not tick while one runs; and it ticks only while guest slices run."""
     ext = _native.EXT
     if ext is not None:
         # its own reference to the engine, never freed: the thread outlives interpreter shutdown
         ticker_engine = ffi.wasmtime_engine_clone(engine.ptr())
-        ext.start_ticker(ctypes.cast(ticker_engine, VP).value, int(EPOCH_TICK_SECONDS * 1e6))
+        ext.start_ticker(ctypes.cast(ticker_engine, VP).value, int(EPOCH_TICK_SECONDS * 1e6),
+                         int(EPOCH_IDLE_SECONDS * 1e6), int(EPOCH_HOLD_SECONDS * 1e6))
         return
 
     def tick() -> None:
