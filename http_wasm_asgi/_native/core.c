@@ -28,13 +28,6 @@ static double long_wait = 0.5; /* the part of its waiting a long call's clock co
 
 static void cancel_call(Core *self);
 
-/* The running call ended (or was dropped): no longer counted among the calls that yielded. */
-static inline void unyield(Core *self) {
-    if (self->yielded) {
-        self->yielded = 0;
-        __atomic_sub_fetch(&hw_calls_yielded, 1, __ATOMIC_RELAXED);
-    }
-}
 
 static int Core_traverse(Core *self, visitproc visit, void *arg) {
     Py_VISIT(self->owner);
@@ -162,7 +155,7 @@ static int store_open(Core *self) {
 static void cancel_call(Core *self) {
     if (self->future == NULL)
         return;
-    unyield(self);
+    self->yielded = 0;
     if (store_open(self)) {
         Core *prev = hw_current;
         hw_current = self;
@@ -217,6 +210,8 @@ static int slice(Core *self, long long t0) {
     Py_INCREF(self); /* a host function may drop the last outside reference */
     hw_current = self;
     __atomic_add_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED); /* the ticker moves the epoch while any runs */
+    if (self->yielded)
+        hw_wake_ticker();
     if (self->release_gil) {
         hw_holds_gil = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -235,7 +230,7 @@ static int slice(Core *self, long long t0) {
     turn_busy_ns += d;
     int rc = CALL_SUSPENDED;
     if (done) {
-        unyield(self);
+        self->yielded = 0;
         hw_delete(self->future);
         self->future = NULL;
         if (self->stats != NULL && self->index < 2)
@@ -253,12 +248,8 @@ static int slice(Core *self, long long t0) {
         self->trap_status = 503;
         rc = raise_trap(self);
     }
-    if (rc == CALL_SUSPENDED && !self->yielded) { /* the ticker ticks while one is in progress */
-        self->yielded = 1;
-        __atomic_add_fetch(&hw_calls_yielded, 1, __ATOMIC_RELAXED);
-    }
-    if (self->own_ns >= turn_ns) /* and for a while after calls this long */
-        __atomic_store_n(&hw_long_seen_ns, t1, __ATOMIC_RELAXED);
+    if (rc == CALL_SUSPENDED)
+        self->yielded = 1; /* its next slices wake an idle ticker */
     Py_DECREF(self);
     return rc;
 }

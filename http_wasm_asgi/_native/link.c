@@ -202,13 +202,16 @@ PyObject *hw_configure(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-int hw_slices_running, hw_calls_yielded; /* (atomic) guest slices being polled now; calls that yielded */
-long long hw_long_seen_ns; /* (atomic) when a call last had used a turn's guest time (hw_now_ns) */
+int hw_slices_running; /* (atomic) guest slices being polled now, on any thread */
+int hw_ticker_fast;    /* (atomic) the ticker wakes every tick (else it waits up to idle_us for hw_wake_ticker) */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cond;
+static int wake_pending;
 
 typedef struct {
     void *engine;
-    long interval_us, idle_us; /* a tick while long calls are about; the wake-up period else */
-    long long hold_ns;          /* how long after the last long call the ticker keeps ticking */
+    long interval_us, idle_us; /* a tick; the longest wait while the ticker idles */
+    double busy_share;         /* the share of wake-ups finding a slice running above which it ticks every tick */
 } ticker_args;
 
 static void sleep_us(long us) {
@@ -216,54 +219,92 @@ static void sleep_us(long us) {
     nanosleep(&ts, NULL);
 }
 
-/* The epoch moves at a wake-up that finds a guest slice running (that slice yields). The ticker wakes every tick
- * while a call that yielded is in progress, or one ran long (a turn's guest time) in the last hold_ns, else every
- * idle_us: then a call's first slice yields within idle_us plus a tick, and the calls after it a tick. Each
- * wake-up preempts a busy worker: 1000 a second cost a light guest's server ~10% of its rate, while its calls,
- * ~1 us each, almost never need one. */
+/* A slice of a call that yielded before (a long call) starts: an idle ticker gives it a tick, as a busy one
+ * would. One futex wake-up per such slice, none while the ticker ticks anyway. */
+void hw_wake_ticker(void) {
+    if (__atomic_load_n(&hw_ticker_fast, __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&wake_lock);
+    wake_pending = 1;
+    pthread_cond_signal(&wake_cond);
+    pthread_mutex_unlock(&wake_lock);
+}
+
+/* Idle: wait up to idle_us, or until a long call's slice starts (then one tick more for it). */
+static void idle_wait(const ticker_args *t) {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += (t->idle_us % 1000000) * 1000;
+    until.tv_sec += t->idle_us / 1000000 + until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    pthread_mutex_lock(&wake_lock);
+    while (!wake_pending && pthread_cond_timedwait(&wake_cond, &wake_lock, &until) == 0)
+        ;
+    int woken = wake_pending;
+    wake_pending = 0;
+    pthread_mutex_unlock(&wake_lock);
+    if (woken)
+        sleep_us(t->interval_us);
+}
+
+/* The epoch moves at a wake-up that finds a guest slice running: that slice yields. The ticker wakes every tick
+ * while most wake-ups find one (a heavy guest's calls fill the loop: each first slice must end within a tick);
+ * else it waits up to idle_us, woken by the slices of long calls: short calls' first slices then yield within
+ * idle_us, a long call's later slices within a tick. Each wake-up preempts a busy worker: 1000 a second cost a
+ * light guest's server ~10% of its rate, while its calls, ~1 us each, almost never need one. */
 static void *tick(void *arg_) {
     ticker_args *t = (ticker_args *)arg_;
+    double busy = 0; /* moving share of wake-ups that found a slice running */
     for (;;) {
-        int fast = __atomic_load_n(&hw_calls_yielded, __ATOMIC_RELAXED) > 0 ||
-                   hw_now_ns() - __atomic_load_n(&hw_long_seen_ns, __ATOMIC_RELAXED) < t->hold_ns;
-        sleep_us(fast ? t->interval_us : t->idle_us);
-        if (__atomic_load_n(&hw_slices_running, __ATOMIC_RELAXED) > 0)
+        if (__atomic_load_n(&hw_ticker_fast, __ATOMIC_RELAXED))
+            sleep_us(t->interval_us);
+        else
+            idle_wait(t);
+        int running = __atomic_load_n(&hw_slices_running, __ATOMIC_RELAXED) > 0;
+        if (running)
             hw_increment_epoch(t->engine);
+        busy += ((double)running - busy) / 32;
+        __atomic_store_n(&hw_ticker_fast, busy >= t->busy_share, __ATOMIC_RELAXED);
     }
     return NULL;
 }
 
-/* ticker_count(which, delta): the Python call path's slices (which 0), calls that yielded (1), and a call that ran
- * long now (2, delta unused), told to the ticker as the native path tells its own in core.c. */
+/* ticker_count(which, delta): a slice of the Python call path begins (+1) or ends (-1) (which 0), or one of a call
+ * that yielded before begins (which 1), told to the ticker as the native path tells its own in core.c. */
 PyObject *hw_ticker_count(PyObject *self, PyObject *args) {
     int which, delta;
     if (!PyArg_ParseTuple(args, "ii", &which, &delta))
         return NULL;
-    if (which == 2)
-        __atomic_store_n(&hw_long_seen_ns, hw_now_ns(), __ATOMIC_RELAXED);
+    if (which == 1)
+        hw_wake_ticker();
     else
-        __atomic_add_fetch(which ? &hw_calls_yielded : &hw_slices_running, delta, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&hw_slices_running, delta, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
-/* start_ticker(engine, interval_us, idle_us, hold_us): a native thread moving the engine's epoch (see tick). */
+/* start_ticker(engine, interval_us, idle_us, busy_share): a native thread moving the engine's epoch (see tick). */
 PyObject *hw_start_ticker(PyObject *self, PyObject *args) {
     unsigned long long engine;
-    long interval, idle, hold;
-    if (!PyArg_ParseTuple(args, "Klll", &engine, &interval, &idle, &hold))
+    long interval, idle;
+    double busy_share;
+    if (!PyArg_ParseTuple(args, "Klld", &engine, &interval, &idle, &busy_share))
         return NULL;
-    if (interval <= 0 || idle < interval || hold < 0) {
-        PyErr_SetString(PyExc_ValueError, "start_ticker: 0 < interval_us <= idle_us, 0 <= hold_us");
+    if (interval <= 0 || idle < interval) {
+        PyErr_SetString(PyExc_ValueError, "start_ticker: 0 < interval_us <= idle_us");
         return NULL;
     }
+    pthread_condattr_t cond_attr;
+    pthread_condattr_init(&cond_attr);
+    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&wake_cond, &cond_attr);
+    pthread_condattr_destroy(&cond_attr);
     ticker_args *t = PyMem_RawMalloc(sizeof(ticker_args)); /* lives as long as the process */
     if (!t)
         return PyErr_NoMemory();
     t->engine = (void *)(uintptr_t)engine;
     t->interval_us = interval;
     t->idle_us = idle;
-    t->hold_ns = (long long)hold * 1000;
-    hw_long_seen_ns = hw_now_ns() - t->hold_ns; /* none yet */
+    t->busy_share = busy_share;
     pthread_t thread;
     pthread_attr_t attr;
     pthread_attr_init(&attr);

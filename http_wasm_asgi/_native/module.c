@@ -26,10 +26,10 @@ static PyMethodDef methods[] = {
     {"quick_calls", hw_quick_calls, METH_NOARGS, "Cooperative calls on this thread that ended in their first slice."},
     {"set_turn", hw_set_turn, METH_VARARGS, "set_turn(turn, window, long): guest seconds per event-loop turn."},
     {"start_ticker", hw_start_ticker, METH_VARARGS,
-     "start_ticker(engine, interval_us, idle_us, hold_us): the epoch ticker."},
+     "start_ticker(engine, interval_us, idle_us, busy_share): the epoch ticker."},
     {"ticker_count", hw_ticker_count, METH_VARARGS,
-     "ticker_count(which, delta): a Python-path slice (0) or call that yielded (1) begins (+1) or ends (-1); "
-     "a call ran long (2)."},
+     "ticker_count(which, delta): a Python-path slice begins (0, +1) or ends (0, -1); a slice of a call that "
+     "yielded before begins (1, 0)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -95,7 +95,7 @@ typedef struct {
     void *trap, *err;         /* what the last failed call left (taken by take_trap) */
     int index, after;         /* the running call: export index, what completing it does */
     int timed_out;            /* the last call ran out of time (no trap object: it was cancelled) */
-    int yielded;              /* the running call was suspended at least once (counted in hw_calls_yielded) */
+    int yielded;              /* the running call was suspended at least once (its slices wake the ticker) */
     long long budget_ns;      /* call_timeout */
     long long start_ns, own_ns, others0; /* the running call's clock (see slice) */
     const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */
@@ -240,9 +240,9 @@ PyObject *hw_configure(PyObject *self, PyObject *args);
 PyObject *hw_define(PyObject *self, PyObject *args);
 PyObject *hw_start_ticker(PyObject *self, PyObject *args);
 PyObject *hw_ticker_count(PyObject *self, PyObject *args);
-/* link.c, for the ticker (atomic): guest slices being polled now, and calls in progress that yielded */
-extern int hw_slices_running, hw_calls_yielded;
-extern long long hw_long_seen_ns; /* when a call last had used a turn's guest time */
+/* link.c, the epoch ticker: guest slices being polled now (atomic); a slice of a call that yielded before begins */
+extern int hw_slices_running;
+void hw_wake_ticker(void);
 PyObject *hw_flow_methods(PyObject *self, PyObject *args);
 PyObject *hw_pool_methods(PyObject *self, PyObject *cls);
 /* pool.try_acquire() and pool.release(instance): the native methods called directly when `pool` is of the class

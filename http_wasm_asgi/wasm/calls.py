@@ -76,8 +76,9 @@ _AFTER_NONE, _AFTER_RESULT, _AFTER_REQUEST, _AFTER_RESPONSE = range(4)  # what c
 _DONE, _SUSPENDED, _FAILED = 0, 1, -1
 
 
-# The native ticker's counts (slices running: 0, calls that yielded: 1), which the Python path keeps too, so the
-# ticker moves the epoch for its calls; None without the native module (the ticker is then a Python thread).
+# The native ticker's signals (a slice runs: 0, +1/-1; a slice of a call that yielded before begins: 1), which the
+# Python path sends too, so the ticker serves its calls; None without the native module (the ticker is then a
+# Python thread).
 _TICKER_COUNT: Final = getattr(_native.EXT, "ticker_count", None)
 
 
@@ -122,7 +123,7 @@ class PythonCore:
         self._ptrs = (ctypes.addressof(self._args), ctypes.addressof(self._results), ctypes.addressof(self._trap),
                       ctypes.addressof(self._err))
         self._future: int | None = None
-        self._yielded = False  # the running call was suspended at least once (counted for the ticker)
+        self._yielded = False  # the running call was suspended at least once (its slices wake the ticker)
         self._index = self._after = 0
         self._start_ns = self._own = self._others0 = 0
         self._stats: array.array[int] | None = None
@@ -150,7 +151,7 @@ class PythonCore:
 
     def cancel(self) -> None:
         if self._future is not None:
-            self._unyield()
+            self._yielded = False
             future, self._future = self._future, None
             if getattr(self.store, "_Managed__ptr", None) is not None:  # else the store is gone: leave it
                 capi.future_delete(future)  # wasmtime unwinds the call's fiber
@@ -161,18 +162,14 @@ class PythonCore:
         self._funcs = [None] * len(EXPORTS)
         self.host = self.owner = self.store = None
 
-    def _unyield(self) -> None:
-        if self._yielded:
-            self._yielded = False
-            if _TICKER_COUNT is not None:
-                _TICKER_COUNT(1, -1)
-
     def _slice(self, t0: int) -> int:
         local = _ct_local
         prev, local.core = local.core, self
         count = _TICKER_COUNT
         if count is not None:
             count(0, 1)
+            if self._yielded:
+                count(1, 0)
         try:
             done = capi.future_poll(self._future)
         finally:
@@ -184,10 +181,8 @@ class PythonCore:
         self._own += d
         local.slices += d
         local.turn_busy += d
-        if count is not None and self._own >= TURN_NS:  # the ticker ticks for a while after calls this long
-            count(2, 0)
         if done:
-            self._unyield()
+            self._yielded = False
             capi.future_delete(self._future)
             self._future = None
             if self._stats is not None and self._index < 2:
@@ -204,9 +199,7 @@ class PythonCore:
             self.timed_out = True
             self.trap_status = 503
             return self._raise()
-        if count is not None and not self._yielded:
-            count(1, 1)
-        self._yielded = True
+        self._yielded = True  # its next slices wake an idle ticker
         return _SUSPENDED
 
     def _raise(self) -> int:

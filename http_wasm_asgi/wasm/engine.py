@@ -14,11 +14,11 @@ from .. import _native
 from .capi import VP
 
 EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every tick: the slice length
-# The native ticker wakes every tick only while a call that yielded is in progress or for EPOCH_HOLD_SECONDS after
-# a call used a turn's guest time (calls.TURN_SECONDS), else every EPOCH_IDLE_SECONDS: a call's first slice then
-# yields within that plus a tick.
+# The native ticker wakes every tick while more than EPOCH_BUSY_SHARE of its wake-ups find a guest slice running
+# (heavy guests); else it waits up to EPOCH_IDLE_SECONDS, woken by each slice of a call that yielded before: a
+# call's first slice then yields within EPOCH_IDLE_SECONDS, its later ones within a tick.
 EPOCH_IDLE_SECONDS: Final = 0.01
-EPOCH_HOLD_SECONDS: Final = 2.0
+EPOCH_BUSY_SHARE: Final = 0.2
 ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed;fixed-memory"  # what compiled code depends on (cache keys)
 
 _engine_lock = threading.Lock()
@@ -47,7 +47,7 @@ def _start_ticker(engine: wasmtime.Engine) -> None:
         # its own reference to the engine, never freed: the thread outlives interpreter shutdown
         ticker_engine = ffi.wasmtime_engine_clone(engine.ptr())
         ext.start_ticker(ctypes.cast(ticker_engine, VP).value, int(EPOCH_TICK_SECONDS * 1e6),
-                         int(EPOCH_IDLE_SECONDS * 1e6), int(EPOCH_HOLD_SECONDS * 1e6))
+                         int(EPOCH_IDLE_SECONDS * 1e6), EPOCH_BUSY_SHARE)
         return
 
     def tick() -> None:
