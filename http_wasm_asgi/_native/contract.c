@@ -28,13 +28,13 @@ Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_p
 Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size, o_pool_min_size,
     o_pool_trim_handle, o_pool_idle_timeout;
 Py_ssize_t o_instance_recycle_above, o_instance_core;
-Py_ssize_t o_chain_steps;
+Py_ssize_t o_chain_steps, o_chain_observes_response, o_instance_closed;
 
 PyObject *a_host_after_next, *a_host_begin, *a_host_end, *a_host_pass_on_request_body;
-PyObject *a_instance_raise_trap, *a_instance_bind_memory, *a_instance_closed;
+PyObject *a_instance_raise_trap, *a_instance_bind_memory;
 PyObject *a_guest_threaded, *a_guest_pool;
 PyObject *a_context_features;
-PyObject *a_chain_observes_response, *a_chain_max_body_size;
+PyObject *a_chain_max_body_size;
 PyObject *a_flow_collect, *a_flow_stream, *a_flow_replay_receive;
 PyObject *a_pool_try_acquire, *a_pool_release, *a_pool_schedule_trim;
 
@@ -115,13 +115,13 @@ static const need needs[] = {
     ATTR_(ROLE_CONTEXT, "features", a_context_features),
     /* Chain (asgi/flow.py): enter, app_args, open_flow */
     SLOT_(ROLE_CHAIN, "steps", o_chain_steps),
-    ATTR_(ROLE_CHAIN, "observes_response", a_chain_observes_response),
+    SLOT_(ROLE_CHAIN, "observes_response", o_chain_observes_response),
     ATTR_(ROLE_CHAIN, "max_body_size", a_chain_max_body_size),
     /* WasmInstance (wasm/instance.py): the Core's owner; the flow's and the pool's instances */
     METH_(ROLE_INSTANCE, "_raise_trap", a_instance_raise_trap),
     METH_(ROLE_INSTANCE, "_bind_memory_from_caller", a_instance_bind_memory),
     SLOT_(ROLE_INSTANCE, "_core", o_instance_core),
-    ATTR_(ROLE_INSTANCE, "closed", a_instance_closed),
+    SLOT_(ROLE_INSTANCE, "closed", o_instance_closed),
     SLOT_(ROLE_INSTANCE, "recycle_above", o_instance_recycle_above),
 };
 #define NNEEDS ((Py_ssize_t)(sizeof needs / sizeof needs[0]))

@@ -270,9 +270,18 @@ static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
 
-static int is_kind(PyObject *kind, PyObject *name) {
-    return kind == name || (PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, name) == 0);
+/* Whether a message's type is `name`. Apps send the same str objects every time (their constants), so the last
+ * one found equal is kept in *seen and compared by identity first. */
+static int is_kind(PyObject *kind, PyObject *name, PyObject **seen) {
+    if (kind == name || kind == *seen)
+        return 1;
+    if (!PyUnicode_CheckExact(kind) || PyUnicode_Compare(kind, name) != 0)
+        return 0;
+    Py_XSETREF(*seen, Py_NewRef(kind));
+    return 1;
 }
+
+static PyObject *seen_body, *seen_start; /* the app's str objects last found equal to the two kinds */
 
 /* Flow.stream(message) -> the server's send awaitable: start and body messages here, the rest by the reference */
 static PyObject *flow_stream(PyObject *flow, PyObject *message) {
@@ -280,10 +289,13 @@ static PyObject *flow_stream(PyObject *flow, PyObject *message) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *send = FIELD(flow, o_flow_send);
     if (kind == NULL || exchange == NULL || send == NULL || !Py_IS_TYPE(exchange, hw_t_exchange))
         goto reference;
-    if (is_kind(kind, k_response_body))
+    if (kind == seen_start || kind == k_response_start) /* the start (once) before the body (maybe many) */
+        goto start;
+    if (is_kind(kind, k_response_body, &seen_body))
         return PyObject_CallOneArg(send, message);
-    if (!is_kind(kind, k_response_start))
+    if (!is_kind(kind, k_response_start, &seen_start))
         goto reference;
+start:;
     PyObject *status = PyDict_GetItemWithError(message, k_status);
     PyObject *headers = PyDict_GetItemWithError(message, k_headers);
     if (status == NULL || PyErr_Occurred())
@@ -356,6 +368,15 @@ static PyObject *app_scope(PyObject *scope, PyObject *exchange) {
     return PyObject_CallFunctionObjArgs(scope_for_app_reference, scope, exchange, NULL);
 }
 
+/* chain.observes_response as 1/0, -1 with an exception */
+static int chain_observes(PyObject *chain) {
+    if (!PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) || FIELD(chain, o_chain_observes_response) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "app_args: the flow's chain is not a Chain");
+        return -1;
+    }
+    return PyObject_IsTrue(FIELD(chain, o_chain_observes_response));
+}
+
 static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *scope = FIELD(flow, o_flow_scope);
     PyObject *chain = FIELD(flow, o_flow_chain), *buffered = FIELD(flow, o_flow_buffered);
@@ -369,7 +390,7 @@ static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
     if (observed > 0) {
         send = PyObject_GetAttr(flow, a_flow_collect);
     } else {
-        if (observed == 0 && (observed = hw_attr_true(chain, a_chain_observes_response)) == 0)
+        if (observed == 0 && (observed = chain_observes(chain)) == 0)
             observed = PyObject_IsTrue(FIELD(exchange, o_ex_response_headers));
         send = observed < 0 ? NULL
                : observed   ? PyObject_GetAttr(flow, a_flow_stream)

@@ -31,7 +31,7 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 16 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 17 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
@@ -169,14 +169,14 @@ extern Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o
 extern Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size,
     o_pool_min_size, o_pool_trim_handle, o_pool_idle_timeout;
 extern Py_ssize_t o_instance_recycle_above, o_instance_core;
-extern Py_ssize_t o_chain_steps;
+extern Py_ssize_t o_chain_steps, o_chain_observes_response, o_instance_closed;
 
 /* Attribute and method names, interned from the strings the classes declare (NULL until their role is learned). */
 extern PyObject *a_host_after_next, *a_host_begin, *a_host_end, *a_host_pass_on_request_body;
-extern PyObject *a_instance_raise_trap, *a_instance_bind_memory, *a_instance_closed;
+extern PyObject *a_instance_raise_trap, *a_instance_bind_memory;
 extern PyObject *a_guest_threaded, *a_guest_pool;
 extern PyObject *a_context_features;
-extern PyObject *a_chain_observes_response, *a_chain_max_body_size;
+extern PyObject *a_chain_max_body_size;
 extern PyObject *a_flow_collect, *a_flow_stream, *a_flow_replay_receive;
 extern PyObject *a_pool_try_acquire, *a_pool_release, *a_pool_schedule_trim;
 

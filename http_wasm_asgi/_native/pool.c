@@ -66,7 +66,9 @@ static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t narg
     if (nargs != 1 || kwnames != NULL || idle == NULL || !PyList_CheckExact(idle) || FIELD(pool, o_pool_reuse) != Py_True
         || waiters == NULL || max_idle == NULL)
         goto reference;
-    int closed = hw_attr_true(args[0], a_instance_closed);
+    PyObject *flag = PyObject_TypeCheck(args[0], hw_role_class[ROLE_INSTANCE]) ? FIELD(args[0], o_instance_closed)
+                                                                            : NULL;
+    int closed = flag == NULL ? 1 : PyObject_IsTrue(flag); /* not a WasmInstance: the reference decides */
     Py_ssize_t waiting = PyObject_Length(waiters);
     if (closed < 0 || waiting < 0)
         return NULL;

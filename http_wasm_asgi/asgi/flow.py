@@ -70,8 +70,8 @@ class Chain:
     __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "open_flow", "retired",
                  "routes", "steps", "threads")
     # what the native path reads of a chain (see _native: the contract)
-    NATIVE_SLOTS: ClassVar = ("steps",)
-    NATIVE_ATTRIBUTES: ClassVar = ("max_body_size", "observes_response")
+    NATIVE_SLOTS: ClassVar = ("observes_response", "steps")
+    NATIVE_ATTRIBUTES: ClassVar = ("max_body_size",)
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest], max_body_size: int,
                  routes: Sequence[Route] | None = None) -> None:

@@ -67,8 +67,8 @@ class WasmInstance:
                  "_store", "_store_exports", "closed", "handle_request", "handle_response", "host", "name", "output_fn",
                  "recycle_above", "request", "response", "start_request", "start_response")
     # What the native path reads and calls on an instance: its contract, checked at import (_native.learn).
-    NATIVE_SLOTS: ClassVar = ("_core", "recycle_above")
-    NATIVE_ATTRIBUTES: ClassVar = ("_bind_memory_from_caller", "_raise_trap", "closed")
+    NATIVE_SLOTS: ClassVar = ("_core", "closed", "recycle_above")
+    NATIVE_ATTRIBUTES: ClassVar = ("_bind_memory_from_caller", "_raise_trap")
 
     handle_request: Callable[[], int]
     handle_response: Callable[[int, bool], None]
