@@ -49,7 +49,7 @@ INIT_EXPORTS: Final = (abi.EXPORT_INITIALIZE, abi.EXPORT_START)  # the first one
 SUSPENDED: Final = -1  # what start_request/start_response return when the guest yielded: await finish()
 TURN_SECONDS: Final = 0.001  # guest time per event-loop turn; later first slices wait for the next turn
 TURN_NS: Final = int(TURN_SECONDS * 1e9)
-LONG_CALL_SECONDS: Final = 0.01  # a suspended call that used more is "long": it yields to shorter ones ...
+LONG_CALL_SECONDS: Final = 0.005  # a suspended call that used more is "long": it yields to shorter ones ...
 LONG_CALL_NS: Final = int(LONG_CALL_SECONDS * 1e9)  # ... and its clock counts part of the time it waited:
 LONG_WAIT: Final = 0.5  # held to a small share of a busy loop, it still ends within ~call_timeout / LONG_WAIT
 

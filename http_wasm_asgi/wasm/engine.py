@@ -17,7 +17,7 @@ EPOCH_TICK_SECONDS: Final = 0.001  # a guest call yields to its caller at every 
 # The native ticker wakes every tick while more than EPOCH_BUSY_SHARE of its wake-ups find a guest slice running
 # (heavy guests); else it waits up to EPOCH_IDLE_SECONDS, woken by each slice of a call that yielded before: a
 # call's first slice then yields within EPOCH_IDLE_SECONDS, its later ones within a tick.
-EPOCH_IDLE_SECONDS: Final = 0.01
+EPOCH_IDLE_SECONDS: Final = 0.005
 EPOCH_BUSY_SHARE: Final = 0.2
 ENGINE_FINGERPRINT: Final = "epoch=1;opt=speed;fixed-memory"  # what compiled code depends on (cache keys)
 
