@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 from benchutil import cpu_seconds, free_port, wait_port, wrk_seconds  # noqa: E402
+from e2e_app import RawHeaderMiddleware  # noqa: E402  # the cheapest Python filter, also served end to end
 from starlette.applications import Starlette  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from starlette.middleware.base import BaseHTTPMiddleware  # noqa: E402
@@ -66,23 +67,6 @@ async def hello(request: Any) -> PlainTextResponse:
 
 def starlette_app(middleware: list[Middleware] | None = None) -> Starlette:
     return Starlette(routes=[Route("/", hello)], middleware=middleware or [])
-
-
-class RawHeaderMiddleware:
-    """The cheapest possible Python filter: a raw ASGI middleware copying x-id."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        value = next((v for k, v in scope["headers"] if k == b"x-id"), None)
-
-        async def send_with_header(message: Any) -> None:
-            if message["type"] == "http.response.start" and value is not None:
-                message["headers"] = [*message.get("headers", []), (b"x-id", value)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
 
 
 class BaseHeaderMiddleware(BaseHTTPMiddleware):
