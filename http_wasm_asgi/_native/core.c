@@ -28,7 +28,6 @@ static double long_wait = 0.5; /* the part of its waiting a long call's clock co
 
 static void cancel_call(Core *self);
 
-
 static int Core_traverse(Core *self, visitproc visit, void *arg) {
     Py_VISIT(self->owner);
     Py_VISIT(self->host);

@@ -107,19 +107,26 @@ static int flow_hold(PyObject *flow, PyObject *guest, PyObject *instance, Core *
 }
 
 /* A step of chain.steps: (guest, pool, context, threaded, reads_request_body), what the chain's constructor read
- * of each guest once. 1 when `step` is one, else 0 with a TypeError. */
+ * of each guest once. */
 static int is_step(PyObject *step) {
-    if (PyTuple_CheckExact(step) && PyTuple_GET_SIZE(step) == 5)
-        return 1;
-    PyErr_SetString(PyExc_TypeError, "a chain step is not (guest, pool, context, threaded, reads_request_body)");
-    return 0;
+    return PyTuple_CheckExact(step) && PyTuple_GET_SIZE(step) == 5;
+}
+
+/* The steps of the flow's chain (borrowed), NULL (no exception) when its chain is not a Chain with a tuple of them */
+static PyObject *chain_steps(PyObject *flow) {
+    PyObject *chain = FIELD(flow, o_flow_chain);
+    PyObject *steps = chain != NULL && PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) ? FIELD(chain, o_chain_steps)
+                                                                                          : NULL;
+    return steps != NULL && PyTuple_CheckExact(steps) ? steps : NULL;
 }
 
 /* One guest's handle_request on the native path (its step of chain.steps): 1 held, 0 stopped (before the guest,
  * or with its outcome in pending), -1 error. */
 static int enter_guest(PyObject *flow, PyObject *step, PyObject *exchange) {
-    if (!is_step(step))
+    if (!is_step(step)) {
+        PyErr_SetString(PyExc_TypeError, "a chain step is not (guest, pool, context, threaded, reads_request_body)");
         return -1;
+    }
     PyObject *guest = PyTuple_GET_ITEM(step, 0), *pool = PyTuple_GET_ITEM(step, 1);
     int stop = PyObject_IsTrue(PyTuple_GET_ITEM(step, 3));
     if (stop == 0 && (stop = PyObject_IsTrue(PyTuple_GET_ITEM(step, 4))) == 1)
@@ -164,10 +171,8 @@ static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow has no Exchange or held list");
         return NULL;
     }
-    PyObject *chain = FIELD(flow, o_flow_chain);
-    PyObject *steps = chain != NULL && PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) ? FIELD(chain, o_chain_steps)
-                                                                                          : NULL;
-    if (steps == NULL || !PyTuple_CheckExact(steps)) {
+    PyObject *steps = chain_steps(flow);
+    if (steps == NULL) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow's chain has no tuple of steps");
         return NULL;
     }
@@ -204,14 +209,12 @@ static int leave_guest(PyObject *flow, PyObject *entry, PyObject *pool, PyObject
 /* The step of chain.steps of a held guest (borrowed), found by identity; NULL, no exception, when none is (a
  * held entry of another chain: its guest's attributes are read instead). */
 static PyObject *step_of(PyObject *flow, PyObject *guest) {
-    PyObject *chain = FIELD(flow, o_flow_chain);
-    PyObject *steps = chain != NULL && PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN]) ? FIELD(chain, o_chain_steps)
-                                                                                          : NULL;
-    if (steps == NULL || !PyTuple_CheckExact(steps))
+    PyObject *steps = chain_steps(flow);
+    if (steps == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
         PyObject *step = PyTuple_GET_ITEM(steps, i);
-        if (PyTuple_CheckExact(step) && PyTuple_GET_SIZE(step) == 5 && PyTuple_GET_ITEM(step, 0) == guest)
+        if (is_step(step) && PyTuple_GET_ITEM(step, 0) == guest)
             return step;
     }
     return NULL;
@@ -289,13 +292,12 @@ static PyObject *flow_stream(PyObject *flow, PyObject *message) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *send = FIELD(flow, o_flow_send);
     if (kind == NULL || exchange == NULL || send == NULL || !Py_IS_TYPE(exchange, hw_t_exchange))
         goto reference;
-    if (kind == seen_start || kind == k_response_start) /* the start (once) before the body (maybe many) */
-        goto start;
-    if (is_kind(kind, k_response_body, &seen_body))
-        return PyObject_CallOneArg(send, message);
-    if (!is_kind(kind, k_response_start, &seen_start))
-        goto reference;
-start:;
+    if (kind != seen_start && kind != k_response_start) { /* else the start, known by identity */
+        if (is_kind(kind, k_response_body, &seen_body))
+            return PyObject_CallOneArg(send, message);
+        if (!is_kind(kind, k_response_start, &seen_start))
+            goto reference;
+    }
     PyObject *status = PyDict_GetItemWithError(message, k_status);
     PyObject *headers = PyDict_GetItemWithError(message, k_headers);
     if (status == NULL || PyErr_Occurred())

@@ -269,16 +269,19 @@ static void *tick(void *arg_) {
     return NULL;
 }
 
-/* ticker_count(which, delta): a slice of the Python call path begins (+1) or ends (-1) (which 0), or one of a call
- * that yielded before begins (which 1), told to the ticker as the native path tells its own in core.c. */
-PyObject *hw_ticker_count(PyObject *self, PyObject *args) {
-    int which, delta;
-    if (!PyArg_ParseTuple(args, "ii", &which, &delta))
+/* slice_running(delta): a slice of the Python call path begins (+1) or ends (-1), counted with the native path's
+ * own (core.c), so the ticker moves the epoch while it runs. */
+PyObject *hw_slice_running(PyObject *self, PyObject *delta) {
+    long d = PyLong_AsLong(delta);
+    if (d == -1 && PyErr_Occurred())
         return NULL;
-    if (which == 1)
-        hw_wake_ticker();
-    else
-        __atomic_add_fetch(&hw_slices_running, delta, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&hw_slices_running, (int)d, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+/* wake_ticker(): a slice of a Python-path call that yielded before begins (see idle_wait). */
+PyObject *hw_wake_ticker_py(PyObject *self, PyObject *unused) {
+    hw_wake_ticker();
     Py_RETURN_NONE;
 }
 

@@ -27,9 +27,8 @@ static PyMethodDef methods[] = {
     {"set_turn", hw_set_turn, METH_VARARGS, "set_turn(turn, window, long): guest seconds per event-loop turn."},
     {"start_ticker", hw_start_ticker, METH_VARARGS,
      "start_ticker(engine, interval_us, idle_us, busy_share): the epoch ticker."},
-    {"ticker_count", hw_ticker_count, METH_VARARGS,
-     "ticker_count(which, delta): a Python-path slice begins (0, +1) or ends (0, -1); a slice of a call that "
-     "yielded before begins (1, 0)."},
+    {"slice_running", hw_slice_running, METH_O, "slice_running(delta): a Python-path slice begins (+1) or ends (-1)."},
+    {"wake_ticker", hw_wake_ticker_py, METH_NOARGS, "wake_ticker(): a slice of a call that yielded before begins."},
     {NULL, NULL, 0, NULL},
 };
 

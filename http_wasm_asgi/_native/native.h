@@ -31,7 +31,7 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 17 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 18 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
@@ -239,7 +239,8 @@ static inline int hw_header_entry(PyObject *item, PyObject **k, PyObject **v) {
 PyObject *hw_configure(PyObject *self, PyObject *args);
 PyObject *hw_define(PyObject *self, PyObject *args);
 PyObject *hw_start_ticker(PyObject *self, PyObject *args);
-PyObject *hw_ticker_count(PyObject *self, PyObject *args);
+PyObject *hw_slice_running(PyObject *self, PyObject *delta);
+PyObject *hw_wake_ticker_py(PyObject *self, PyObject *unused);
 /* link.c, the epoch ticker: guest slices being polled now (atomic); a slice of a call that yielded before begins */
 extern int hw_slices_running;
 void hw_wake_ticker(void);

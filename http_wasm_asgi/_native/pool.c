@@ -35,12 +35,10 @@ static int int_less(PyObject *a, PyObject *b) {
     return PyLong_AsSsize_t(a) < PyLong_AsSsize_t(b);
 }
 
-/* Whether an instance's linear memory reached its `recycle_above` (bytes; None: never): 1 (the reference then
- * replaces it: InstancePool._recycles), 0, or 1 for what only the reference can tell (another class, a closed
- * core, a value that is not an int). One wasmtime call: the per-request price of giving memory back. */
+/* Whether a WasmInstance's linear memory reached its `recycle_above` (bytes; None: never): 1 (the reference then
+ * replaces it: InstancePool._recycles), 0, or 1 for what only the reference can tell (a closed core, a value that
+ * is not an int). One wasmtime call: the per-request price of giving memory back. */
 static int past_recycle(PyObject *instance) {
-    if (!PyObject_TypeCheck(instance, hw_role_class[ROLE_INSTANCE]))
-        return 0; /* not a WasmInstance: the reference has nothing to recycle either */
     PyObject *limit = FIELD(instance, o_instance_recycle_above);
     if (limit == NULL || limit == Py_None)
         return 0;
@@ -66,9 +64,10 @@ static PyObject *pool_release(PyObject *pool, PyObject *const *args, size_t narg
     if (nargs != 1 || kwnames != NULL || idle == NULL || !PyList_CheckExact(idle) || FIELD(pool, o_pool_reuse) != Py_True
         || waiters == NULL || max_idle == NULL)
         goto reference;
-    PyObject *flag = PyObject_TypeCheck(args[0], hw_role_class[ROLE_INSTANCE]) ? FIELD(args[0], o_instance_closed)
-                                                                            : NULL;
-    int closed = flag == NULL ? 1 : PyObject_IsTrue(flag); /* not a WasmInstance: the reference decides */
+    if (!PyObject_TypeCheck(args[0], hw_role_class[ROLE_INSTANCE]))
+        goto reference; /* not a WasmInstance: the reference decides */
+    PyObject *flag = FIELD(args[0], o_instance_closed);
+    int closed = flag == NULL ? 1 : PyObject_IsTrue(flag);
     Py_ssize_t waiting = PyObject_Length(waiters);
     if (closed < 0 || waiting < 0)
         return NULL;

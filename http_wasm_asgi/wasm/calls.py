@@ -76,10 +76,11 @@ _AFTER_NONE, _AFTER_RESULT, _AFTER_REQUEST, _AFTER_RESPONSE = range(4)  # what c
 _DONE, _SUSPENDED, _FAILED = 0, 1, -1
 
 
-# The native ticker's signals (a slice runs: 0, +1/-1; a slice of a call that yielded before begins: 1), which the
+# The native ticker's two signals (a slice runs: +1/-1; a slice of a call that yielded before begins), which the
 # Python path sends too, so the ticker serves its calls; None without the native module (the ticker is then a
 # Python thread).
-_TICKER_COUNT: Final = getattr(_native.EXT, "ticker_count", None)
+_SLICE_RUNNING: Final = getattr(_native.EXT, "slice_running", None)
+_WAKE_TICKER: Final = getattr(_native.EXT, "wake_ticker", None)
 
 
 class PythonCore:
@@ -165,17 +166,17 @@ class PythonCore:
     def _slice(self, t0: int) -> int:
         local = _ct_local
         prev, local.core = local.core, self
-        count = _TICKER_COUNT
-        if count is not None:
-            count(0, 1)
-            if self._yielded:
-                count(1, 0)
+        running = _SLICE_RUNNING
+        if running is not None:
+            running(1)
+            if self._yielded and _WAKE_TICKER is not None:
+                _WAKE_TICKER()
         try:
             done = capi.future_poll(self._future)
         finally:
             local.core = prev
-            if count is not None:
-                count(0, -1)
+            if running is not None:
+                running(-1)
         t1 = time.perf_counter_ns()
         d = t1 - t0
         self._own += d
