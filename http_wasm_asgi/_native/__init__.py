@@ -184,6 +184,14 @@ def flow_methods(cls: type, trap_class: type, held_type: type, pending_type: typ
     return methods, native_open
 
 
+def middleware_call(cls: type, serve: Callable[..., Any], close_retired: Callable[[Any], None],
+                    stages: Mapping[str, int]) -> None:
+    """Calls of `cls` (the learned "middleware" class) take the native path: the common request end to end in
+    C, the rest handed to `serve` at its `stages`; cls.__call__ stays the reference. Nothing without it."""
+    if EXT is not None:
+        EXT.middleware_call(cls, serve, close_retired, dict(stages))
+
+
 def accelerated(reference: F) -> F:
     """The native implementation of a Python helper (same name, same results), else the helper.
 

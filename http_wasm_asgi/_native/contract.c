@@ -15,8 +15,8 @@
 #include "native.h"
 
 PyTypeObject *hw_role_class[NROLES];
-static const char *const role_names[NROLES] = {"host", "exchange", "flow", "pool",
-                                               "guest", "context", "chain", "instance"};
+static const char *const role_names[NROLES] = {"host",     "exchange", "flow",       "pool",  "guest",
+                                               "context",  "chain",    "instance", "middleware", "routes"};
 
 Py_ssize_t o_host_exchange, o_host_phase, o_host_config, o_host_features, o_host_request_read,
     o_host_request_written, o_host_response_read, o_host_response_written;
@@ -24,17 +24,18 @@ Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_changed, o_
     o_ex_query, o_ex_max_body_size, o_ex_protocol, o_ex_client, o_ex_trailers_supported, o_ex_uri,
     o_ex_request_body, o_ex_request_body_replaced;
 Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send, o_flow_sent,
-    o_flow_started, o_flow_receive, o_flow_scope;
+    o_flow_started, o_flow_receive, o_flow_scope, o_flow_response_too_large;
 Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size, o_pool_min_size,
     o_pool_trim_handle, o_pool_idle_timeout;
 Py_ssize_t o_instance_recycle_above, o_instance_core;
 Py_ssize_t o_chain_steps, o_chain_observes_response, o_instance_closed;
+Py_ssize_t o_chain_active, o_chain_app, o_chain_retired, o_chain_open_flow, o_chain_routes, o_chain_max_body_size;
 
 PyObject *a_host_after_next, *a_host_begin, *a_host_end, *a_host_pass_on_request_body;
 PyObject *a_instance_raise_trap, *a_instance_bind_memory;
 PyObject *a_guest_threaded, *a_guest_pool;
 PyObject *a_context_features;
-PyObject *a_chain_max_body_size;
+PyObject *a_middleware_chain, *a_routes_match;
 PyObject *a_flow_collect, *a_flow_stream, *a_flow_replay_receive;
 PyObject *a_pool_try_acquire, *a_pool_release, *a_pool_schedule_trim;
 
@@ -92,6 +93,7 @@ static const need needs[] = {
     SLOT_(ROLE_FLOW, "started", o_flow_started),
     SLOT_(ROLE_FLOW, "receive", o_flow_receive),
     SLOT_(ROLE_FLOW, "scope", o_flow_scope),
+    SLOT_(ROLE_FLOW, "response_too_large", o_flow_response_too_large),
     METH_(ROLE_FLOW, "collect", a_flow_collect),
     METH_(ROLE_FLOW, "stream", a_flow_stream),
     METH_(ROLE_FLOW, "replay_receive", a_flow_replay_receive),
@@ -113,10 +115,19 @@ static const need needs[] = {
     ATTR_(ROLE_GUEST, "pool", a_guest_pool),
     /* GuestContext (guest.py): the flow's enter */
     ATTR_(ROLE_CONTEXT, "features", a_context_features),
-    /* Chain (asgi/flow.py): enter, app_args, open_flow */
+    /* Chain (asgi/flow.py): enter, app_args, open_flow; the middleware's call */
     SLOT_(ROLE_CHAIN, "steps", o_chain_steps),
     SLOT_(ROLE_CHAIN, "observes_response", o_chain_observes_response),
-    ATTR_(ROLE_CHAIN, "max_body_size", a_chain_max_body_size),
+    SLOT_(ROLE_CHAIN, "active", o_chain_active),
+    SLOT_(ROLE_CHAIN, "app", o_chain_app),
+    SLOT_(ROLE_CHAIN, "retired", o_chain_retired),
+    SLOT_(ROLE_CHAIN, "open_flow", o_chain_open_flow),
+    SLOT_(ROLE_CHAIN, "routes", o_chain_routes),
+    SLOT_(ROLE_CHAIN, "max_body_size", o_chain_max_body_size),
+    /* HttpWasmMiddleware (asgi/middleware.py): its call */
+    ATTR_(ROLE_MIDDLEWARE, "chain", a_middleware_chain),
+    /* RouteTable (asgi/routes.py): the middleware's call picks a route's chain */
+    METH_(ROLE_ROUTES, "match", a_routes_match),
     /* WasmInstance (wasm/instance.py): the Core's owner; the flow's and the pool's instances */
     METH_(ROLE_INSTANCE, "_raise_trap", a_instance_raise_trap),
     METH_(ROLE_INSTANCE, "_bind_memory_from_caller", a_instance_bind_memory),

@@ -62,16 +62,7 @@ static int set_pending(PyObject *flow, PyObject *guest, PyObject *instance, PyOb
 
 /* The exception of a call that failed, when it is a GuestTrap (its outcome); NULL, exception kept, otherwise. */
 static PyObject *take_guest_trap(void) {
-    if (!PyErr_ExceptionMatches(guest_trap))
-        return NULL;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (value != NULL && tb != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
+    return PyErr_ExceptionMatches(guest_trap) ? hw_take_exception() : NULL;
 }
 
 /* Flow.hold: the guest said next; it keeps its instance (held) until its handle_response. */
@@ -165,7 +156,7 @@ out:
 }
 
 /* Flow.enter() -> bool */
-static PyObject *flow_enter(PyObject *flow, PyObject *unused) {
+PyObject *hw_flow_enter(PyObject *flow, PyObject *unused) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *held = FIELD(flow, o_flow_held);
     if (exchange == NULL || held == NULL || !PyList_CheckExact(held) || !Py_IS_TYPE(exchange, hw_t_exchange)) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow has no Exchange or held list");
@@ -233,7 +224,7 @@ static int held_guest(PyObject *flow, PyObject *guest, PyObject **pool) {
 }
 
 /* Flow.leave(is_error) -> bool */
-static PyObject *flow_leave(PyObject *flow, PyObject *is_error) {
+PyObject *hw_flow_leave(PyObject *flow, PyObject *is_error) {
     PyObject *held = FIELD(flow, o_flow_held);
     if (held == NULL || !PyList_CheckExact(held)) {
         PyErr_SetString(PyExc_TypeError, "leave: the flow has no held list");
@@ -379,7 +370,7 @@ static int chain_observes(PyObject *chain) {
     return PyObject_IsTrue(FIELD(chain, o_chain_observes_response));
 }
 
-static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
+PyObject *hw_flow_app_args(PyObject *flow, PyObject *unused) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *scope = FIELD(flow, o_flow_scope);
     PyObject *chain = FIELD(flow, o_flow_chain), *buffered = FIELD(flow, o_flow_buffered);
     if (exchange == NULL || scope == NULL || chain == NULL || buffered == NULL ||
@@ -420,10 +411,10 @@ static PyObject *flow_app_args(PyObject *flow, PyObject *unused) {
 }
 
 static PyMethodDef flow_defs[] = {
-    {"enter", (PyCFunction)flow_enter, METH_NOARGS, "handle_request of the guests whose calls end at once in next."},
-    {"leave", (PyCFunction)flow_leave, METH_O, "handle_response of the held guests whose calls end at once."},
+    {"enter", (PyCFunction)hw_flow_enter, METH_NOARGS, "handle_request of the guests whose calls end at once in next."},
+    {"leave", (PyCFunction)hw_flow_leave, METH_O, "handle_response of the held guests whose calls end at once."},
     {"stream", (PyCFunction)flow_stream, METH_O, "Pass the app's response through, remembering what guests read."},
-    {"app_args", (PyCFunction)flow_app_args, METH_NOARGS, "(scope, receive, send) for the next handler."},
+    {"app_args", (PyCFunction)hw_flow_app_args, METH_NOARGS, "(scope, receive, send) for the next handler."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -501,10 +492,13 @@ static PyObject *new_exchange(PyObject *chain, PyObject *scope) {
         extensions == NULL || extensions == Py_None ? 0 : PySequence_Contains(extensions, k_response_trailers);
     if (has_query < 0 || trailers < 0 || PyErr_Occurred())
         return NULL;
-    PyObject *max_body_size = PyObject_GetAttr(chain, a_chain_max_body_size);
-    PyObject *ex = max_body_size ? clone_slots(exchange_prototype, &exchange_slots) : NULL;
+    PyObject *max_body_size = PyObject_TypeCheck(chain, hw_role_class[ROLE_CHAIN])
+                                  ? Py_XNewRef(FIELD(chain, o_chain_max_body_size)) : NULL;
+    if (max_body_size == NULL)
+        return NULL; /* not a Chain: the reference decides */
+    PyObject *ex = clone_slots(exchange_prototype, &exchange_slots);
     if (ex == NULL) {
-        Py_XDECREF(max_body_size);
+        Py_DECREF(max_body_size);
         return NULL;
     }
     SET_FIELD(ex, o_ex_method, method);
@@ -547,6 +541,14 @@ static PyObject *open_flow(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static PyMethodDef open_flow_def = {"open_flow", (PyCFunction)(void (*)(void))open_flow, METH_FASTCALL,
                                     "A request's flow through the chain, over the Exchange of its scope."};
+
+PyObject *hw_open_flow_function; /* the open_flow function flow_methods made (NULL before) */
+PyTypeObject *hw_native_flow_type; /* the class flow_methods equipped (NULL before) */
+
+PyObject *hw_open_flow(PyObject *chain, PyObject *scope, PyObject *receive, PyObject *send) {
+    PyObject *args[4] = {chain, scope, receive, send};
+    return open_flow(NULL, args, 4);
+}
 
 /* A NamedTuple class of 3 fields, for triple() */
 static int check_triple(PyObject *type, const char *what) {
@@ -630,6 +632,10 @@ PyObject *hw_flow_methods(PyObject *self, PyObject *args) {
     PyObject *out = opener ? hw_method_descriptors(cls, flow_defs) : NULL;
     if (out != NULL && PyDict_SetItemString(out, "open_flow", opener) < 0)
         Py_CLEAR(out);
+    if (out != NULL) {
+        Py_XSETREF(hw_open_flow_function, Py_NewRef(opener));
+        Py_XSETREF(hw_native_flow_type, (PyTypeObject *)Py_NewRef(cls));
+    }
     Py_XDECREF(opener);
     return out;
 }

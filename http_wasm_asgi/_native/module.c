@@ -19,6 +19,8 @@ static PyMethodDef methods[] = {
      "Guest-set response headers the app does not set, then the app's."},
     {"define", hw_define, METH_VARARGS, "Define a host function on a linker through the C trampoline."},
     {"pool_methods", hw_pool_methods, METH_O, "pool_methods(cls): the instance pool's fast cases, for cls."},
+    {"middleware_call", hw_middleware_call, METH_VARARGS,
+     "middleware_call(cls, serve, close_retired, stages): calls of the middleware class take the native path."},
     {"flow_methods", hw_flow_methods, METH_VARARGS,
      "flow_methods(cls, trap_class, held_type, pending_type, prototypes, protocols, default_http_version, "
      "open_flow_reference, scope_for_app): the per-request methods for cls, and open_flow."},

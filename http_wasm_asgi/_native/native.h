@@ -7,6 +7,7 @@
  *   link.c      the host-function trampoline, define, configure, the ticker  (wasm/instance.py's ctypes path)
  *   host.c      native host functions, configure_host, merge_response_headers (host.py)
  *   flow.c      the per-request flow and open_flow                          (asgi/flow.py)
+ *   call.c      the middleware's call: the common request, end to end      (asgi/middleware.py)
  *   pool.c      the instance pool's fast cases                              (pool.py)
  *   contract.c  the needs table, learn and configure_abi                    (NATIVE_SLOTS / NATIVE_ATTRIBUTES, abi.py)
  *   module.c    PyInit and the module's function table
@@ -136,6 +137,19 @@ static inline uint32_t hw_arg(void *vals, int i) {
 
 static inline void hw_result(void *vals, uint64_t v) { memcpy(vals, &v, sizeof v); }
 
+/* The exception being raised, taken (cleared) as one normalized object that carries its traceback; NULL when
+ * none is. */
+static inline PyObject *hw_take_exception(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
 /* ---------------------------------------------------------------- slots by offset */
 
 #define FIELD(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -145,7 +159,7 @@ static inline void hw_result(void *vals, uint64_t v) { memcpy(vals, &v, sizeof v
 
 /* The roles of the Python classes the native path works on (learn's first argument). */
 enum { ROLE_HOST, ROLE_EXCHANGE, ROLE_FLOW, ROLE_POOL, ROLE_GUEST, ROLE_CONTEXT, ROLE_CHAIN, ROLE_INSTANCE,
-       NROLES };
+       ROLE_MIDDLEWARE, ROLE_ROUTES, NROLES };
 #define ROLE(r) (1u << (r))
 
 /* The learned class of each role (NULL until learned) */
@@ -165,18 +179,20 @@ extern Py_ssize_t o_ex_request_headers, o_ex_response_headers, o_ex_headers_chan
     o_ex_path, o_ex_query, o_ex_max_body_size, o_ex_protocol, o_ex_client, o_ex_trailers_supported, o_ex_uri,
     o_ex_request_body, o_ex_request_body_replaced;
 extern Py_ssize_t o_flow_buffered, o_flow_chain, o_flow_exchange, o_flow_held, o_flow_pending, o_flow_send,
-    o_flow_sent, o_flow_started, o_flow_receive, o_flow_scope;
+    o_flow_sent, o_flow_started, o_flow_receive, o_flow_scope, o_flow_response_too_large;
 extern Py_ssize_t o_pool_idle, o_pool_low, o_pool_reuse, o_pool_waiters, o_pool_max_idle, o_pool_size,
     o_pool_min_size, o_pool_trim_handle, o_pool_idle_timeout;
 extern Py_ssize_t o_instance_recycle_above, o_instance_core;
 extern Py_ssize_t o_chain_steps, o_chain_observes_response, o_instance_closed;
+extern Py_ssize_t o_chain_active, o_chain_app, o_chain_retired, o_chain_open_flow, o_chain_routes,
+    o_chain_max_body_size;
 
 /* Attribute and method names, interned from the strings the classes declare (NULL until their role is learned). */
 extern PyObject *a_host_after_next, *a_host_begin, *a_host_end, *a_host_pass_on_request_body;
 extern PyObject *a_instance_raise_trap, *a_instance_bind_memory;
 extern PyObject *a_guest_threaded, *a_guest_pool;
 extern PyObject *a_context_features;
-extern PyObject *a_chain_max_body_size;
+extern PyObject *a_middleware_chain, *a_routes_match;
 extern PyObject *a_flow_collect, *a_flow_stream, *a_flow_replay_receive;
 extern PyObject *a_pool_try_acquire, *a_pool_release, *a_pool_schedule_trim;
 
@@ -245,6 +261,14 @@ PyObject *hw_wake_ticker_py(PyObject *self, PyObject *unused);
 extern int hw_slices_running;
 void hw_wake_ticker(void);
 PyObject *hw_flow_methods(PyObject *self, PyObject *args);
+/* flow.c for call.c: open_flow and the NativeFlow methods, called directly */
+extern PyObject *hw_open_flow_function;    /* the open_flow function flow_methods made (NULL before) */
+extern PyTypeObject *hw_native_flow_type; /* the class flow_methods equipped (NULL before) */
+PyObject *hw_open_flow(PyObject *chain, PyObject *scope, PyObject *receive, PyObject *send);
+PyObject *hw_flow_enter(PyObject *flow, PyObject *unused);
+PyObject *hw_flow_app_args(PyObject *flow, PyObject *unused);
+PyObject *hw_flow_leave(PyObject *flow, PyObject *is_error);
+PyObject *hw_middleware_call(PyObject *self, PyObject *args); /* call.c */
 PyObject *hw_pool_methods(PyObject *self, PyObject *cls);
 /* pool.try_acquire() and pool.release(instance): the native methods called directly when `pool` is of the class
  * pool_methods equipped (exactly), else through the method lookup. */

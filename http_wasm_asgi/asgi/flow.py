@@ -70,8 +70,9 @@ class Chain:
     __slots__ = ("_keep", "active", "app", "guests", "max_body_size", "observes_response", "open_flow", "retired",
                  "routes", "steps", "threads")
     # what the native path reads of a chain (see _native: the contract)
-    NATIVE_SLOTS: ClassVar = ("observes_response", "steps")
-    NATIVE_ATTRIBUTES: ClassVar = ("max_body_size",)
+    NATIVE_SLOTS: ClassVar = ("active", "app", "max_body_size", "observes_response", "open_flow", "retired", "routes",
+                              "steps")
+    NATIVE_ATTRIBUTES: ClassVar = ()
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest], max_body_size: int,
                  routes: Sequence[Route] | None = None) -> None:
@@ -179,8 +180,8 @@ class Flow:
     __slots__ = ("app_trailers", "body_replayed", "buffered", "chain", "error_status", "exchange",
                  "held", "pending", "receive", "response_too_large", "scope", "send", "sent", "started")
     # what NativeFlow's open_flow, enter, app_args, leave and stream read, write and call (see _native: the contract)
-    NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "receive", "scope", "send", "sent",
-                              "started")
+    NATIVE_SLOTS: ClassVar = ("buffered", "chain", "exchange", "held", "pending", "receive", "response_too_large",
+                              "scope", "send", "sent", "started")
     NATIVE_ATTRIBUTES: ClassVar = ("collect", "replay_receive", "stream")
 
     def __init__(self, chain: Chain, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:

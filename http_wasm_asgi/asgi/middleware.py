@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
-from .. import registry
+from .. import _native, registry
 from ..errors import GuestError, PoolTimeout
 from ..guest import Guest
-from .flow import DEFAULT_MAX_BODY_SIZE, Chain, ClientGone, GuestThreads
+from .flow import DEFAULT_MAX_BODY_SIZE, Chain, ClientGone, Flow, GuestThreads
 from .routes import Route, RouteTable
 from .types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +39,11 @@ class HttpWasmMiddleware:
     `routes` instead of `guests`: per-route chains, the first `Route` that matches
     a request picks its guests; a request no route matches goes straight to the app.
     """
+
+    # what the native call reads of the middleware (see _native: the contract)
+    NATIVE_SLOTS: ClassVar = ()
+    NATIVE_ATTRIBUTES: ClassVar = ("chain",)
+    chain: Chain  # what serves the next request (replace_guests puts a new one)
 
     def __init__(self, app: ASGIApp, guests: Sequence[Guest] = (), *, routes: Sequence[Route] | None = None,
                  max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
@@ -96,6 +102,8 @@ class HttpWasmMiddleware:
         return middleware_from_config(path, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The reference. With the native path, calling the middleware runs _native/call.c instead, which
+        takes the common request itself and hands it to `serve` where it leaves the common case."""
         chain = self.chain  # read once: the request keeps this chain (and its routes) to its end
         if scope["type"] == "http" and chain.guests:
             flow = chain.open_flow(chain, scope, receive, send)
@@ -106,40 +114,60 @@ class HttpWasmMiddleware:
                 return
             flow = route.open_flow(route, scope, receive, send)
         chain.active += 1
-        try:
-            if flow.enter() or await flow.request_phase():
-                app_scope, app_receive, app_send = flow.app_args()
-                try:  # the app, with the guests' changes (inline: no coroutine of its own per request)
-                    await chain.app(app_scope, app_receive, app_send)
-                except Exception as exc:
-                    await flow.app_failed(exc)
-                else:
-                    if not flow.leave(False):  # handle_response of the held guests, innermost first
-                        await flow.unwind(is_error=False)
-                if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
-                    await flow.finish()
-        except PoolTimeout as exc:
-            log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
-            await flow.unwind(is_error=True)
-            await flow.respond_error(503)
-        except GuestError as exc:  # a lazily created instance failed to initialize
-            log.error("%s", exc)
-            await flow.unwind(is_error=True)
-            await flow.respond_error(500)
-        except ClientGone:  # left while its body was read for a guest: no one to answer, nothing to run
-            await flow.unwind(is_error=True)
-        finally:
-            try:
-                if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
-                    await flow.unwind(is_error=True)
-            finally:
-                chain.active -= 1
-                if chain.retired and not chain.active:
-                    _close_retired(chain)
+        await serve(chain, flow, scope)
 
     def close(self) -> None:
         """Drop every guest's instances and stop the worker threads."""
         self.chain.close()
+
+
+# Where serve() takes a request up: from its start, or where the native call left it.
+ENTER, REQUEST_PHASE, APP_FAILED, BACK, FINISH, RAISED = range(6)
+
+
+async def serve(chain: Chain, flow: Flow, scope: Scope, stage: int = ENTER, value: Any = None) -> None:
+    """A request counted on `chain` through its flow, from `stage` on: ENTER (the start), REQUEST_PHASE (a
+    guest's handle_request did not end in next at once), APP_FAILED (the app raised `value`), BACK (a guest's
+    handle_response did not end at once), FINISH (a buffered or too large response), RAISED (`value` was
+    raised on the way). The native call (_native/call.c) runs the common case itself and hands the rest over
+    here at the stage it reached."""
+    try:
+        if stage == RAISED:
+            raise value
+        if stage <= REQUEST_PHASE:
+            if not ((stage == ENTER and flow.enter()) or await flow.request_phase()):
+                return
+            app_scope, app_receive, app_send = flow.app_args()
+            try:  # the app, with the guests' changes (inline: no coroutine of its own per request)
+                await chain.app(app_scope, app_receive, app_send)
+            except Exception as exc:
+                stage, value = APP_FAILED, exc
+            else:  # handle_response of the held guests, innermost first
+                stage = FINISH if flow.leave(False) else BACK
+        if stage == APP_FAILED:
+            await flow.app_failed(value)
+        elif stage == BACK:
+            await flow.unwind(is_error=False)
+        if flow.buffered or flow.response_too_large:  # else the response went out as the app sent it
+            await flow.finish()
+    except PoolTimeout as exc:
+        log.error("request %s %s: %s", scope.get("method"), scope.get("path"), exc)
+        await flow.unwind(is_error=True)
+        await flow.respond_error(503)
+    except GuestError as exc:  # a lazily created instance failed to initialize
+        log.error("%s", exc)
+        await flow.unwind(is_error=True)
+        await flow.respond_error(500)
+    except ClientGone:  # left while its body was read for a guest: no one to answer, nothing to run
+        await flow.unwind(is_error=True)
+    finally:
+        try:
+            if flow.held:  # cancelled or failed half-way: let guests clean up, free the instances
+                await flow.unwind(is_error=True)
+        finally:
+            chain.active -= 1
+            if chain.retired and not chain.active:
+                _close_retired(chain)
 
 
 def _close_retired(chain: Chain) -> None:
@@ -149,3 +177,9 @@ def _close_retired(chain: Chain) -> None:
         chain.close()
     except Exception:
         log.exception("closing the guests of a replaced chain failed")
+
+
+_native.learn("middleware", HttpWasmMiddleware)
+_native.middleware_call(HttpWasmMiddleware, serve, _close_retired,
+                        {"ENTER": ENTER, "REQUEST_PHASE": REQUEST_PHASE, "APP_FAILED": APP_FAILED, "BACK": BACK,
+                         "FINISH": FINISH, "RAISED": RAISED})

@@ -19,7 +19,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from .. import _native
 
 if TYPE_CHECKING:
     from ..guest import Guest
@@ -199,6 +201,9 @@ class RouteTable(Generic[Target]):
     """
 
     __slots__ = ("_root", "default", "routes", "targets")
+    # what the native call uses of a route table (see _native: the contract)
+    NATIVE_SLOTS: ClassVar = ()
+    NATIVE_ATTRIBUTES: ClassVar = ("match",)
 
     def __init__(self, routes: Sequence[tuple[Route, Target]], default: Target) -> None:
         self.routes: tuple[Route, ...] = tuple(route for route, _ in routes)
@@ -284,3 +289,6 @@ def _indexed(checks: tuple[_Check, ...]) -> tuple[_Check, ...] | _ByHost:
 def _headers_match(wanted: tuple[tuple[bytes, bytes], ...], headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Every wanted (name, value) is among the request headers (a repeated header: any of its values)."""
     return all(any(k == name and v == value for k, v in headers) for name, value in wanted)
+
+
+_native.learn("routes", RouteTable)
