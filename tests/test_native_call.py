@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import uvicorn
 
@@ -180,6 +181,21 @@ async def test_a_cancelled_request_gives_its_instances_back(handed_over: list[in
     assert handed_over == [STAGES["RAISED"]]  # serve() unwinds the guests, as the reference's finally does
 
 
+async def test_an_anyio_task_group_runs_and_cancels_the_call_as_a_coroutine() -> None:
+    started = asyncio.Event()
+    middleware = HttpWasmMiddleware(held_app(started), [copy_header()])
+
+    async def send(message: Message) -> None:
+        pass
+
+    async with anyio.create_task_group() as group:  # start_soon takes what the call returns as its coroutine
+        group.start_soon(middleware, scope_of(), None, send)
+        await started.wait()
+        group.cancel_scope.cancel()  # anyio asks the task's coroutine for its state (cr_running, cr_suspended)
+    guest = middleware.guests[0]
+    assert middleware.chain.active == 0 and len(guest.pool._idle) == guest.pool.size == 1
+
+
 @pytest.mark.parametrize("how", ["close", "drop"])
 async def test_a_request_closed_or_dropped_half_way_gives_its_instances_back(how: str,
                                                                               handed_over: list[int]) -> None:
@@ -193,11 +209,14 @@ async def test_a_request_closed_or_dropped_half_way_gives_its_instances_back(how
     serving = middleware(scope_of(), None, send)  # type: ignore[arg-type]
     waited_on = serving.send(None)  # runs to the app's first wait
     assert isinstance(waited_on, asyncio.Future) and started.is_set() and sent[0]["status"] == 200
+    assert inspect.getcoroutinestate(serving) == inspect.CORO_SUSPENDED  # as anyio asks of a task's coroutine
+    assert inspect.iscoroutine(serving.cr_await)  # the app's
     waited_on.cancel()
     guest = middleware.guests[0]
     assert len(guest.pool._idle) == 0 and middleware.chain.active == 1
     if how == "close":
         assert serving.close() is None
+        assert inspect.getcoroutinestate(serving) == inspect.CORO_CLOSED
     else:
         del serving
         gc.collect()

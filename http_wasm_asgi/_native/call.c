@@ -404,6 +404,24 @@ static PyMethodDef Serving_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* What inspect.getcoroutinestate and asyncio's task reprs read of a coroutine (there is no Python frame) */
+static PyObject *Serving_running(Serving *s, void *unused) { return PyBool_FromLong(s->running); }
+static PyObject *Serving_suspended(Serving *s, void *unused) {
+    return PyBool_FromLong(!s->running && (s->state == APP || s->state == REST));
+}
+static PyObject *Serving_frame(Serving *s, void *unused) { Py_RETURN_NONE; }
+static PyObject *Serving_awaiting(Serving *s, void *unused) {
+    return Py_NewRef(s->awaiting != NULL ? s->awaiting : Py_None);
+}
+
+static PyGetSetDef Serving_getset[] = {
+    {"cr_running", (getter)Serving_running, NULL, "Whether it runs now.", NULL},
+    {"cr_suspended", (getter)Serving_suspended, NULL, "Whether it waits, started and not over.", NULL},
+    {"cr_frame", (getter)Serving_frame, NULL, "None: no Python frame runs it.", NULL},
+    {"cr_await", (getter)Serving_awaiting, NULL, "What it awaits: the app's coroutine, or serve()'s.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject ServingType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "http_wasm_asgi._native.Serving",
     .tp_doc = "One request through the middleware's chain (see asgi/middleware.py: serve)",
@@ -413,6 +431,7 @@ static PyTypeObject ServingType = {
     .tp_iter = Serving_await,
     .tp_iternext = Serving_iternext,
     .tp_methods = Serving_methods,
+    .tp_getset = Serving_getset,
     .tp_traverse = (traverseproc)Serving_traverse,
     .tp_clear = (inquiry)Serving_clear,
     .tp_dealloc = Serving_dealloc,
