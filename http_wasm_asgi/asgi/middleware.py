@@ -6,8 +6,10 @@ g1.handle_request -> g2.handle_request -> g3.handle_request -> app
 A guest that returns next=0 answers the request itself; the guests before it
 still see its response in their handle_response.
 
-`HttpWasmMiddleware` holds the current `Chain` (flow.py) and hands each request to a `Flow` over it;
-ABI rules live in host.py, wasm in the wasm package.
+`HttpWasmMiddleware` holds the current `Chain` (flow.py) and hands each request to a `Flow` over it,
+which `serve` takes through the guests and the app; with the native path the middleware's call is C
+(_native/call.c), which serves the common request itself and hands the rest to `serve`. ABI rules live
+in host.py, wasm in the wasm package.
 """
 
 from __future__ import annotations
