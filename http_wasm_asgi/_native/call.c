@@ -18,7 +18,6 @@ static PyObject *reference_call; /* HttpWasmMiddleware.__call__, the Python coro
 static PyObject *serve_rest;     /* serve(chain, flow, scope, stage, value): the reference from a stage on */
 static PyObject *close_retired;  /* _close_retired(chain): the last request of a replaced chain closes it */
 static PyObject *stage_enter, *stage_request_phase, *stage_app_failed, *stage_back, *stage_finish, *stage_raised;
-static PyObject *k_scope_type, *k_http;
 
 enum { FRESH, APP, REST, OVER }; /* a Serving: not started; awaiting the app; awaiting serve(); finished */
 
@@ -84,9 +83,9 @@ static int hand_over(Serving *s, PyObject *stage, PyObject *value) {
  * (the reference catches those around the app), else RAISED: serve() raises it again where the reference has it. */
 static int hand_over_error(Serving *s, int from_app) {
     PyObject *value = hw_take_exception();
-    if (value == NULL) { /* no exception set: a bug in a callee */
+    if (value == NULL) { /* no exception set: a bug in a callee, raised (and unwound) like any other */
         PyErr_SetString(PyExc_SystemError, "a native call failed without an exception");
-        return -1;
+        value = hw_take_exception();
     }
     int app_failed = from_app && PyErr_GivenExceptionMatches(value, PyExc_Exception);
     int rc = hand_over(s, app_failed ? stage_app_failed : stage_raised, value);
@@ -444,8 +443,9 @@ static PyTypeObject ServingType = {
  * reference serves it, Py_None when no route matches (the app alone serves it); NULL with an exception on error. */
 static PyObject *native_chain(PyObject *chain, PyObject *scope, PyObject **route) {
     *route = NULL;
-    PyObject *kind = PyDict_GetItemWithError(scope, k_scope_type);
-    if (kind == NULL || (kind != k_http && (!PyUnicode_CheckExact(kind) || PyUnicode_Compare(kind, k_http) != 0)))
+    PyObject *kind = PyDict_GetItemWithError(scope, hw_k_type);
+    if (kind == NULL ||
+        (kind != hw_k_http && (!PyUnicode_CheckExact(kind) || PyUnicode_Compare(kind, hw_k_http) != 0)))
         return NULL;
     PyObject *steps = FIELD(chain, o_chain_steps), *routes = FIELD(chain, o_chain_routes);
     PyObject *run = chain;
@@ -540,9 +540,7 @@ PyObject *hw_middleware_call(PyObject *self, PyObject *args) {
         }
         Py_XSETREF(*vars[i], Py_NewRef(v));
     }
-    if (PyType_Ready(&ServingType) < 0 || (k_scope_type == NULL && (k_scope_type = PyUnicode_InternFromString(
-                                                                         "type")) == NULL) ||
-        (k_http == NULL && (k_http = PyUnicode_InternFromString("http")) == NULL)) {
+    if (PyType_Ready(&ServingType) < 0) {
         Py_DECREF(call);
         return NULL;
     }

@@ -11,14 +11,17 @@
 #include "native.h"
 
 /* ASGI's own names (the ASGI specification's scope and message keys and message types; not names of this
- * project's classes, so not part of the contract): interned once, here, by hw_flow_init. */
-static PyObject *k_type, *k_status, *k_headers, *k_method, *k_raw_path, *k_query_string, *k_http_version, *k_client,
+ * project's classes, so not part of the contract): interned once, here, by hw_flow_init. call.c reads the scope's
+ * type too (hw_k_type, hw_k_http). */
+PyObject *hw_k_type, *hw_k_http;
+static PyObject *k_status, *k_headers, *k_method, *k_raw_path, *k_query_string, *k_http_version, *k_client,
     *k_extensions, *k_response_start, *k_response_body, *k_response_trailers, *k_response_pathsend,
     *k_response_zerocopysend;
-static PyObject **const asgi_keys[] = {&k_type, &k_status, &k_headers, &k_method, &k_raw_path, &k_query_string,
-                                       &k_http_version, &k_client, &k_extensions, &k_response_start, &k_response_body,
-                                       &k_response_trailers, &k_response_pathsend, &k_response_zerocopysend};
-static const char *const asgi_texts[] = {"type", "status", "headers", "method", "raw_path", "query_string",
+static PyObject **const asgi_keys[] = {&hw_k_type, &hw_k_http, &k_status, &k_headers, &k_method, &k_raw_path,
+                                       &k_query_string, &k_http_version, &k_client, &k_extensions, &k_response_start,
+                                       &k_response_body, &k_response_trailers, &k_response_pathsend,
+                                       &k_response_zerocopysend};
+static const char *const asgi_texts[] = {"type", "http", "status", "headers", "method", "raw_path", "query_string",
                                          "http_version", "client", "extensions", "http.response.start",
                                          "http.response.body", "http.response.trailers", "http.response.pathsend",
                                          "http.response.zerocopysend"};
@@ -279,7 +282,7 @@ static PyObject *seen_body, *seen_start; /* the app's str objects last found equ
 
 /* Flow.stream(message) -> the server's send awaitable: start and body messages here, the rest by the reference */
 static PyObject *flow_stream(PyObject *flow, PyObject *message) {
-    PyObject *kind = PyDict_CheckExact(message) ? PyDict_GetItemWithError(message, k_type) : NULL;
+    PyObject *kind = PyDict_CheckExact(message) ? PyDict_GetItemWithError(message, hw_k_type) : NULL;
     PyObject *exchange = FIELD(flow, o_flow_exchange), *send = FIELD(flow, o_flow_send);
     if (kind == NULL || exchange == NULL || send == NULL || !Py_IS_TYPE(exchange, hw_t_exchange))
         goto reference;

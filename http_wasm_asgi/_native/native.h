@@ -294,6 +294,7 @@ static inline Core *hw_core_of(PyObject *instance) {
     return core != NULL && Py_IS_TYPE(core, &hw_CoreType) ? (Core *)Py_NewRef(core) : NULL;
 }
 int hw_flow_init(void); /* interns ASGI's keys (PyInit) */
+extern PyObject *hw_k_type, *hw_k_http; /* flow.c: ASGI's "type" key and its "http" value, interned */
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop
