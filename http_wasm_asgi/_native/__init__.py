@@ -30,7 +30,7 @@ from .. import abi
 
 log = logging.getLogger("http_wasm_asgi.native")
 
-VERSION: Final = 18  # the C this module was written for (its VERSION): a stale build is refused
+VERSION: Final = 19  # the C this module was written for (its VERSION): a stale build is refused
 DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_NATIVE"
 _OLD_DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_FASTPATH"  # the former name, still honoured
 
@@ -108,7 +108,7 @@ WASMTIME_FUNCTIONS: Final = (
     "wasmtime_func_call_async", "wasmtime_instance_pre_instantiate_async", "wasmtime_call_future_poll",
     "wasmtime_call_future_delete", "wasmtime_context_epoch_deadline_async_yield_and_update",
     "wasmtime_context_set_epoch_deadline", "wasmtime_trap_new", "wasmtime_engine_increment_epoch",
-    "wasmtime_memory_data_size")
+    "wasmtime_memory_data_size", "wasmtime_func_call_unchecked", "wasmtime_error_delete")
 
 
 def bind_calls(address: Callable[[str], int], error_handler: Callable[[str, BaseException, Any], str],

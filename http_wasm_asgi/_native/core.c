@@ -7,6 +7,9 @@
  * thread), with the host's begin/after_next/end done on its slots (host.c). A trap calls back into Python
  * (the instance's `_raise_trap(index)`), which raises the runtime's GuestTrap.
  *
+ * One addition has no reference: SYNC_FIRST (native.h), which only the native call (call.c) asks for, runs
+ * handle_request as one synchronous call and reports one that overran; the caller starts the request over.
+ *
  * Names of Python classes come from contract.c (a_*), ABI facts from configure_abi (hw_next_bit).
  */
 #include "native.h"
@@ -19,6 +22,7 @@ const long long hw_stats_buckets_ns[STATS_NBUCKETS] = {
 _Thread_local Core *hw_current;
 _Thread_local int hw_holds_gil;
 PyObject *hw_suspended;
+PyObject *hw_overran;
 /* Guest time on this thread, for the calls' clocks and the event loop's turn budget. */
 static _Thread_local long long thread_slices_ns; /* every slice ever run on this thread */
 static _Thread_local long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
@@ -253,6 +257,63 @@ static int slice(Core *self, long long t0) {
     return rc;
 }
 
+/* Whether guests already had this turn's budget (a cooperative call then waits for the event loop first). */
+static int turn_spent(long long t) {
+    if (t - turn_start_ns >= turn_window_ns) {
+        turn_start_ns = t;
+        turn_busy_ns = 0;
+    }
+    return turn_busy_ns >= turn_ns;
+}
+
+/* Whether this guest's handle_request has ever run past its first slice as one synchronous call */
+static inline int has_overrun(Core *self) {
+    return self->stats != NULL ? self->stats[STATS_OVERRUNS] != 0 : self->overran;
+}
+
+/* handle_request as one synchronous call: no future, no fiber. Its epoch deadline is two ticks away, so a call
+ * stopped there ran for at least a whole tick: it cannot yield to the event loop, so it ends with an error, which
+ * is CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and
+ * this guest's calls are cooperative from then on). A trap is a trap, as on the other paths. */
+static int sync_request(Core *self, void *func, long long t0) {
+    uint64_t raw[2] = {0, 0}; /* one wasmtime_val_raw_t: handle_request's i64 result */
+    Core *prev = hw_current;
+    int prev_holds = hw_holds_gil;
+    Py_INCREF(self); /* a host function may drop the last outside reference */
+    self->start_ns = t0;
+    self->others0 = thread_slices_ns;
+    hw_current = self;
+    hw_holds_gil = 1;
+    __atomic_add_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED); /* the ticker moves the epoch while any runs */
+    hw_set_deadline(self->ctx, 2);
+    void *err = hw_call_unchecked(self->ctx, func, raw, 1, &self->trap);
+    __atomic_sub_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED);
+    long long t1 = hw_now_ns(), d = t1 - t0;
+    hw_current = prev;
+    hw_holds_gil = prev_holds;
+    self->own_ns = d;
+    thread_slices_ns += d;
+    turn_busy_ns += d;
+    int rc;
+    if (err != NULL && self->trap == NULL) {
+        hw_error_delete(err);
+        self->overran = 1;
+        if (self->stats != NULL)
+            self->stats[STATS_OVERRUNS]++;
+        rc = CALL_OVERRAN;
+    } else {
+        self->err = err;
+        memcpy(&self->results[0].of.i64, raw, sizeof self->results[0].of.i64);
+        if (self->stats != NULL)
+            count_call(self, d);
+        rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
+        if (rc == CALL_DONE)
+            quick_calls++;
+    }
+    Py_DECREF(self);
+    return rc;
+}
+
 /* Start a call whose future is in self->future. cooperative: return CALL_SUSPENDED when it does not end in
  * its first slice, or without running it when guests already had this turn's budget; else run it to its end. */
 static int run(Core *self, int cooperative) {
@@ -260,14 +321,8 @@ static int run(Core *self, int cooperative) {
     self->start_ns = t;
     self->own_ns = 0;
     self->others0 = thread_slices_ns;
-    if (cooperative) {
-        if (t - turn_start_ns >= turn_window_ns) {
-            turn_start_ns = t;
-            turn_busy_ns = 0;
-        }
-        if (turn_busy_ns >= turn_ns)
-            return CALL_SUSPENDED; /* deferred: let the event loop run first */
-    }
+    if (cooperative && turn_spent(t))
+        return CALL_SUSPENDED; /* deferred: let the event loop run first */
     int rc = slice(self, t);
     if (!cooperative)
         while (rc == CALL_SUSPENDED)
@@ -293,6 +348,11 @@ static int start(Core *self, int index, int after, int cooperative) {
     self->trap_status = 500;
     self->index = index;
     self->after = after;
+    if (cooperative == SYNC_FIRST && index == 0 && !self->release_gil && !has_overrun(self)) {
+        long long t = hw_now_ns();
+        if (!turn_spent(t))
+            return sync_request(self, func, t);
+    }
     hw_set_deadline(self->ctx, 1); /* the first slice ends at the next tick */
     self->future = hw_call_async(self->ctx, func, self->args, nargs, self->results, nresults, &self->trap,
                                 &self->err);
@@ -312,12 +372,23 @@ static int call_host(PyObject *host, PyObject *name) {
     return r == NULL ? -1 : 0;
 }
 
+/* host.end(): the instance is done with its request (after its handle_response, or thrown away mid-request) */
+int hw_end_request(Core *self) {
+    if (native_host(self)) {
+        hw_host_end(self->host);
+        return 0;
+    }
+    return call_host(self->host, a_host_end);
+}
+
 /* The value of a call that ended, after what ends it on the host (after_next on next, end). */
 static PyObject *complete(Core *self, int rc) {
     if (rc == CALL_FAILED)
         return NULL;
     if (rc == CALL_SUSPENDED)
         return Py_NewRef(hw_suspended);
+    if (rc == CALL_OVERRAN)
+        return Py_NewRef(hw_overran);
     uint64_t ctx_next = (uint64_t)self->results[0].of.i64;
     switch (self->after) {
     case AFTER_RESULT:
@@ -333,9 +404,7 @@ static PyObject *complete(Core *self, int rc) {
         }
         return PyLong_FromUnsignedLongLong(ctx_next);
     case AFTER_RESPONSE:
-        if (native_host(self))
-            hw_host_end(self->host);
-        else if (call_host(self->host, a_host_end) < 0)
+        if (hw_end_request(self) < 0)
             return NULL;
         Py_RETURN_NONE;
     default:

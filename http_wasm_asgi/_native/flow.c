@@ -114,9 +114,25 @@ static PyObject *chain_steps(PyObject *flow) {
     return steps != NULL && PyTuple_CheckExact(steps) ? steps : NULL;
 }
 
-/* One guest's handle_request on the native path (its step of chain.steps): 1 held, 0 stopped (before the guest,
- * or with its outcome in pending), -1 error. */
-static int enter_guest(PyObject *flow, PyObject *step, PyObject *exchange) {
+/* An instance left mid-request (its handle_request overran, or it holds a request that starts over): its host
+ * ends the request and its pool closes it, never to be reused. 0, or -1 with an exception. */
+static int discard_instance(PyObject *pool, PyObject *instance) {
+    Core *core = hw_core_of(instance);
+    if (core == NULL) {
+        PyErr_SetString(PyExc_TypeError, "discard: the instance has no native-path Core");
+        return -1;
+    }
+    int rc = hw_end_request(core);
+    Py_DECREF((PyObject *)core);
+    return rc < 0 ? -1 : hw_pool_discard(pool, instance);
+}
+
+enum { STOPPED = 0, HELD = 1, OVERRAN = 2 };
+
+/* One guest's handle_request on the native path (its step of chain.steps), its call run as `mode` says
+ * (COOPERATIVE or SYNC_FIRST): HELD, STOPPED (before the guest, or with its outcome in pending), OVERRAN (its
+ * instance discarded), -1 error. */
+static int enter_guest(PyObject *flow, PyObject *step, PyObject *exchange, int mode) {
     if (!is_step(step)) {
         PyErr_SetString(PyExc_TypeError, "a chain step is not (guest, pool, context, threaded, reads_request_body)");
         return -1;
@@ -141,14 +157,17 @@ static int enter_guest(PyObject *flow, PyObject *step, PyObject *exchange) {
         goto out;
     }
     PyObject *args[2] = {exchange, features};
-    PyObject *outcome = hw_request_call(core, args, 2, 1);
-    if (outcome == NULL) {
+    PyObject *outcome = hw_request_call(core, args, 2, mode);
+    if (outcome == hw_overran) {
+        Py_DECREF(outcome);
+        rc = discard_instance(pool, instance) < 0 ? -1 : OVERRAN;
+    } else if (outcome == NULL) {
         outcome = take_guest_trap();
         rc = outcome == NULL ? -1 : set_pending(flow, guest, instance, outcome);
     } else if (outcome == hw_suspended || !(PyLong_AsUnsignedLongLongMask(outcome) & hw_next_bit)) {
         rc = set_pending(flow, guest, instance, outcome);
     } else {
-        rc = flow_hold(flow, guest, instance, core, outcome) < 0 ? -1 : 1;
+        rc = flow_hold(flow, guest, instance, core, outcome) < 0 ? -1 : HELD;
         Py_DECREF(outcome);
     }
 out:
@@ -158,23 +177,30 @@ out:
     return rc;
 }
 
-/* Flow.enter() -> bool */
-PyObject *hw_flow_enter(PyObject *flow, PyObject *unused) {
+/* The guests' handle_request, from the first one not held yet: HELD (all are), STOPPED, OVERRAN, -1 error. */
+static int enter_guests(PyObject *flow, int mode) {
     PyObject *exchange = FIELD(flow, o_flow_exchange), *held = FIELD(flow, o_flow_held);
     if (exchange == NULL || held == NULL || !PyList_CheckExact(held) || !Py_IS_TYPE(exchange, hw_t_exchange)) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow has no Exchange or held list");
-        return NULL;
+        return -1;
     }
     PyObject *steps = chain_steps(flow);
     if (steps == NULL) {
         PyErr_SetString(PyExc_TypeError, "enter: the flow's chain has no tuple of steps");
-        return NULL;
+        return -1;
     }
-    int rc = 1;
-    while (rc == 1 && PyList_GET_SIZE(held) < PyTuple_GET_SIZE(steps))
-        rc = enter_guest(flow, PyTuple_GET_ITEM(steps, PyList_GET_SIZE(held)), exchange);
-    return rc < 0 ? NULL : PyBool_FromLong(rc);
+    int rc = HELD;
+    while (rc == HELD && PyList_GET_SIZE(held) < PyTuple_GET_SIZE(steps))
+        rc = enter_guest(flow, PyTuple_GET_ITEM(steps, PyList_GET_SIZE(held)), exchange, mode);
+    return rc;
 }
+
+/* Flow.enter() -> bool */
+PyObject *hw_flow_enter(PyObject *flow, PyObject *unused) {
+    int rc = enter_guests(flow, COOPERATIVE);
+    return rc < 0 ? NULL : PyBool_FromLong(rc == HELD);
+}
+
 
 /* One held guest's handle_response on the native path (entry popped already): 1 done and released, 0 its outcome
  * in pending, -1 error. */
@@ -224,6 +250,35 @@ static int held_guest(PyObject *flow, PyObject *guest, PyObject **pool) {
     int threaded = hw_attr_true(guest, a_guest_threaded);
     *pool = threaded == 0 ? PyObject_GetAttr(guest, a_guest_pool) : NULL;
     return threaded == 0 && *pool == NULL ? -1 : threaded;
+}
+
+/* The instances a spent flow holds, discarded (the last held first, as leave takes them). */
+static int discard_held(PyObject *flow) {
+    PyObject *held = FIELD(flow, o_flow_held);
+    while (PyList_GET_SIZE(held)) {
+        PyObject *entry = hw_list_pop(held), *pool = NULL;
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            Py_DECREF(entry);
+            PyErr_SetString(PyExc_TypeError, "discard: a held entry is not (guest, instance, req_ctx)");
+            return -1;
+        }
+        int rc = held_guest(flow, PyTuple_GET_ITEM(entry, 0), &pool) < 0 ? -1
+                 : pool != NULL ? discard_instance(pool, PyTuple_GET_ITEM(entry, 1))
+                                : (PyErr_SetString(PyExc_TypeError, "discard: a held guest has no pool"), -1);
+        Py_XDECREF(pool);
+        Py_DECREF(entry);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* (native.h) */
+PyObject *hw_flow_enter_sync_first(PyObject *flow) {
+    int rc = enter_guests(flow, SYNC_FIRST);
+    if (rc == OVERRAN)
+        return discard_held(flow) < 0 ? NULL : Py_NewRef(hw_overran);
+    return rc < 0 ? NULL : PyBool_FromLong(rc == HELD);
 }
 
 /* Flow.leave(is_error) -> bool */

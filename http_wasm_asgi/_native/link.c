@@ -14,6 +14,8 @@
 #include <pthread.h>
 
 call_async_fn hw_call_async;
+call_unchecked_fn hw_call_unchecked;
+error_delete_fn hw_error_delete;
 instantiate_async_fn hw_instantiate_async;
 future_poll_fn hw_poll;
 future_delete_fn hw_delete;
@@ -181,12 +183,13 @@ PyObject *hw_define(PyObject *self, PyObject *args) {
 /* ---------------------------------------------------------------- configure, ticker */
 
 /* configure(call_async, instantiate_async, future_poll, future_delete, yield_update, set_deadline, trap_new,
- * increment_epoch, memory_data_size, error handler): the wasmtime entry points (addresses) and the runtime's
- * host error handler. */
+ * increment_epoch, memory_data_size, call_unchecked, error_delete, error handler): the wasmtime entry points
+ * (addresses, in the order of _native.WASMTIME_FUNCTIONS) and the runtime's host error handler. */
 PyObject *hw_configure(PyObject *self, PyObject *args) {
-    unsigned long long f[9];
+    unsigned long long f[11];
     PyObject *handler;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKO", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &handler))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKO", &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &f[9],
+                          &f[10], &handler))
         return NULL;
     hw_call_async = (call_async_fn)(uintptr_t)f[0];
     hw_instantiate_async = (instantiate_async_fn)(uintptr_t)f[1];
@@ -197,6 +200,8 @@ PyObject *hw_configure(PyObject *self, PyObject *args) {
     hw_trap_new = (trap_new_fn)(uintptr_t)f[6];
     hw_increment_epoch = (increment_epoch_fn)(uintptr_t)f[7];
     hw_memory_size = (memory_size_fn)(uintptr_t)f[8];
+    hw_call_unchecked = (call_unchecked_fn)(uintptr_t)f[9];
+    hw_error_delete = (error_delete_fn)(uintptr_t)f[10];
     Py_INCREF(handler);
     Py_XSETREF(error_handler, handler);
     Py_RETURN_NONE;

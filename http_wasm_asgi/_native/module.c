@@ -42,6 +42,8 @@ PyMODINIT_FUNC PyInit__ext(void) {
         return NULL;
     if (hw_suspended == NULL && (hw_suspended = PyLong_FromLong(-1)) == NULL)
         return NULL;
+    if (hw_overran == NULL && (hw_overran = PyLong_FromLong(-2)) == NULL)
+        return NULL;
     if (PyType_Ready(&hw_CoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

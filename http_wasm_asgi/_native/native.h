@@ -32,12 +32,14 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 18 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 19 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
 typedef void *(*call_async_fn)(void *ctx, const void *func, const void *args, size_t nargs, void *results,
                                size_t nresults, void **trap, void **err);
+typedef void *(*call_unchecked_fn)(void *ctx, const void *func, void *args_and_results, size_t n, void **trap);
+typedef void (*error_delete_fn)(void *err);
 typedef void *(*instantiate_async_fn)(const void *pre, void *ctx, void *instance, void **trap, void **err);
 typedef unsigned char (*future_poll_fn)(void *future);
 typedef void (*future_delete_fn)(void *future);
@@ -48,6 +50,8 @@ typedef void (*increment_epoch_fn)(void *engine);
 typedef size_t (*memory_size_fn)(const void *ctx, const void *memory);
 
 extern call_async_fn hw_call_async;
+extern call_unchecked_fn hw_call_unchecked;
+extern error_delete_fn hw_error_delete;
 extern instantiate_async_fn hw_instantiate_async;
 extern future_poll_fn hw_poll;
 extern future_delete_fn hw_delete;
@@ -80,12 +84,20 @@ typedef struct {
 extern const long long hw_stats_buckets_ns[STATS_NBUCKETS];
 #define STATS_STRIDE (2 + STATS_NBUCKETS + 1)
 #define STATS_SHORT (2 * STATS_STRIDE)
-#define STATS_SIZE (STATS_SHORT + 1)
+#define STATS_OVERRUNS (STATS_SHORT + 1) /* handle_request calls that ran past their synchronous first slice */
+#define STATS_SIZE (STATS_SHORT + 2)
 
 /* ---------------------------------------------------------------- the Core (core.c) */
 
 enum { AFTER_NONE, AFTER_RESULT, AFTER_REQUEST, AFTER_RESPONSE }; /* what completing a call returns/does */
-enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_FAILED = -1 };
+enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_OVERRAN = 2, CALL_FAILED = -1 };
+/* How a call runs (the `cooperative` argument of hw_request_call / hw_response_call):
+ * RUN_TO_END   slice after slice until it ends;
+ * COOPERATIVE  its first slice, then CALL_SUSPENDED if it has not ended (the event loop resumes it);
+ * SYNC_FIRST   handle_request only: as one synchronous call (no fiber, no future) while the guest has never run
+ *              past its first slice; one that does is stopped there (CALL_OVERRAN: its instance is spent) and the
+ *              guest's calls are COOPERATIVE from then on. The caller runs the request again. */
+enum { RUN_TO_END = 0, COOPERATIVE = 1, SYNC_FIRST = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -97,6 +109,7 @@ typedef struct {
     int index, after;         /* the running call: export index, what completing it does */
     int timed_out;            /* the last call ran out of time (no trap object: it was cancelled) */
     int yielded;              /* the running call was suspended at least once (its slices wake the ticker) */
+    int overran;              /* a SYNC_FIRST call of this instance overran (the guest's count, when not counted) */
     long long budget_ns;      /* call_timeout */
     long long start_ns, own_ns, others0; /* the running call's clock (see slice) */
     const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */
@@ -115,9 +128,11 @@ extern PyTypeObject hw_CoreType;
 extern _Thread_local Core *hw_current; /* the instance whose guest code runs on this thread */
 extern _Thread_local int hw_holds_gil; /* the running guest call kept the GIL */
 extern PyObject *hw_suspended;         /* SUSPENDED: a cooperative call that did not end in its first slice */
+extern PyObject *hw_overran;           /* a SYNC_FIRST handle_request that ran past its first slice (CALL_OVERRAN) */
 
 PyObject *hw_request_call(Core *self, PyObject *const *args, Py_ssize_t nargs, int cooperative);
 PyObject *hw_response_call(Core *self, PyObject *const *args, Py_ssize_t nargs, int cooperative);
+int hw_end_request(Core *self); /* host.end(): 0, or -1 with an exception */
 PyObject *hw_set_current(PyObject *self, PyObject *arg);
 PyObject *hw_quick_calls(PyObject *self, PyObject *unused);
 PyObject *hw_set_turn(PyObject *self, PyObject *args);
@@ -266,6 +281,9 @@ extern PyObject *hw_open_flow_function;    /* the open_flow function flow_method
 extern PyTypeObject *hw_native_flow_type; /* the class flow_methods equipped (NULL before) */
 PyObject *hw_open_flow(PyObject *chain, PyObject *scope, PyObject *receive, PyObject *send);
 PyObject *hw_flow_enter(PyObject *flow, PyObject *unused);
+/* enter with SYNC_FIRST calls: Py_True / Py_False as enter, NULL on error, or hw_overran (a new reference) when a
+ * guest's handle_request overran: every instance the flow held is then discarded, the flow is spent. */
+PyObject *hw_flow_enter_sync_first(PyObject *flow);
 PyObject *hw_flow_app_args(PyObject *flow, PyObject *unused);
 PyObject *hw_flow_leave(PyObject *flow, PyObject *is_error);
 PyObject *hw_middleware_call(PyObject *self, PyObject *args); /* call.c */
@@ -274,6 +292,8 @@ PyObject *hw_pool_methods(PyObject *self, PyObject *cls);
  * pool_methods equipped (exactly), else through the method lookup. */
 PyObject *hw_pool_take(PyObject *pool);
 PyObject *hw_pool_give(PyObject *pool, PyObject *instance);
+/* pool.release(instance, discard=True): the instance is closed, never reused. 0, or -1 with an exception. */
+int hw_pool_discard(PyObject *pool, PyObject *instance);
 
 /* list.pop() of a non-empty exact list, as a new reference: its capacity stays for the next append (as a pop
  * that does not shrink it), with no call into the generic slice assignment. */

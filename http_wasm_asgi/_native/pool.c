@@ -123,6 +123,19 @@ PyObject *hw_pool_give(PyObject *pool, PyObject *instance) {
     return PyObject_CallMethodOneArg(pool, a_pool_release, instance);
 }
 
+static PyObject *discard_kwnames; /* ("discard",): the keyword of pool.release (pool.py) */
+
+int hw_pool_discard(PyObject *pool, PyObject *instance) {
+    if (a_pool_release == NULL && hw_require(ROLE(ROLE_POOL), "discarding an instance") < 0)
+        return -1;
+    if (discard_kwnames == NULL && (discard_kwnames = Py_BuildValue("(s)", "discard")) == NULL)
+        return -1;
+    PyObject *stack[3] = {pool, instance, Py_True}; /* self, the instance, then discard=True */
+    PyObject *r = PyObject_VectorcallMethod(a_pool_release, stack, 2, discard_kwnames);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 static PyMethodDef pool_defs[] = {
     {"try_acquire", (PyCFunction)pool_try_acquire, METH_NOARGS, "An idle instance (or a cheap new one), else None."},
     {"release", (PyCFunction)(void (*)(void))pool_release, METH_FASTCALL | METH_KEYWORDS,

@@ -50,6 +50,9 @@ FAMILIES: Final = {  # name: (type, help)
     "http_wasm_guest_call_seconds": ("histogram", "Duration of guest calls, from start to end (slices and "
                                                   "the waits between them)"),
     "http_wasm_guest_short_circuits": ("counter", "Requests a guest answered itself (handle_request next=0)"),
+    "http_wasm_guest_sync_overruns": ("counter", "handle_request calls stopped on the synchronous fast path after a "
+                                                 "whole tick (the request started over; the guest's calls yield "
+                                                 "from then on)"),
     "http_wasm_guest_traps": ("counter", "Guest calls that trapped, by cause (trap, cpu_limit, memory_limit, "
                                          "exit)"),
     "http_wasm_guest_skips": ("counter", "Requests that went on without a fail_open guest that failed, by cause "
@@ -94,6 +97,7 @@ def _call_figures(figures: Figures) -> None:
             _add(figures, "http_wasm_guest_call_seconds_count", buckets[-1], guest=guest, phase=name)
             _add(figures, "http_wasm_guest_call_seconds_sum", seconds, guest=guest, phase=name)
         _add(figures, "http_wasm_guest_short_circuits_total", stats.short_circuits, guest=guest)
+        _add(figures, "http_wasm_guest_sync_overruns_total", stats.sync_overruns, guest=guest)
         for (phase_name, cause), count in list(stats.traps.items()):
             _add(figures, "http_wasm_guest_traps_total", count, guest=guest, phase=phase_name, cause=cause)
         for cause, count in list(stats.skips.items()):

@@ -10,7 +10,8 @@ CALL_BUCKETS_NS: Final = (5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_0
                           5_000_000, 10_000_000, 25_000_000, 50_000_000, 100_000_000, 250_000_000, 1_000_000_000)
 STATS_STRIDE: Final = 2 + len(CALL_BUCKETS_NS) + 1
 STATS_SHORT: Final = 2 * STATS_STRIDE
-STATS_SIZE: Final = STATS_SHORT + 1
+STATS_OVERRUNS: Final = STATS_SHORT + 1  # handle_request calls stopped on the native path's synchronous first try
+STATS_SIZE: Final = STATS_SHORT + 2
 
 
 class CallStats:
@@ -46,6 +47,12 @@ class CallStats:
     @property
     def short_circuits(self) -> int:
         return int(self.counts[STATS_SHORT])
+
+    @property
+    def sync_overruns(self) -> int:
+        """handle_request calls the native path ran as one synchronous call and stopped after a whole tick: each
+        started its request over with cooperative calls, which this guest makes from then on."""
+        return int(self.counts[STATS_OVERRUNS])
 
     def count_trap(self, export: str, cause: str) -> None:
         self.traps[export, cause] = self.traps.get((export, cause), 0) + 1
