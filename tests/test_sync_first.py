@@ -1,6 +1,6 @@
 """The native call's synchronous first try of handle_request: a call that ends within a tick answers as on any
 path; one still running after a whole tick is stopped, its request starts over with cooperative calls on fresh
-instances (the earlier guests' held ones are discarded too), and the guest's calls stay cooperative from then on.
+instances (the earlier guests' held ones are discarded too), and the guest's calls stay cooperative for 10 s.
 A guest that spins still gets its 503 at its CPU limit. The Python path never takes the synchronous try."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from http_wasm_asgi import Guest, HttpWasmMiddleware, _native
 from http_wasm_asgi.testing import echo_app, serve
 from http_wasm_asgi.wasm.calls import PYTHON_PATH, using_path
+from http_wasm_asgi.wasm.stats import STATS_SYNC_AFTER
 from support import WAT
 
 pytestmark = pytest.mark.skipif(_native.EXT is None, reason="the native path is the subject")
@@ -52,6 +53,11 @@ async def test_a_request_whose_guest_overruns_starts_over_and_is_answered_once()
         again = await client.get("/", headers={"x-id": "c", "x-spin": LONG})  # cooperative at once now
         assert again.status_code == 200 and again.headers["x-spun"] == "c"
         assert spinner.stats.sync_overruns == 1 and (created(copy), created(spinner)) == (2, 2)
+
+        spinner.stats.counts[STATS_SYNC_AFTER] = 0  # as if its 10 s were over: tried synchronously again
+        retried = await client.get("/", headers={"x-id": "d", "x-spin": LONG})
+        assert retried.status_code == 200 and retried.headers["x-spun"] == "d"
+        assert spinner.stats.sync_overruns == 2 and (created(copy), created(spinner)) == (3, 3)
     app.close()
 
 

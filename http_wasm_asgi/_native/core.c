@@ -266,15 +266,19 @@ static int turn_spent(long long t) {
     return turn_busy_ns >= turn_ns;
 }
 
-/* Whether this guest's handle_request has ever run past its first slice as one synchronous call */
-static inline int has_overrun(Core *self) {
-    return self->stats != NULL ? self->stats[STATS_OVERRUNS] != 0 : self->overran;
+#define SYNC_RETRY_NS 10000000000LL /* after a stopped synchronous try, the guest's calls yield for this long */
+
+/* Whether the guest's handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of a stopped try
+ * (the guest's, shared by its instances through its counters). A guest that is slow stays cooperative but for one
+ * try every 10 s; one stopped by chance (its thread was descheduled for a tick) gets the fast path back. */
+static inline int sync_allowed(Core *self, long long t) {
+    return t >= (self->stats != NULL ? (long long)self->stats[STATS_SYNC_AFTER] : self->sync_after);
 }
 
 /* handle_request as one synchronous call: no future, no fiber. Its epoch deadline is two ticks away, so a call
  * stopped there ran for at least a whole tick: it cannot yield to the event loop, so it ends with an error, which
  * is CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and
- * this guest's calls are cooperative from then on). A trap is a trap, as on the other paths. */
+ * this guest's calls are cooperative for SYNC_RETRY_NS). A trap is a trap, as on the other paths. */
 static int sync_request(Core *self, void *func, long long t0) {
     uint64_t raw[2] = {0, 0}; /* one wasmtime_val_raw_t: handle_request's i64 result */
     Core *prev = hw_current;
@@ -297,9 +301,11 @@ static int sync_request(Core *self, void *func, long long t0) {
     int rc;
     if (err != NULL && self->trap == NULL) {
         hw_error_delete(err);
-        self->overran = 1;
-        if (self->stats != NULL)
+        self->sync_after = t1 + SYNC_RETRY_NS;
+        if (self->stats != NULL) {
             self->stats[STATS_OVERRUNS]++;
+            self->stats[STATS_SYNC_AFTER] = (uint64_t)self->sync_after;
+        }
         rc = CALL_OVERRAN;
     } else {
         self->err = err;
@@ -348,9 +354,9 @@ static int start(Core *self, int index, int after, int cooperative) {
     self->trap_status = 500;
     self->index = index;
     self->after = after;
-    if (cooperative == SYNC_FIRST && index == 0 && !self->release_gil && !has_overrun(self)) {
+    if (cooperative == SYNC_FIRST && index == 0 && !self->release_gil) {
         long long t = hw_now_ns();
-        if (!turn_spent(t))
+        if (sync_allowed(self, t) && !turn_spent(t))
             return sync_request(self, func, t);
     }
     hw_set_deadline(self->ctx, 1); /* the first slice ends at the next tick */

@@ -84,8 +84,9 @@ typedef struct {
 extern const long long hw_stats_buckets_ns[STATS_NBUCKETS];
 #define STATS_STRIDE (2 + STATS_NBUCKETS + 1)
 #define STATS_SHORT (2 * STATS_STRIDE)
-#define STATS_OVERRUNS (STATS_SHORT + 1) /* handle_request calls that ran past their synchronous first slice */
-#define STATS_SIZE (STATS_SHORT + 2)
+#define STATS_OVERRUNS (STATS_SHORT + 1)   /* handle_request calls that ran past their synchronous first try */
+#define STATS_SYNC_AFTER (STATS_SHORT + 2) /* no synchronous try before this hw_now_ns() (10 s after the last) */
+#define STATS_SIZE (STATS_SHORT + 3)
 
 /* ---------------------------------------------------------------- the Core (core.c) */
 
@@ -94,9 +95,9 @@ enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_OVERRAN = 2, CALL_FAILED = -1 };
 /* How a call runs (the `cooperative` argument of hw_request_call / hw_response_call):
  * RUN_TO_END   slice after slice until it ends;
  * COOPERATIVE  its first slice, then CALL_SUSPENDED if it has not ended (the event loop resumes it);
- * SYNC_FIRST   handle_request only: as one synchronous call (no fiber, no future) while the guest has never run
- *              past its first slice; one that does is stopped there (CALL_OVERRAN: its instance is spent) and the
- *              guest's calls are COOPERATIVE from then on. The caller runs the request again. */
+ * SYNC_FIRST   handle_request only: as one synchronous call (no fiber, no future); one that runs past its
+ *              first slice is stopped there (CALL_OVERRAN: its instance is spent) and the guest's calls are
+ *              COOPERATIVE for the next 10 s. The caller runs the request again. */
 enum { RUN_TO_END = 0, COOPERATIVE = 1, SYNC_FIRST = 2 };
 
 typedef struct {
@@ -109,7 +110,7 @@ typedef struct {
     int index, after;         /* the running call: export index, what completing it does */
     int timed_out;            /* the last call ran out of time (no trap object: it was cancelled) */
     int yielded;              /* the running call was suspended at least once (its slices wake the ticker) */
-    int overran;              /* a SYNC_FIRST call of this instance overran (the guest's count, when not counted) */
+    long long sync_after;     /* STATS_SYNC_AFTER of this instance, when its guest's calls are not counted */
     long long budget_ns;      /* call_timeout */
     long long start_ns, own_ns, others0; /* the running call's clock (see slice) */
     const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */

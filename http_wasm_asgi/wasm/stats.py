@@ -11,7 +11,8 @@ CALL_BUCKETS_NS: Final = (5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_0
 STATS_STRIDE: Final = 2 + len(CALL_BUCKETS_NS) + 1
 STATS_SHORT: Final = 2 * STATS_STRIDE
 STATS_OVERRUNS: Final = STATS_SHORT + 1  # handle_request calls stopped on the native path's synchronous first try
-STATS_SIZE: Final = STATS_SHORT + 2
+STATS_SYNC_AFTER: Final = STATS_SHORT + 2  # (the native path's) no synchronous try before this monotonic ns
+STATS_SIZE: Final = STATS_SHORT + 3
 
 
 class CallStats:
@@ -51,7 +52,7 @@ class CallStats:
     @property
     def sync_overruns(self) -> int:
         """handle_request calls the native path ran as one synchronous call and stopped after a whole tick: each
-        started its request over with cooperative calls, which this guest makes from then on."""
+        started its request over with cooperative calls, which this guest makes for the next 10 s."""
         return int(self.counts[STATS_OVERRUNS])
 
     def count_trap(self, export: str, cause: str) -> None:
