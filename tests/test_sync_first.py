@@ -5,6 +5,8 @@ A guest that spins still gets its 503 at its CPU limit. The Python path never ta
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -83,6 +85,28 @@ async def test_the_python_path_never_takes_the_synchronous_try() -> None:
         assert slow.status_code == 200 and slow.headers["x-spun"] == "a"
         assert spinner.stats.sync_overruns == 0 and (created(copy), created(spinner)) == (1, 1)
         app.close()
+
+
+def test_a_thread_with_a_small_stack_never_takes_the_synchronous_try() -> None:
+    # a synchronous call runs on the caller's stack (wasm may use 512 KiB of it): a thread with little room left
+    # makes its calls on a fiber of their own
+    app, _, spinner = chain("sync-small-stack")
+    answers: list[httpx.Response] = []
+
+    async def requests() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            answers.append(await client.get("/", headers={"x-id": "a", "x-spin": LONG}))
+
+    previous = threading.stack_size(512 * 1024)
+    try:
+        thread = threading.Thread(target=lambda: asyncio.run(requests()))
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    thread.join()
+    assert [r.status_code for r in answers] == [200] and answers[0].headers["x-spun"] == "a"
+    assert spinner.stats.sync_overruns == 0
+    app.close()
 
 
 def test_through_uvicorn_a_request_that_starts_over_is_answered_and_so_are_the_next() -> None:

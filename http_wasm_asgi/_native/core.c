@@ -13,6 +13,7 @@
  * Names of Python classes come from contract.c (a_*), ABI facts from configure_abi (hw_next_bit).
  */
 #include "native.h"
+#include <pthread.h>
 
 const long long hw_stats_buckets_ns[STATS_NBUCKETS] = {
     5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 25000000,
@@ -275,6 +276,29 @@ static inline int sync_allowed(Core *self, long long t) {
     return t >= (self->stats != NULL ? (long long)self->stats[STATS_SYNC_AFTER] : self->sync_after);
 }
 
+/* What a synchronous call may need of its thread's stack: wasmtime lets wasm use max_wasm_stack (512 KiB by
+ * default) below the caller's frame, and host functions run below that. On a fiber (the cooperative path) a
+ * call has a stack of its own, so a thread with less room left (a small thread stack, or a deep caller) takes
+ * that path. */
+#define SYNC_STACK_NEED (1024 * 1024)
+static _Thread_local uintptr_t stack_floor; /* this thread's stack bottom + SYNC_STACK_NEED; 0: not read yet */
+
+static int stack_has_room(void) {
+    if (stack_floor == 0) {
+        pthread_attr_t attr;
+        void *bottom = NULL;
+        size_t size = 0;
+        stack_floor = UINTPTR_MAX; /* unknown: no synchronous calls on this thread */
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            if (pthread_attr_getstack(&attr, &bottom, &size) == 0 && size > SYNC_STACK_NEED)
+                stack_floor = (uintptr_t)bottom + SYNC_STACK_NEED;
+            pthread_attr_destroy(&attr);
+        }
+    }
+    char here;
+    return (uintptr_t)&here > stack_floor;
+}
+
 /* handle_request as one synchronous call: no future, no fiber. Its epoch deadline is two ticks away, so a call
  * stopped there ran for at least a whole tick: it cannot yield to the event loop, so it ends with an error, which
  * is CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and
@@ -356,7 +380,7 @@ static int start(Core *self, int index, int after, int cooperative) {
     self->after = after;
     if (cooperative == SYNC_FIRST && index == 0 && !self->release_gil) {
         long long t = hw_now_ns();
-        if (sync_allowed(self, t) && !turn_spent(t))
+        if (sync_allowed(self, t) && !turn_spent(t) && stack_has_room())
             return sync_request(self, func, t);
     }
     hw_set_deadline(self->ctx, 1); /* the first slice ends at the next tick */
