@@ -121,26 +121,21 @@ static int begin(Serving *s) {
     if (flow == NULL)
         return -1; /* as the reference: before the request counts on its chain */
     s->flow = flow;
+    Py_CLEAR(s->receive);
+    Py_CLEAR(s->send);
     if (count_request(s->chain, 1) < 0)
         return -1;
-    if (!Py_IS_TYPE(flow, hw_native_flow_type)) { /* a scope out of the common case: a flow of the reference's */
-        Py_CLEAR(s->receive);
-        Py_CLEAR(s->send);
+    if (!Py_IS_TYPE(flow, hw_native_flow_type)) /* a scope out of the common case: a flow of the reference's */
         return hand_over(s, stage_enter, Py_None);
-    }
     PyObject *entered = hw_flow_enter_sync_first(flow);
     if (entered == hw_overran) { /* a guest's handle_request overran: the request starts over, cooperatively */
         Py_DECREF(entered);
-        PyObject *fresh = hw_open_flow(s->run, s->scope, s->receive, s->send);
+        PyObject *fresh = hw_open_flow(s->run, s->scope, FIELD(flow, o_flow_receive), FIELD(flow, o_flow_send));
         if (fresh == NULL)
             return hand_over_error(s, 0);
         Py_SETREF(s->flow, fresh);
-        Py_CLEAR(s->receive);
-        Py_CLEAR(s->send);
         return hand_over(s, stage_enter, Py_None);
     }
-    Py_CLEAR(s->receive);
-    Py_CLEAR(s->send);
     if (entered != Py_True) {
         Py_XDECREF(entered);
         return entered == NULL ? hand_over_error(s, 0) : hand_over(s, stage_request_phase, Py_None);

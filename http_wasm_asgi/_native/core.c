@@ -201,6 +201,32 @@ static int raise_trap(Core *self) {
     return CALL_FAILED;
 }
 
+/* Guest code of `self` runs on this thread, a slice of a call or a synchronous call, between these two: it is the
+ * current instance (host functions find it), the ticker moves the epoch while any runs, and its time counts on
+ * its own clock, the thread's and the turn's. */
+typedef struct { Core *prev; int prev_holds; } guest_frame;
+
+static inline guest_frame guest_code_starts(Core *self, int holds_gil) {
+    guest_frame frame = {hw_current, hw_holds_gil};
+    Py_INCREF(self); /* a host function may drop the last outside reference: the caller drops this one */
+    hw_current = self;
+    hw_holds_gil = holds_gil;
+    __atomic_add_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED);
+    return frame;
+}
+
+/* The guest code that started at t0 stopped: the time it stopped. */
+static inline long long guest_code_ends(Core *self, guest_frame frame, long long t0) {
+    __atomic_sub_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED);
+    long long t1 = hw_now_ns(), d = t1 - t0;
+    hw_current = frame.prev;
+    hw_holds_gil = frame.prev_holds;
+    self->own_ns += d;
+    thread_slices_ns += d;
+    turn_busy_ns += d;
+    return t1;
+}
+
 /* One slice of the running call: poll its future once (it runs until done or the next epoch tick).
  *
  * The call's clock is its own slices plus, once it is long (long_ns of its own guest time), long_wait of
@@ -208,30 +234,18 @@ static int raise_trap(Core *self) {
  * count, and a short call is never timed out for waiting on a busy loop. Past the budget it is cancelled
  * (503). */
 static int slice(Core *self, long long t0) {
-    Core *prev = hw_current;
-    int prev_holds = hw_holds_gil;
     unsigned char done;
-    Py_INCREF(self); /* a host function may drop the last outside reference */
-    hw_current = self;
-    __atomic_add_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED); /* the ticker moves the epoch while any runs */
+    guest_frame frame = guest_code_starts(self, !self->release_gil);
     if (self->yielded)
         hw_wake_ticker();
     if (self->release_gil) {
-        hw_holds_gil = 0;
         Py_BEGIN_ALLOW_THREADS
         done = hw_poll(self->future);
         Py_END_ALLOW_THREADS
     } else {
-        hw_holds_gil = 1;
         done = hw_poll(self->future);
     }
-    __atomic_sub_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED);
-    long long t1 = hw_now_ns(), d = t1 - t0;
-    hw_current = prev;
-    hw_holds_gil = prev_holds;
-    self->own_ns += d;
-    thread_slices_ns += d;
-    turn_busy_ns += d;
+    long long t1 = guest_code_ends(self, frame, t0);
     int rc = CALL_SUSPENDED;
     if (done) {
         self->yielded = 0;
@@ -305,23 +319,13 @@ static int stack_has_room(void) {
  * this guest's calls are cooperative for SYNC_RETRY_NS). A trap is a trap, as on the other paths. */
 static int sync_request(Core *self, void *func, long long t0) {
     uint64_t raw[2] = {0, 0}; /* one wasmtime_val_raw_t: handle_request's i64 result */
-    Core *prev = hw_current;
-    int prev_holds = hw_holds_gil;
-    Py_INCREF(self); /* a host function may drop the last outside reference */
     self->start_ns = t0;
+    self->own_ns = 0;
     self->others0 = thread_slices_ns;
-    hw_current = self;
-    hw_holds_gil = 1;
-    __atomic_add_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED); /* the ticker moves the epoch while any runs */
+    guest_frame frame = guest_code_starts(self, 1);
     hw_set_deadline(self->ctx, 2);
     void *err = hw_call_unchecked(self->ctx, func, raw, 1, &self->trap);
-    __atomic_sub_fetch(&hw_slices_running, 1, __ATOMIC_RELAXED);
-    long long t1 = hw_now_ns(), d = t1 - t0;
-    hw_current = prev;
-    hw_holds_gil = prev_holds;
-    self->own_ns = d;
-    thread_slices_ns += d;
-    turn_busy_ns += d;
+    long long t1 = guest_code_ends(self, frame, t0);
     int rc;
     if (err != NULL && self->trap == NULL) {
         hw_error_delete(err);
@@ -335,7 +339,7 @@ static int sync_request(Core *self, void *func, long long t0) {
         self->err = err;
         memcpy(&self->results[0].of.i64, raw, sizeof self->results[0].of.i64);
         if (self->stats != NULL)
-            count_call(self, d);
+            count_call(self, t1 - t0);
         rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
         if (rc == CALL_DONE)
             quick_calls++;
