@@ -33,6 +33,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and all its descendants (workers), from /proc."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and all its descendants (workers), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -40,14 +45,16 @@ def cpu_seconds(pid: int) -> float:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0.0, [pid]
+    user = system = 0.0
+    todo = [pid]
     while todo:
         current = todo.pop()
         todo.extend(children.get(current, []))
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+            system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
 
 
 def pss_mib(pid: int) -> float:

@@ -27,14 +27,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from benchutil import cpu_seconds, free_port, wait_port, wrk_seconds  # noqa: E402
+from benchutil import cpu_split, free_port, wait_port, wrk_seconds  # noqa: E402
 from e2e_app import RawHeaderMiddleware  # noqa: E402  # the cheapest Python filter, also served end to end
 from starlette.applications import Starlette  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -268,44 +268,65 @@ E2E_VARIANTS = ("bare", "raw", "1 guest", "3 guests")
 E2E_GOALS = {"1 guest": (0.92, "Go host: 0.83x"), "3 guests": (0.88, "Go host: 0.69x")}
 
 
+class Drive(NamedTuple):
+    """One wrk run against a fresh server: its rate, the server's CPU per request (all its threads) split
+    into user and kernel time, and how often per request the client (wrk) went to sleep waiting for it."""
+
+    rate: float
+    user_us: float
+    kernel_us: float
+    client_sleeps: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.user_us + self.kernel_us
+
+
 def end_to_end(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
     """Target 3: Starlette "hello" behind 1 and 3 copy-header guests, on uvicorn and on Granian (one worker
-    each), against the bare app and a raw Python middleware doing the guest's work, in one run."""
+    each), against the bare app and a raw Python middleware doing the guest's work, in one run.
+
+    A second table splits the server's CPU per request into user and kernel time, beside the client's sleeps
+    per request: the kernel time of a loopback server is mostly its sends waking the client, which sleeps
+    more often the slower the server answers, so any added cost also adds kernel time."""
     if shutil.which("wrk") is None:
         report.header("Target 3: end to end", "variant", "req/s (median)", "share of bare; CPU/req")
         report.skip("end to end", "wrk not found")
         print("\nwrk not found (apt-get install wrk): end-to-end part skipped")
         return
+    labels = {"bare": "bare Starlette hello", "raw": "raw Python middleware (copy x-id)"}
     for server in E2E_SERVERS:
-        report.header(f"Target 3: end to end on {server} (1 worker, wrk -t1 -c32 -d{seconds}s, {rounds} interleaved "
-                      "rounds)", "variant", "req/s (median)", "share of bare; CPU/req")
-        rps: dict[str, list[float]] = {v: [] for v in E2E_VARIANTS}
-        cpu: dict[str, list[float]] = {v: [] for v in E2E_VARIANTS}
+        runs: dict[str, list[Drive]] = {v: [] for v in E2E_VARIANTS}
         shares: dict[str, list[float]] = {v: [] for v in E2E_VARIANTS}
         for r in range(rounds):
-            this_round: dict[str, float] = {}
             for variant in (E2E_VARIANTS if r % 2 == 0 else tuple(reversed(E2E_VARIANTS))):
-                got, cpu_us = _serve_and_drive(server, variant, seconds)
-                rps[variant].append(got)
-                cpu[variant].append(cpu_us)
-                this_round[variant] = got
+                runs[variant].append(_serve_and_drive(server, variant, seconds))
             for variant in E2E_VARIANTS:  # the share within each round: both sides saw the same machine
-                shares[variant].append(this_round[variant] / this_round["bare"])
-        labels = {"bare": "bare Starlette hello", "raw": "raw Python middleware (copy x-id)"}
+                shares[variant].append(runs[variant][-1].rate / runs["bare"][-1].rate)
+
+        def median(variant: str, field: str, runs: dict[str, list[Drive]] = runs) -> float:
+            return statistics.median(getattr(drive, field) for drive in runs[variant])
+
+        report.header(f"Target 3: end to end on {server} (1 worker, wrk -t1 -c32 -d{seconds}s, {rounds} interleaved "
+                      "rounds)", "variant", "req/s (median)", "share of bare; CPU/req")
         for variant in E2E_VARIANTS:
-            report.row(labels.get(variant, f"{variant} (WAT copy x-id)"), f"{statistics.median(rps[variant]):.0f}",
-                       f"{statistics.median(shares[variant]):.0%}; {statistics.median(cpu[variant]):.0f} us")
-        base_us = statistics.median(cpu["bare"])
+            report.row(labels.get(variant, f"{variant} (WAT copy x-id)"), f"{median(variant, 'rate'):.0f}",
+                       f"{statistics.median(shares[variant]):.0%}; {median(variant, 'cpu_us'):.0f} us")
+        report.header(f"Where the server's time goes on {server} (medians, per request)", "variant",
+                      "user; kernel us", "client sleeps")
+        for variant in E2E_VARIANTS:
+            report.row(labels.get(variant, f"{variant} (WAT copy x-id)"),
+                       f"{median(variant, 'user_us'):.1f}; {median(variant, 'kernel_us'):.1f}",
+                       f"{median(variant, 'client_sleeps'):.2f}")
         for variant, (goal, anchor) in E2E_GOALS.items():
             share = statistics.median(shares[variant])
-            added = statistics.median(cpu[variant]) - base_us
+            added = median(variant, "cpu_us") - median("bare", "cpu_us")
             report.check(f"3{'a' if variant == '1 guest' else 'b'}. {server}: {variant} keep (+{added:.1f} us CPU/req)",
                          f"{share:.2f}x", f">= {goal:.2f}x ({anchor})", share >= goal)
 
 
-def _serve_and_drive(server: str, variant: str, seconds: int) -> tuple[float, float]:
-    """(requests per second, server CPU microseconds per request, all its threads) for one wrk run against a
-    fresh server."""
+def _serve_and_drive(server: str, variant: str, seconds: int) -> Drive:
+    """One wrk run against a fresh server of this variant."""
     port = free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, PYTHONPATH=str(ROOT))
     if server == "granian":
@@ -319,20 +340,29 @@ def _serve_and_drive(server: str, variant: str, seconds: int) -> tuple[float, fl
     try:
         wait_port(port, timeout=20)
         _wrk(port, 1)  # warm-up: caches, first instances, allocator
-        cpu0 = cpu_seconds(process.pid)
-        out = _wrk(port, seconds)
-        cpu1 = cpu_seconds(process.pid)
+        user0, kernel0 = cpu_split(process.pid)
+        out, sleeps = _wrk(port, seconds)
+        user1, kernel1 = cpu_split(process.pid)
         rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
-        total = next(int(line.split()[0]) for line in out.splitlines() if "requests in" in line)
-        return rate, (cpu1 - cpu0) / max(total, 1) * 1e6
+        total = max(next(int(line.split()[0]) for line in out.splitlines() if "requests in" in line), 1)
+        return Drive(rate, (user1 - user0) / total * 1e6, (kernel1 - kernel0) / total * 1e6, sleeps / total)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(10)
 
 
-def _wrk(port: int, seconds: int) -> str:
-    return subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "x-id: abc", f"http://127.0.0.1:{port}/"],
-                          capture_output=True, text=True, check=True).stdout
+def _wrk(port: int, seconds: int) -> tuple[str, int]:
+    """wrk's report and its voluntary context switches (the times it slept waiting for the server)."""
+    client = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "x-id: abc", f"http://127.0.0.1:{port}/"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert client.stdout is not None
+    out = client.stdout.read()
+    client.stdout.close()
+    _, status, usage = os.wait4(client.pid, 0)
+    client.returncode = os.waitstatus_to_exitcode(status)
+    if client.returncode != 0:
+        raise RuntimeError(f"wrk exited with {client.returncode}")
+    return out, usage.ru_nvcsw
 
 
 # --- target 3c: serve --workers N -------------------------------------------------------------------
