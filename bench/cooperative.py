@@ -79,9 +79,12 @@ def make_app() -> Any:
 
 # --- 1. attack ----------------------------------------------------------------------------------------
 # Sends a spinning request every 1/rate s for `seconds`, a new connection each; prints [[seconds, status]].
+# It says "ready" once started and waits for a line on stdin: its own start-up is not part of the attack.
 _SPINNER = """
 import asyncio, json, sys, time
 host, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
 async def spin(out):
     t = time.perf_counter()
     try:
@@ -127,7 +130,12 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
                     alone.append(_wrk(port, seconds))
                     continue
                 driver = subprocess.Popen([sys.executable, "-c", _SPINNER, "127.0.0.1", str(port), str(seconds),
-                                           str(rate)], stdout=subprocess.PIPE, text=True)
+                                           str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert driver.stdin is not None and driver.stdout is not None
+                if driver.stdout.readline().strip() != "ready":
+                    raise RuntimeError("the spinning-request driver did not start")
+                driver.stdin.write("go\n")
+                driver.stdin.flush()
                 attacked.append(_wrk(port, seconds))
                 spins.extend(json.loads(driver.communicate(timeout=120)[0]))
                 time.sleep(LATEST)  # the last spinners end before the next round
