@@ -304,25 +304,26 @@ def end_to_end(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
             for variant in E2E_VARIANTS:  # the share within each round: both sides saw the same machine
                 shares[variant].append(runs[variant][-1].rate / runs["bare"][-1].rate)
 
-        def median(variant: str, field: str, runs: dict[str, list[Drive]] = runs) -> float:
-            return statistics.median(getattr(drive, field) for drive in runs[variant])
-
         report.header(f"Target 3: end to end on {server} (1 worker, wrk -t1 -c32 -d{seconds}s, {rounds} interleaved "
                       "rounds)", "variant", "req/s (median)", "share of bare; CPU/req")
         for variant in E2E_VARIANTS:
-            report.row(labels.get(variant, f"{variant} (WAT copy x-id)"), f"{median(variant, 'rate'):.0f}",
-                       f"{statistics.median(shares[variant]):.0%}; {median(variant, 'cpu_us'):.0f} us")
+            report.row(labels.get(variant, f"{variant} (WAT copy x-id)"), f"{_median(runs[variant], 'rate'):.0f}",
+                       f"{statistics.median(shares[variant]):.0%}; {_median(runs[variant], 'cpu_us'):.0f} us")
         report.header(f"Where the server's time goes on {server} (medians, per request)", "variant",
                       "user; kernel us", "client sleeps")
         for variant in E2E_VARIANTS:
             report.row(labels.get(variant, f"{variant} (WAT copy x-id)"),
-                       f"{median(variant, 'user_us'):.1f}; {median(variant, 'kernel_us'):.1f}",
-                       f"{median(variant, 'client_sleeps'):.2f}")
+                       f"{_median(runs[variant], 'user_us'):.1f}; {_median(runs[variant], 'kernel_us'):.1f}",
+                       f"{_median(runs[variant], 'client_sleeps'):.2f}")
         for variant, (goal, anchor) in E2E_GOALS.items():
             share = statistics.median(shares[variant])
-            added = median(variant, "cpu_us") - median("bare", "cpu_us")
+            added = _median(runs[variant], "cpu_us") - _median(runs["bare"], "cpu_us")
             report.check(f"3{'a' if variant == '1 guest' else 'b'}. {server}: {variant} keep (+{added:.1f} us CPU/req)",
                          f"{share:.2f}x", f">= {goal:.2f}x ({anchor})", share >= goal)
+
+
+def _median(drives: list[Drive], field: str) -> float:
+    return statistics.median(getattr(drive, field) for drive in drives)
 
 
 def _serve_and_drive(server: str, variant: str, seconds: int) -> Drive:
@@ -354,14 +355,14 @@ def _serve_and_drive(server: str, variant: str, seconds: int) -> Drive:
 def _wrk(port: int, seconds: int) -> tuple[str, int]:
     """wrk's report and its voluntary context switches (the times it slept waiting for the server)."""
     client = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "x-id: abc", f"http://127.0.0.1:{port}/"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert client.stdout is not None
     out = client.stdout.read()
     client.stdout.close()
-    _, status, usage = os.wait4(client.pid, 0)
+    _, status, usage = os.wait4(client.pid, 0)  # wait4: the rusage of this child alone
     client.returncode = os.waitstatus_to_exitcode(status)
     if client.returncode != 0:
-        raise RuntimeError(f"wrk exited with {client.returncode}")
+        raise RuntimeError(f"wrk exited with {client.returncode}: {out.strip()}")
     return out, usage.ru_nvcsw
 
 
