@@ -45,16 +45,17 @@ def cpu_split(pid: int) -> tuple[float, float]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry))
-    user = system = 0.0
+    user = system = 0  # clock ticks
     todo = [pid]
     while todo:
         current = todo.pop()
         todo.extend(children.get(current, []))
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
-            system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
-    return user, system
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def pss_mib(pid: int) -> float:

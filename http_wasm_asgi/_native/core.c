@@ -227,6 +227,13 @@ static inline long long guest_code_ends(Core *self, guest_frame frame, long long
     return t1;
 }
 
+/* A call starts at t: its clock (see slice) counts from here. */
+static inline void call_clock_starts(Core *self, long long t) {
+    self->start_ns = t;
+    self->own_ns = 0;
+    self->others0 = thread_slices_ns;
+}
+
 /* One slice of the running call: poll its future once (it runs until done or the next epoch tick).
  *
  * The call's clock is its own slices plus, once it is long (long_ns of its own guest time), long_wait of
@@ -319,9 +326,7 @@ static int stack_has_room(void) {
  * this guest's calls are cooperative for SYNC_RETRY_NS). A trap is a trap, as on the other paths. */
 static int sync_request(Core *self, void *func, long long t0) {
     uint64_t raw[2] = {0, 0}; /* one wasmtime_val_raw_t: handle_request's i64 result */
-    self->start_ns = t0;
-    self->own_ns = 0;
-    self->others0 = thread_slices_ns;
+    call_clock_starts(self, t0);
     guest_frame frame = guest_code_starts(self, 1);
     hw_set_deadline(self->ctx, 2);
     void *err = hw_call_unchecked(self->ctx, func, raw, 1, &self->trap);
@@ -352,9 +357,7 @@ static int sync_request(Core *self, void *func, long long t0) {
  * its first slice, or without running it when guests already had this turn's budget; else run it to its end. */
 static int run(Core *self, int cooperative) {
     long long t = hw_now_ns();
-    self->start_ns = t;
-    self->own_ns = 0;
-    self->others0 = thread_slices_ns;
+    call_clock_starts(self, t);
     if (cooperative && turn_spent(t))
         return CALL_SUSPENDED; /* deferred: let the event loop run first */
     int rc = slice(self, t);
