@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import _native, registry
+from . import _native, abi, registry
 from .errors import GuestError
 from .host import HOST_FUNCTIONS, GuestContext, GuestHost
 from .pool import InstancePool, NativeInstancePool
@@ -23,7 +23,7 @@ from .wasm.cache import default_cache_dir
 from .wasm.calls import HostFunction
 from .wasm.instance import WasmInstance
 from .wasm.module import Limits, ModuleInfo, WasiOptions, WasmModule, wasm_binary
-from .wasm.snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite
+from .wasm.snapshot import SNAPSHOT_EXPORT_PREFIX, SnapshotError, instrument, refusal, rewrite, runs_bounded
 from .wasm.stats import CallStats
 
 GuestSource = str | os.PathLike[str] | bytes | bytearray
@@ -282,6 +282,7 @@ class Guest:
         exports: a snapshot module lacks the init exports it was built without)."""
         sha256 = hashlib.sha256(wasm).hexdigest()
         module, snapshot = self._module(wasm, sha256, enabled, cache_dir, wasi, limits)
+        module.sync_response = runs_bounded(wasm, abi.EXPORT_HANDLE_RESPONSE)
         info = dataclasses.replace(module.info, size=len(wasm), sha256=sha256,
                                    exports=snapshot.exports or module.info.exports)
         return module, snapshot, info

@@ -7,8 +7,8 @@
  * thread), with the host's begin/after_next/end done on its slots (host.c). A trap calls back into Python
  * (the instance's `_raise_trap(index)`), which raises the runtime's GuestTrap.
  *
- * One addition has no reference: SYNC_FIRST (native.h), which only the native call (call.c) asks for, runs
- * handle_request as one synchronous call and reports one that overran; the caller starts the request over.
+ * Two additions have no reference, both plain synchronous calls (sync_call, native.h): SYNC_FIRST, for the native
+ * call (call.c), and handle_response of an instance whose sync_response is set.
  *
  * Names of Python classes come from contract.c (a_*), ABI facts from configure_abi (hw_next_bit).
  */
@@ -289,6 +289,7 @@ static int turn_spent(long long t) {
 }
 
 #define SYNC_RETRY_NS 10000000000LL /* after a stopped synchronous try, the guest's calls yield for this long */
+#define UNREACHED_DEADLINE (1ULL << 40) /* epoch ticks: a deadline that a call which ends on its own never meets */
 
 /* Whether the guest's handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of a stopped try
  * (the guest's, shared by its instances through its counters). A guest that is slow stays cooperative but for one
@@ -320,19 +321,22 @@ static int stack_has_room(void) {
     return (uintptr_t)&here > stack_floor;
 }
 
-/* handle_request as one synchronous call: no future, no fiber. Its epoch deadline is two ticks away, so a call
- * stopped there ran for at least a whole tick: it cannot yield to the event loop, so it ends with an error, which
- * is CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and
- * this guest's calls are cooperative for SYNC_RETRY_NS). A trap is a trap, as on the other paths. */
-static int sync_request(Core *self, void *func, long long t0) {
-    uint64_t raw[2] = {0, 0}; /* one wasmtime_val_raw_t: handle_request's i64 result */
+/* A call as one plain synchronous call: no future, no fiber. handle_request (SYNC_FIRST): its epoch deadline is
+ * two ticks away, so a call stopped there ran for at least a whole tick; it cannot yield, so it ends with an error,
+ * CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and this
+ * guest's calls are cooperative for SYNC_RETRY_NS). handle_response (sync_response): its code cannot loop, so it
+ * ends on its own, and its deadline is out of reach. A trap is a trap, as on the other paths. */
+static int sync_call(Core *self, void *func, long long t0) {
+    int request = self->index == 0;
+    /* two wasmtime_val_raw_t: handle_request's i64 result, or handle_response's arguments */
+    uint64_t raw[4] = {request ? 0 : (uint32_t)self->args[0].of.i32, 0, request ? 0 : (uint32_t)self->args[1].of.i32};
     call_clock_starts(self, t0);
     guest_frame frame = guest_code_starts(self, 1);
-    hw_set_deadline(self->ctx, 2);
-    void *err = hw_call_unchecked(self->ctx, func, raw, 1, &self->trap);
+    hw_set_deadline(self->ctx, request ? 2 : UNREACHED_DEADLINE);
+    void *err = hw_call_unchecked(self->ctx, func, raw, request ? 1 : 2, &self->trap);
     long long t1 = guest_code_ends(self, frame, t0);
     int rc;
-    if (err != NULL && self->trap == NULL) {
+    if (request && err != NULL && self->trap == NULL) {
         hw_error_delete(err);
         self->sync_after = t1 + SYNC_RETRY_NS;
         if (self->stats != NULL) {
@@ -342,7 +346,8 @@ static int sync_request(Core *self, void *func, long long t0) {
         rc = CALL_OVERRAN;
     } else {
         self->err = err;
-        memcpy(&self->results[0].of.i64, raw, sizeof self->results[0].of.i64);
+        if (request)
+            memcpy(&self->results[0].of.i64, raw, sizeof self->results[0].of.i64);
         if (self->stats != NULL)
             count_call(self, t1 - t0);
         rc = (self->trap || self->err) ? raise_trap(self) : CALL_DONE;
@@ -385,10 +390,14 @@ static int start(Core *self, int index, int after, int cooperative) {
     self->trap_status = 500;
     self->index = index;
     self->after = after;
-    if (cooperative == SYNC_FIRST && index == 0 && !self->release_gil) {
-        long long t = hw_now_ns();
-        if (sync_allowed(self, t) && !turn_spent(t) && stack_has_room())
-            return sync_request(self, func, t);
+    if (!self->release_gil) {
+        if (cooperative == SYNC_FIRST && index == 0) {
+            long long t = hw_now_ns();
+            if (sync_allowed(self, t) && !turn_spent(t) && stack_has_room())
+                return sync_call(self, func, t);
+        } else if (index == 1 && self->sync_response && stack_has_room()) {
+            return sync_call(self, func, hw_now_ns()); /* it ends on its own: no turn to wait for */
+        }
     }
     hw_set_deadline(self->ctx, 1); /* the first slice ends at the next tick */
     self->future = hw_call_async(self->ctx, func, self->args, nargs, self->results, nresults, &self->trap,
@@ -575,13 +584,16 @@ static PyObject *Core_cancel(Core *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Core_get_release_gil(Core *self, void *closure) { return PyBool_FromLong(self->release_gil); }
+/* The int flag at byte offset `closure` of the Core (release_gil, sync_response), as a bool. */
+static PyObject *Core_get_flag(Core *self, void *closure) {
+    return PyBool_FromLong(*(int *)((char *)self + (uintptr_t)closure));
+}
 
-static int Core_set_release_gil(Core *self, PyObject *value, void *closure) {
+static int Core_set_flag(Core *self, PyObject *value, void *closure) {
     int v = value ? PyObject_IsTrue(value) : 0;
     if (v < 0)
         return -1;
-    self->release_gil = v;
+    *(int *)((char *)self + (uintptr_t)closure) = v;
     return 0;
 }
 
@@ -628,7 +640,10 @@ static PyMemberDef Core_members[] = {
 };
 
 static PyGetSetDef Core_getset[] = {
-    {"release_gil", (getter)Core_get_release_gil, (setter)Core_set_release_gil, "release the GIL in calls", NULL},
+    {"release_gil", (getter)Core_get_flag, (setter)Core_set_flag, "release the GIL in calls",
+     (void *)offsetof(Core, release_gil)},
+    {"sync_response", (getter)Core_get_flag, (setter)Core_set_flag,
+     "call handle_response as one synchronous call: its code cannot loop", (void *)offsetof(Core, sync_response)},
     {"used", (getter)Core_get_used, NULL, "seconds of guest time the running (or last) call used", NULL},
     {"budget", (getter)Core_get_budget, (setter)Core_set_budget, "seconds each call may take (see slice)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

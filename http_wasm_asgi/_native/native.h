@@ -32,7 +32,7 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 19 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 20 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
@@ -97,7 +97,9 @@ enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_OVERRAN = 2, CALL_FAILED = -1 };
  * COOPERATIVE  its first slice, then CALL_SUSPENDED if it has not ended (the event loop resumes it);
  * SYNC_FIRST   handle_request only: as one synchronous call (no fiber, no future); one that runs past its
  *              first slice is stopped there (CALL_OVERRAN: its instance is spent) and the guest's calls are
- *              COOPERATIVE for the next 10 s. The caller runs the request again. */
+ *              COOPERATIVE for the next 10 s. The caller runs the request again.
+ * handle_response of an instance whose sync_response is set runs as one synchronous call in any mode: its
+ * guest's code cannot loop (wasm/snapshot/bounded.py), so it ends on its own, without a turn to wait for. */
 enum { RUN_TO_END = 0, COOPERATIVE = 1, SYNC_FIRST = 2 };
 
 typedef struct {
@@ -117,6 +119,7 @@ typedef struct {
     uint8_t *base;            /* memory base: fixed (memory_may_move = false) */
     size_t size;              /* a lower bound of the memory size: memory only grows */
     int release_gil;
+    int sync_response;        /* handle_response's code cannot loop: it is one synchronous call (sync_call) */
     int trap_status;
     PyObject *owner;          /* the runtime's WasmInstance (role "instance") */
     PyObject *host;           /* what Python host functions get first (role "host") */

@@ -93,7 +93,9 @@ class PythonCore:
     (host.begin, handle_request, host.after_next on next) and `response(req_ctx, is_error)`
     (handle_response, host.end). Cooperative calls: `start_request`/`start_response` return
     SUSPENDED when the guest did not finish in its first slice (or the event loop's turn was
-    used up); `resume()` runs one more slice, `cancel()` abandons the call.
+    used up); `resume()` runs one more slice, `cancel()` abandons the call. `sync_response`: the
+    guest's handle_response cannot loop, and the native path calls it as one synchronous call (never
+    SUSPENDED); this path calls it as any other.
     A call's clock is its own slices plus, once it is long (LONG_CALL_SECONDS of guest time),
     LONG_WAIT of the non-guest time that ran on its thread while it was suspended (a short call is
     never timed out for waiting on a busy loop); past `budget` seconds it is cancelled (`take_trap`
@@ -105,7 +107,7 @@ class PythonCore:
 
     __slots__ = ("_after", "_args", "_ctx", "_err", "_funcs", "_future", "_index", "_others0", "_own", "_ptrs",
                  "_results", "_start_ns", "_stats", "_trap", "_yielded", "budget", "host", "owner", "release_gil",
-                 "store", "timed_out", "trap_status")
+                 "store", "sync_response", "timed_out", "trap_status")
 
     def __init__(self, owner: Any, store: Any, ctx: int, budget: float) -> None:
         self.owner = owner
@@ -115,6 +117,7 @@ class PythonCore:
         self.budget = budget
         self.trap_status = 500
         self.release_gil = False  # ctypes releases the GIL in every foreign call anyway
+        self.sync_response = False  # kept for the interface: this path makes every call the same way
         self.timed_out = False
         self._funcs: list[int | None] = [None] * len(EXPORTS)
         self._args = (ffi.wasmtime_val_t * 2)()

@@ -113,6 +113,7 @@ class WasmInstance:
             module.path.set_current(prev)
             core.release_gil = False
         core.budget = module.limits.call_timeout
+        core.sync_response = module.sync_response
         self.set_stats(module.stats)
 
     def set_stats(self, stats: CallStats | None) -> None:

@@ -98,6 +98,8 @@ class WasmModule:
         self.limits = limits or Limits()
         self.wasi = wasi or WasiOptions()
         self.stats: CallStats | None = None  # where its instances count their calls (set by the guest)
+        # handle_response cannot loop (snapshot.runs_bounded, set by the guest): a plain synchronous call
+        self.sync_response = False
         if not callable(wasm):
             wasm = wasm_binary(name, wasm)
         self._module, seconds, source, sha256 = compile_module(name, wasm, cache_dir, cache_key)
