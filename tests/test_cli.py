@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from http_wasm_asgi import _native
 from support import ROOT, WAT
 from support.procs import COMMAND, free_port, run, serving
 
@@ -105,6 +106,16 @@ def test_inspect_shows_features_at_start_wasi_and_imports() -> None:
     wasi = run([COMMAND, "inspect", str(ZIG / "wasi_hello.wasm")])
     assert wasi.returncode == 0 and "WASI:      yes" in wasi.stdout
     assert "wasi_snapshot_preview1." in wasi.stdout and "_initialize" in wasi.stdout
+
+
+@pytest.mark.skipif(_native.EXT is None, reason="the line is the native path's")
+def test_inspect_says_when_handle_response_is_one_synchronous_call() -> None:
+    bounded = run([COMMAND, "inspect", str(WAT / "copy_header.wat")])
+    assert bounded.returncode == 0, bounded.stderr
+    assert "call path: native; handle_response is one synchronous call (its code cannot loop)" in bounded.stdout
+    looping = run([COMMAND, "inspect", str(WAT / "driver.wat")])  # an interpreter: its handle_response loops
+    assert looping.returncode == 0, looping.stderr
+    assert "call path: native\n" in looping.stdout
 
 
 @pytest.mark.slow

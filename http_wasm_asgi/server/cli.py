@@ -41,8 +41,9 @@ def _describe(guest: Any, seconds: float | None = None) -> str:
 
 
 def _path_line(guest: Any) -> str:
-    if guest.native:
-        return "native"
+    if guest.native:  # and how its handle_response is entered (see runs_bounded)
+        return "native" + ("; handle_response is one synchronous call (its code cannot loop)"
+                           if guest.module.sync_response else "")
     return (f"python: the native path is {_native.status()}; about 2.5x the cost per guest (fix: install a "
             "wheel, or reinstall with a C compiler)")
 
