@@ -282,7 +282,6 @@ class Guest:
         exports: a snapshot module lacks the init exports it was built without)."""
         sha256 = hashlib.sha256(wasm).hexdigest()
         module, snapshot = self._module(wasm, sha256, enabled, cache_dir, wasi, limits)
-        module.sync_response = runs_bounded(wasm, abi.EXPORT_HANDLE_RESPONSE)
         info = dataclasses.replace(module.info, size=len(wasm), sha256=sha256,
                                    exports=snapshot.exports or module.info.exports)
         return module, snapshot, info
@@ -301,6 +300,7 @@ class Guest:
         if enabled:
             log.info("guest %r: no snapshot, each instance runs the guest's init: %s", self.name, reason)
         module = WasmModule(self.name, wasm, self.host_functions, cache_dir=cache_dir, wasi=wasi, limits=limits)
+        module.sync_response = runs_bounded(wasm, abi.EXPORT_HANDLE_RESPONSE)
         return module, SnapshotInfo(False, reason)
 
     def _from_snapshot(self, wasm: bytes, sha256: str, cache_dir: Path | None, wasi: WasiOptions,
@@ -328,6 +328,7 @@ class Guest:
             with entry.lock():
                 return self._build_snapshot(wasm, entry, key, wasi, limits)
         self.context.features = int(meta["features"])
+        module.sync_response = meta["sync_response"] is True  # read from the code when the entry was built
         for level, message in meta["init_log"]:  # what the guest said during its init, as if it ran now
             self.context.say(int(level), str(message))
         return module, SnapshotInfo(True, "disk", float(meta["init_seconds"]), int(meta["image_bytes"]),
@@ -347,6 +348,7 @@ class Guest:
             self.context.transcript = None
         module = WasmModule(self.name, snap, self.host_functions, cache_dir=entry.folder if entry else None,
                             wasi=wasi, limits=limits, cache_key=key)
+        module.sync_response = runs_bounded(wasm, abi.EXPORT_HANDLE_RESPONSE)
         instance = module.instantiate(self._make_host, None)  # verify once: a fresh instance starts as captured
         try:
             if instance.read(0, instance.memory_size()) != memory:
@@ -355,7 +357,8 @@ class Guest:
             instance.close()
         if entry is not None:
             entry.write(snap, {"features": self.context.features, "init_seconds": seconds,
-                                          "image_bytes": len(memory), "exports": exports, "init_log": said})
+                                          "image_bytes": len(memory), "exports": exports, "init_log": said,
+                                          "sync_response": module.sync_response})
         log.info("guest %r: snapshot after init (%.0f ms, %.1f MiB of memory); instances start from it",
                  self.name, seconds * 1000, len(memory) / 2**20)
         return module, SnapshotInfo(True, "built", seconds, len(memory), exports)

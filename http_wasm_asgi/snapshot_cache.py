@@ -2,11 +2,12 @@
 
 An entry is named by what the snapshot depends on (the guest's module, its config, its WASI
 environment, the snapshot format) and holds: the snapshot module (`.wasm`), its metadata (`.json`: the
-features and log lines of the init, its time, the image size, the guest's own exports, whose it is and
-the sha256 of the module), or, for a guest that cannot be captured, the reason (`.refused`: the check
-reads every function, so it is kept). The metadata carries a digest of itself and of the module: an
-entry that does not match is not used (one WARNING naming the guest and the file; it is removed and
-built again). Processes starting together (N workers) build an entry once: the first holds its lock.
+features and log lines of the init, its time, the image size, the guest's own exports, whether its
+handle_response can loop, whose it is and the sha256 of the module), or, for a guest that cannot be
+captured, the reason (`.refused`: the check reads every function, so it is kept). The metadata carries a
+digest of itself and of the module: an entry that does not match is not used (one WARNING naming the
+guest and the file; it is removed and built again). Processes starting together (N workers) build an
+entry once: the first holds its lock.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any, Final
 from .files import entry_lock, write_atomic
 from .wasm import cache_files
 
-SNAPSHOT_FORMAT: Final = 3  # bump when what a snapshot captures changes: old cache entries are then ignored
-_META_KEYS: Final = ("features", "init_seconds", "image_bytes", "exports", "init_log")
+SNAPSHOT_FORMAT: Final = 4  # bump when what a snapshot captures changes: old cache entries are then ignored
+# sync_response: whether the guest's handle_response cannot loop (read from its code, which takes a 2 MB module
+# ~2 ms: kept here so that a start from the cache does not read the module again)
+_META_KEYS: Final = ("features", "init_seconds", "image_bytes", "exports", "init_log", "sync_response")
 
 
 class DamagedSnapshot(Exception):

@@ -188,3 +188,23 @@ def test_through_uvicorn_bounded_guests_answer_every_request() -> None:
     assert [(r.status_code, r.headers.get_list("x-id")) for r in answers] == [(200, [str(i)]) for i in range(20)]
     assert all(g.stats.calls(1) == 20 for g in guests)
     app.close()
+
+
+def test_a_start_from_the_snapshot_cache_reads_the_answer_from_the_entry(tmp_path: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from http_wasm_asgi import guest as guest_module
+
+    built = Guest(WAT / "copy_header.wat", name="bounded-cache", cache_dir=tmp_path)
+    assert built.snapshot.detail == "built" and built.module.sync_response
+    built.close()
+
+    def must_not_read(wasm: bytes, export: str) -> bool:
+        raise AssertionError("the module was read again")
+
+    monkeypatch.setattr(guest_module, "runs_bounded", must_not_read)
+    cached = Guest(WAT / "copy_header.wat", name="bounded-cache", cache_dir=tmp_path)
+    assert cached.snapshot.detail == "disk" and cached.module.sync_response
+    instance = cached.pool.try_acquire()
+    assert instance is not None and instance._core.sync_response
+    cached.pool.release(instance)
+    cached.close()
