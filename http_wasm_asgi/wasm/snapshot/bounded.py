@@ -17,7 +17,7 @@ from typing import Final
 from ...abi import HOST_MODULE
 from .code import _read_leb, _skip_blocktype, _skip_leb, _step
 from .encoding import _FUNC_KIND, SnapshotError
-from .sections import _parse
+from .sections import _Import, _parse
 
 # Instructions an export may run, callees included: ~100 us of guest code at worst, far below a tick.
 MAX_INSTRUCTIONS: Final = 100_000
@@ -37,40 +37,38 @@ def runs_bounded(wasm: bytes, export: str) -> bool:
     """Whether the function exported as `export` always ends within MAX_INSTRUCTIONS (see the module's doc)."""
     try:
         module = _parse(wasm)
-    except SnapshotError:
-        return False
-    index = next((e.index for e in module.exports if e.name == export and e.kind == _FUNC_KIND), None)
-    if index is None:
-        return False
-    imports = [item for item in module.imports if item.kind == _FUNC_KIND]
-    bodies = {i: (data, start, end) for i, data, start, end in module.function_bodies()}
-    costs: dict[int, int] = {}  # the most instructions a function may run, callees included
-    active: set[int] = set()  # functions on the current call path: reaching one again is a cycle
-
-    def cost(function: int) -> int:
-        if function < len(imports):
-            if imports[function].module != HOST_MODULE:
-                raise _Unbounded
-            return 1
-        if function in costs:
-            return costs[function]
-        if function in active or function not in bodies:
-            raise _Unbounded
-        active.add(function)
-        total, callees = _read_body(*bodies[function])
-        for callee in callees:
-            total += cost(callee)
-            if total > MAX_INSTRUCTIONS:
-                raise _Unbounded
-        active.remove(function)
-        costs[function] = total
-        return total
-
-    try:
-        cost(index)
+        index = next((e.index for e in module.exports if e.name == export and e.kind == _FUNC_KIND), None)
+        if index is None:
+            return False
+        imports = [item for item in module.imports if item.kind == _FUNC_KIND]
+        bodies = {i: (data, start, end) for i, data, start, end in module.function_bodies()}
+        _cost(index, imports, bodies, {}, set())
     except (_Unbounded, SnapshotError, IndexError, RecursionError):
         return False
     return True
+
+
+def _cost(function: int, imports: list[_Import], bodies: dict[int, tuple[bytes, int, int]], costs: dict[int, int],
+          active: set[int]) -> int:
+    """The most instructions `function` may run, callees included (`costs` memoises them; `active` holds the
+    functions on the current call path: reaching one again is a cycle)."""
+    if function < len(imports):
+        if imports[function].module != HOST_MODULE:
+            raise _Unbounded
+        return 1
+    if function in costs:
+        return costs[function]
+    if function in active or function not in bodies:
+        raise _Unbounded
+    active.add(function)
+    total, callees = _read_body(*bodies[function])
+    for callee in callees:
+        total += _cost(callee, imports, bodies, costs, active)
+        if total > MAX_INSTRUCTIONS:
+            raise _Unbounded
+    active.remove(function)
+    costs[function] = total
+    return total
 
 
 def _read_body(data: bytes, start: int, end: int) -> tuple[int, list[int]]:
