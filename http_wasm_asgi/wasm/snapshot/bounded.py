@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Final
 
 from ...abi import HOST_MODULE
-from .code import _read_leb, _skip_blocktype, _skip_leb, _step
+from .code import _read_leb, _skip_locals, _step
 from .encoding import _FUNC_KIND, SnapshotError
 from .sections import _Import, _parse
 
@@ -74,9 +74,7 @@ def _cost(function: int, imports: list[_Import], bodies: dict[int, tuple[bytes, 
 def _read_body(data: bytes, start: int, end: int) -> tuple[int, list[int]]:
     """A body's instruction count and the functions it calls (once per call site); raises _Unbounded at the
     first instruction that may run long, or past MAX_INSTRUCTIONS."""
-    count, pos = _read_leb(data, start)
-    for _ in range(count):  # locals: count and type
-        pos = _skip_blocktype(data, _skip_leb(data, pos))
+    pos = _skip_locals(data, start)
     instructions, callees = 0, []
     while pos < end:
         op = data[pos]

@@ -100,6 +100,14 @@ def _skip_blocktype(data: bytes, pos: int) -> int:
     return _skip_leb(data, pos)  # 0x40, a one-byte value type, or a type index (s33)
 
 
+def _skip_locals(data: bytes, start: int) -> int:
+    """Where a function body's instructions begin: past its local declarations (a count and a type each)."""
+    count, pos = _read_leb(data, start)
+    for _ in range(count):
+        pos = _skip_blocktype(data, _skip_leb(data, pos))
+    return pos
+
+
 def _step(data: bytes, pos: int) -> tuple[int, str | None]:
     """Step over the instruction at pos: the position after it, and its name if a snapshot refuses it.
 

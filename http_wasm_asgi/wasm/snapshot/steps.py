@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ...abi import EXPORT_INITIALIZE, EXPORT_START
-from .code import _FORBIDDEN_WHY, _read_leb, _scan, _skip_blocktype, _skip_leb
+from .code import _FORBIDDEN_WHY, _scan, _skip_locals
 from .encoding import (
     _DATA,
     _DATACOUNT,
@@ -95,10 +95,7 @@ def _code_refusal(module: _Module) -> str | None:
     names: dict[int, str] | None = None
     for index, data, start, end in module.function_bodies():
         try:
-            count, pos = _read_leb(data, start)
-            for _ in range(count):  # locals: count and type
-                pos = _skip_blocktype(data, _skip_leb(data, pos))
-            pos, forbidden = _scan(data, pos, end)
+            pos, forbidden = _scan(data, _skip_locals(data, start), end)
             if pos > end or (forbidden is None and pos != end):
                 problem = "its body does not end where its size says"
             elif forbidden is not None:
