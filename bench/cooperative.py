@@ -8,7 +8,8 @@ slicing costs a call that does not yield, and how long a heavy guest holds the e
    with the defaults (call_timeout 1 s, calls on the event loop). Normal traffic is `wrk -t1 -c8`; the
    attack is 2 requests a second with `x-spin: forever` (a new connection each, from a small Python
    driver), each spinning until its call's clock reaches call_timeout. Rounds alternate "alone" and
-   "under attack" on the same server; the ratio is the median of the per-round ratios.
+   "under attack" on the same server; the ratio is the median of the per-round ratios. wrk and the driver
+   run on one core, the server on another (`benchutil.on_cpu`).
 2. Per call: one instance of the WAT copy-header guest (3 host calls per request), called the
    synchronous way (`instance.request` + `instance.response`, what Guest(threaded=True) runs) and the
    sliced way (`instance.start_request` + `instance.start_response`, the default), interleaved rounds.
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # benchutil, also when uvicorn imports this module as bench.cooperative
 
-from benchutil import free_port, wait_port, wrk_seconds  # noqa: E402
+from benchutil import CLIENT_CPU, SERVER_CPU, free_port, on_cpu, wait_port, wrk_seconds  # noqa: E402
 
 from http_wasm_asgi import Guest, HttpWasmMiddleware  # noqa: E402
 from http_wasm_asgi.host import Exchange  # noqa: E402
@@ -117,7 +118,7 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "bench.cooperative:make_app",
                                "--port", str(port), "--log-level", "critical", "--no-access-log"],
-                              cwd=ROOT, env=env, start_new_session=True)
+                              cwd=ROOT, env=env, start_new_session=True, **on_cpu(SERVER_CPU))
     alone: list[tuple[float, float]] = []
     attacked: list[tuple[float, float]] = []
     spins: list[list[Any]] = []
@@ -130,7 +131,8 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
                     alone.append(_wrk(port, seconds))
                     continue
                 driver = subprocess.Popen([sys.executable, "-c", _SPINNER, "127.0.0.1", str(port), str(seconds),
-                                           str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                           str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                          **on_cpu(CLIENT_CPU))
                 assert driver.stdin is not None and driver.stdout is not None
                 if driver.stdout.readline().strip() != "ready":
                     raise RuntimeError("the spinning-request driver did not start")
@@ -165,7 +167,8 @@ def attack(smoke: bool, rounds: int, seconds: int, rate: float = 2.0) -> list[Ch
 def _wrk(port: int, seconds: int) -> tuple[float, float]:
     """(requests per second, p99 seconds)."""
     out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", "-H", "x-id: abc",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True,
+                         **on_cpu(CLIENT_CPU)).stdout
     rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
     p99 = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("99%"))
     return rate, wrk_seconds(p99)

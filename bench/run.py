@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from benchutil import cpu_split, free_port, wait_port, wrk_seconds  # noqa: E402
+from benchutil import CLIENT_CPU, SERVER_CPU, cpu_split, free_port, on_cpu, wait_port, wrk_seconds  # noqa: E402
 from e2e_app import RawHeaderMiddleware  # noqa: E402  # the cheapest Python filter, also served end to end
 from starlette.applications import Starlette  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -286,6 +286,7 @@ def end_to_end(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
     """Target 3: Starlette "hello" behind 1 and 3 copy-header guests, on uvicorn and on Granian (one worker
     each), against the bare app and a raw Python middleware doing the guest's work, in one run.
 
+    The client runs on one core and the server, with all its threads, on another (`benchutil.on_cpu`).
     A second table splits the server's CPU per request into user and kernel time, beside the client's sleeps
     per request: the kernel time of a loopback server is mostly its sends waking the client, which sleeps
     more often the slower the server answers, so any added cost also adds kernel time."""
@@ -304,8 +305,9 @@ def end_to_end(report: Report, smoke: bool, rounds: int, seconds: int) -> None:
             for variant in E2E_VARIANTS:  # the share within each round: both sides saw the same machine
                 shares[variant].append(runs[variant][-1].rate / runs["bare"][-1].rate)
 
-        report.header(f"Target 3: end to end on {server} (1 worker, wrk -t1 -c32 -d{seconds}s, {rounds} interleaved "
-                      "rounds)", "variant", "req/s (median)", "share of bare; CPU/req")
+        placed = ", wrk and server on a core each" if on_cpu(SERVER_CPU) else ""
+        report.header(f"Target 3: end to end on {server} (1 worker{placed}, wrk -t1 -c32 -d{seconds}s, {rounds} "
+                      "interleaved rounds)", "variant", "req/s (median)", "share of bare; CPU/req")
         for variant in E2E_VARIANTS:
             report.row(labels.get(variant, f"{variant} (WAT copy x-id)"), f"{_median(runs[variant], 'rate'):.0f}",
                        f"{statistics.median(shares[variant]):.0%}; {_median(runs[variant], 'cpu_us'):.0f} us")
@@ -337,7 +339,7 @@ def _serve_and_drive(server: str, variant: str, seconds: int) -> Drive:
     else:
         command = [sys.executable, "-m", "uvicorn", "bench.e2e_app:app", "--port", str(port), "--log-level",
                    "warning", "--no-access-log"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, **on_cpu(SERVER_CPU))
     try:
         wait_port(port, timeout=20)
         _wrk(port, 1)  # warm-up: caches, first instances, allocator
@@ -355,7 +357,7 @@ def _serve_and_drive(server: str, variant: str, seconds: int) -> Drive:
 def _wrk(port: int, seconds: int) -> tuple[str, int]:
     """wrk's report and its voluntary context switches (the times it slept waiting for the server)."""
     client = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "x-id: abc", f"http://127.0.0.1:{port}/"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **on_cpu(CLIENT_CPU))
     assert client.stdout is not None
     out = client.stdout.read()
     client.stdout.close()
