@@ -20,14 +20,14 @@ const long long hw_stats_buckets_ns[STATS_NBUCKETS] = {
     50000000, 100000000, 250000000, 1000000000};
 
 /* The instance whose guest code runs on this thread; whether the running guest call kept the GIL. */
-_Thread_local Core *hw_current;
-_Thread_local int hw_holds_gil;
+HW_THREAD_LOCAL Core *hw_current;
+HW_THREAD_LOCAL int hw_holds_gil;
 PyObject *hw_suspended;
 PyObject *hw_overran;
 /* Guest time on this thread, for the calls' clocks and the event loop's turn budget. */
-static _Thread_local long long thread_slices_ns; /* every slice ever run on this thread */
-static _Thread_local long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
-static _Thread_local unsigned long long quick_calls; /* cooperative calls done in their first slice */
+static HW_THREAD_LOCAL long long thread_slices_ns; /* every slice ever run on this thread */
+static HW_THREAD_LOCAL long long turn_start_ns, turn_busy_ns; /* guest time in the current turn */
+static HW_THREAD_LOCAL unsigned long long quick_calls; /* cooperative calls done in their first slice */
 static long long turn_ns = 1000000, turn_window_ns = 2000000, long_ns = 10000000; /* set_turn() */
 static double long_wait = 0.5; /* the part of its waiting a long call's clock counts (set_turn) */
 
@@ -303,7 +303,7 @@ static inline int sync_allowed(Core *self, long long t) {
  * call has a stack of its own, so a thread with less room left (a small thread stack, or a deep caller) takes
  * that path. */
 #define SYNC_STACK_NEED (1024 * 1024)
-static _Thread_local uintptr_t stack_floor; /* this thread's stack bottom + SYNC_STACK_NEED; 0: not read yet */
+static HW_THREAD_LOCAL uintptr_t stack_floor; /* this thread's stack bottom + SYNC_STACK_NEED; 0: not read yet */
 
 static int stack_has_room(void) {
     if (stack_floor == 0) {
