@@ -32,8 +32,8 @@
  * dynamic TLS model: a call into the dynamic linker (__tls_get_addr) at each access, ~30 per guest per request.
  * initial-exec makes each access a load at a fixed offset from the thread pointer; the few bytes come from the
  * static TLS block glibc keeps spare for modules loaded later (were it full, the import fails and the Python path
- * serves). */
-#if defined(__GNUC__) && defined(__ELF__)
+ * serves). Other C libraries need not keep such room: they get the general model. */
+#if defined(__GNUC__) && defined(__ELF__) && defined(__GLIBC__)
 #define HW_THREAD_LOCAL _Thread_local __attribute__((tls_model("initial-exec")))
 #else
 #define HW_THREAD_LOCAL _Thread_local
