@@ -64,14 +64,15 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def test_the_wheel_is_manylinux_and_carries_the_native_path_and_its_data(wheel: Path) -> None:
     assert "manylinux_2_17_x86_64" in wheel.name and "cp311" in wheel.name
-    names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("http_wasm_asgi/_native/_ext.") and n.endswith(".so") for n in names)
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    ext = next((n for n in names if n.startswith("http_wasm_asgi/_native/_ext.") and n.endswith(".so")), None)
+    assert ext is not None
     assert {"http_wasm_asgi/py.typed", "http_wasm_asgi/devkit/conformance_cases.json"} <= set(names)
     assert not [n for n in names if n.endswith((".c", ".h"))]  # sources belong in the sdist
-    ext = next(n for n in names if n.startswith("http_wasm_asgi/_native/_ext."))
     # built for glibc, its thread-local state is read at a fixed offset (native.h, HW_THREAD_LOCAL), never
     # through the dynamic linker's __tls_get_addr, whose name a module calling it lists among its imports
-    assert b"__tls_get_addr" not in zipfile.ZipFile(wheel).read(ext)
+    assert b"__tls_get_addr" not in archive.read(ext)
     print(f"\n{wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB")
 
 
