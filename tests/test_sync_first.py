@@ -1,7 +1,8 @@
 """The native call's synchronous first try of handle_request: a call that ends within a tick answers as on any
 path; one still running after a whole tick is stopped, its request starts over with cooperative calls on fresh
-instances (the earlier guests' held ones are discarded too), and the guest's calls stay cooperative for 10 s.
-A guest that spins still gets its 503 at its CPU limit. The Python path never takes the synchronous try."""
+instances (the earlier guests' held ones are discarded too). A second stop within 5,000 calls of the guest makes
+its calls cooperative for 10 s; stops further apart leave the fast path on. A guest that spins still gets its 503
+at its CPU limit. The Python path never takes the synchronous try."""
 
 from __future__ import annotations
 
@@ -52,14 +53,35 @@ async def test_a_request_whose_guest_overruns_starts_over_and_is_answered_once()
         assert (created(copy), created(spinner)) == (2, 2)
         assert (copy.pool.in_use, spinner.pool.in_use) == (0, 0)
 
-        again = await client.get("/", headers={"x-id": "c", "x-spin": LONG})  # cooperative at once now
+        again = await client.get("/", headers={"x-id": "c", "x-spin": LONG})  # one stop: still tried synchronously
         assert again.status_code == 200 and again.headers["x-spun"] == "c"
-        assert spinner.stats.sync_overruns == 1 and (created(copy), created(spinner)) == (2, 2)
+        assert spinner.stats.sync_overruns == 2 and (created(copy), created(spinner)) == (3, 3)
+
+        third = await client.get("/", headers={"x-id": "d", "x-spin": LONG})  # two close stops: cooperative at once
+        assert third.status_code == 200 and third.headers["x-spun"] == "d"
+        assert spinner.stats.sync_overruns == 2 and (created(copy), created(spinner)) == (3, 3)
 
         spinner.stats.counts[STATS_SYNC_AFTER] = 0  # as if its 10 s were over: tried synchronously again
-        retried = await client.get("/", headers={"x-id": "d", "x-spin": LONG})
-        assert retried.status_code == 200 and retried.headers["x-spun"] == "d"
-        assert spinner.stats.sync_overruns == 2 and (created(copy), created(spinner)) == (3, 3)
+        retried = await client.get("/", headers={"x-id": "e", "x-spin": LONG})
+        assert retried.status_code == 200 and retried.headers["x-spun"] == "e"
+        assert spinner.stats.sync_overruns == 3 and (created(copy), created(spinner)) == (4, 4)
+    app.close()
+
+
+async def test_stops_far_apart_leave_the_synchronous_try_on() -> None:
+    # a guest whose quick calls far outnumber its long ones: each long request starts over, the quick ones
+    # between keep the fast path (no fiber)
+    app, _, spinner = chain("sync-apart")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        for i in range(3):
+            slow = await client.get("/", headers={"x-id": str(i), "x-spin": LONG})
+            assert slow.status_code == 200 and slow.headers["x-spun"] == str(i)
+            assert spinner.stats.sync_overruns == i + 1 and spinner.stats.counts[STATS_SYNC_AFTER] == 0
+            spinner.stats.counts[0] += 5000  # as if 5,000 quick calls of handle_request had ended since
+        spinner.stats.counts[0] -= 4999  # the next stop comes within 5,000 calls of the last: a pause
+        close = await client.get("/", headers={"x-id": "c", "x-spin": LONG})
+        assert close.status_code == 200 and spinner.stats.sync_overruns == 4
+        assert spinner.stats.counts[STATS_SYNC_AFTER] > 0
     app.close()
 
 

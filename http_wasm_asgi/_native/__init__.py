@@ -30,7 +30,7 @@ from .. import abi
 
 log = logging.getLogger("http_wasm_asgi.native")
 
-VERSION: Final = 20  # the C this module was written for (its VERSION): a stale build is refused
+VERSION: Final = 21  # the C this module was written for (its VERSION): a stale build is refused
 DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_NATIVE"
 _OLD_DISABLE_ENV: Final = "HTTP_WASM_ASGI_NO_FASTPATH"  # the former name, still honoured
 

@@ -288,14 +288,15 @@ static int turn_spent(long long t) {
     return turn_busy_ns >= turn_ns;
 }
 
-#define SYNC_RETRY_NS 10000000000LL /* after a stopped synchronous try, the guest's calls yield for this long */
+#define SYNC_RETRY_NS 10000000000LL /* after overruns SYNC_SPACING calls apart or closer, calls yield this long */
+#define SYNC_SPACING 5000ULL /* handle_request calls: an overrun costs the loop 1-2 ticks, the fast path ~1 us a call */
 #define UNREACHED_DEADLINE (1ULL << 40) /* epoch ticks: a deadline that a call which ends on its own never meets */
 
-/* Whether the guest's handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of a stopped try
- * (the guest's, shared by its instances through its counters). A guest that is slow stays cooperative but for one
- * try every 10 s; one stopped by chance (its thread was descheduled for a tick) gets the fast path back. */
+/* Whether the guest's handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of an overrun close
+ * after the one before (the guest's, in its counters). A guest whose calls are slow stays cooperative; one whose
+ * rare requests run long (or spin) keeps the fast path, as each start over costs less than all calls on fibers. */
 static inline int sync_allowed(Core *self, long long t) {
-    return t >= (self->stats != NULL ? (long long)self->stats[STATS_SYNC_AFTER] : self->sync_after);
+    return self->stats == NULL || t >= (long long)self->stats[STATS_SYNC_AFTER];
 }
 
 /* What a synchronous call may need of its thread's stack: wasmtime lets wasm use max_wasm_stack (512 KiB by
@@ -323,9 +324,9 @@ static int stack_has_room(void) {
 
 /* A call as one plain synchronous call: no future, no fiber. handle_request (SYNC_FIRST): its epoch deadline is
  * two ticks away, so a call stopped there ran for at least a whole tick; it cannot yield, so it ends with an error,
- * CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again, and this
- * guest's calls are cooperative for SYNC_RETRY_NS). handle_response (sync_response): its code cannot loop, so it
- * ends on its own, and its deadline is out of reach. A trap is a trap, as on the other paths. */
+ * CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again; see
+ * sync_allowed). handle_response (sync_response): its code cannot loop, so it ends on its own, and its deadline
+ * is out of reach. A trap is a trap, as on the other paths. */
 static int sync_call(Core *self, void *func, long long t0) {
     int request = self->index == 0;
     /* two wasmtime_val_raw_t: handle_request's i64 result, or handle_response's arguments */
@@ -338,10 +339,12 @@ static int sync_call(Core *self, void *func, long long t0) {
     int rc;
     if (request && err != NULL && self->trap == NULL) {
         hw_error_delete(err);
-        self->sync_after = t1 + SYNC_RETRY_NS;
         if (self->stats != NULL) {
+            uint64_t at = self->stats[0] + 1, last = self->stats[STATS_OVERRAN_AT]; /* calls ended, + 1 */
             self->stats[STATS_OVERRUNS]++;
-            self->stats[STATS_SYNC_AFTER] = (uint64_t)self->sync_after;
+            self->stats[STATS_OVERRAN_AT] = at;
+            if (last != 0 && at - last <= SYNC_SPACING)
+                self->stats[STATS_SYNC_AFTER] = (uint64_t)(t1 + SYNC_RETRY_NS);
         }
         rc = CALL_OVERRAN;
     } else {

@@ -43,7 +43,7 @@
 #pragma GCC visibility push(hidden) /* shared between the files, not exported: no GOT/PLT on the hot paths */
 #endif
 
-#define NATIVE_VERSION 20 /* bump with every change of what the Python calls (runtime checks VERSION) */
+#define NATIVE_VERSION 21 /* bump with every change of what the Python calls (runtime checks VERSION) */
 
 /* ---------------------------------------------------------------- wasmtime (link.c: configure) */
 
@@ -96,8 +96,9 @@ extern const long long hw_stats_buckets_ns[STATS_NBUCKETS];
 #define STATS_STRIDE (2 + STATS_NBUCKETS + 1)
 #define STATS_SHORT (2 * STATS_STRIDE)
 #define STATS_OVERRUNS (STATS_SHORT + 1)   /* handle_request calls that ran past their synchronous first try */
-#define STATS_SYNC_AFTER (STATS_SHORT + 2) /* no synchronous try before this hw_now_ns() (10 s after the last) */
-#define STATS_SIZE (STATS_SHORT + 3)
+#define STATS_SYNC_AFTER (STATS_SHORT + 2) /* no synchronous try before this hw_now_ns() (see sync_call) */
+#define STATS_OVERRAN_AT (STATS_SHORT + 3) /* 1 + the handle_request calls ended at the last overrun; 0: none yet */
+#define STATS_SIZE (STATS_SHORT + 4)
 
 /* ---------------------------------------------------------------- the Core (core.c) */
 
@@ -107,8 +108,8 @@ enum { CALL_DONE = 0, CALL_SUSPENDED = 1, CALL_OVERRAN = 2, CALL_FAILED = -1 };
  * RUN_TO_END   slice after slice until it ends;
  * COOPERATIVE  its first slice, then CALL_SUSPENDED if it has not ended (the event loop resumes it);
  * SYNC_FIRST   handle_request only: as one synchronous call (no fiber, no future); one that runs past its
- *              first slice is stopped there (CALL_OVERRAN: its instance is spent) and the guest's calls are
- *              COOPERATIVE for the next 10 s. The caller runs the request again.
+ *              first slice is stopped there (CALL_OVERRAN: its instance is spent). The caller runs the request
+ *              again, cooperatively; a guest whose tries overrun often makes COOPERATIVE calls for 10 s.
  * handle_response of an instance whose sync_response is set runs as one synchronous call in any mode: its
  * guest's code cannot loop (wasm/snapshot/bounded.py), so it ends on its own, without a turn to wait for. */
 enum { RUN_TO_END = 0, COOPERATIVE = 1, SYNC_FIRST = 2 };
@@ -123,7 +124,6 @@ typedef struct {
     int index, after;         /* the running call: export index, what completing it does */
     int timed_out;            /* the last call ran out of time (no trap object: it was cancelled) */
     int yielded;              /* the running call was suspended at least once (its slices wake the ticker) */
-    long long sync_after;     /* STATS_SYNC_AFTER of this instance, when its guest's calls are not counted */
     long long budget_ns;      /* call_timeout */
     long long start_ns, own_ns, others0; /* the running call's clock (see slice) */
     const void *memory;       /* wasmtime_memory_t* (kept alive by the owner) */

@@ -51,8 +51,8 @@ FAMILIES: Final = {  # name: (type, help)
                                                   "the waits between them)"),
     "http_wasm_guest_short_circuits": ("counter", "Requests a guest answered itself (handle_request next=0)"),
     "http_wasm_guest_sync_overruns": ("counter", "handle_request calls stopped on the synchronous fast path after a "
-                                                 "whole tick (the request started over; the guest's calls yield "
-                                                 "for the next 10 s)"),
+                                                 "whole tick (the request started over; two within 5,000 calls "
+                                                 "make the guest's calls yield for the next 10 s)"),
     "http_wasm_guest_traps": ("counter", "Guest calls that trapped, by cause (trap, cpu_limit, memory_limit, "
                                          "exit)"),
     "http_wasm_guest_skips": ("counter", "Requests that went on without a fail_open guest that failed, by cause "

@@ -12,7 +12,8 @@ STATS_STRIDE: Final = 2 + len(CALL_BUCKETS_NS) + 1
 STATS_SHORT: Final = 2 * STATS_STRIDE
 STATS_OVERRUNS: Final = STATS_SHORT + 1  # handle_request calls stopped on the native path's synchronous first try
 STATS_SYNC_AFTER: Final = STATS_SHORT + 2  # (the native path's) no synchronous try before this monotonic ns
-STATS_SIZE: Final = STATS_SHORT + 3
+STATS_OVERRAN_AT: Final = STATS_SHORT + 3  # 1 + the handle_request calls ended at the last overrun; 0: none yet
+STATS_SIZE: Final = STATS_SHORT + 4
 
 
 class CallStats:
@@ -52,7 +53,8 @@ class CallStats:
     @property
     def sync_overruns(self) -> int:
         """handle_request calls the native path ran as one synchronous call and stopped after a whole tick: each
-        started its request over with cooperative calls, which this guest makes for the next 10 s."""
+        started its request over with cooperative calls. Two within 5,000 calls make all of this guest's calls
+        cooperative for the next 10 s."""
         return int(self.counts[STATS_OVERRUNS])
 
     def count_trap(self, export: str, cause: str) -> None:
