@@ -255,17 +255,20 @@ static void idle_wait(const ticker_args *t) {
 /* The epoch moves at a wake-up that finds a guest slice running: that slice yields. The ticker wakes every tick
  * while most wake-ups find one (a heavy guest's calls fill the loop: each first slice must end within a tick);
  * else it waits up to idle_us, woken by the slices of long calls: short calls' first slices then yield within
- * idle_us, a long call's later slices within a tick. Each wake-up preempts a busy worker: 1000 a second cost a
- * light guest's server ~10% of its rate, while its calls, ~1 us each, almost never need one. */
+ * idle_us, a long call's later slices within a tick. After a wake-up that found one, the next comes a tick later:
+ * a synchronous try (two ticks to its deadline) that runs on is stopped 1 ms after its first tick, not idle_us.
+ * Each wake-up preempts a busy worker: 1000 a second cost a light guest's server ~10% of its rate, while its
+ * calls, ~1 us each, almost never need one. */
 static void *tick(void *arg_) {
     ticker_args *t = (ticker_args *)arg_;
     double busy = 0; /* moving share of wake-ups that found a slice running */
+    int running = 0; /* the last wake-up found a slice running */
     for (;;) {
-        if (__atomic_load_n(&hw_ticker_fast, __ATOMIC_RELAXED))
+        if (running || __atomic_load_n(&hw_ticker_fast, __ATOMIC_RELAXED))
             sleep_us(t->interval_us);
         else
             idle_wait(t);
-        int running = __atomic_load_n(&hw_slices_running, __ATOMIC_RELAXED) > 0;
+        running = __atomic_load_n(&hw_slices_running, __ATOMIC_RELAXED) > 0;
         if (running)
             hw_increment_epoch(t->engine);
         busy += ((double)running - busy) / 32;
