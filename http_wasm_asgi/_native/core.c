@@ -292,9 +292,8 @@ static int turn_spent(long long t) {
 #define SYNC_SPACING 5000ULL /* handle_request calls: an overrun costs the loop 1-2 ticks, the fast path ~1 us a call */
 #define UNREACHED_DEADLINE (1ULL << 40) /* epoch ticks: a deadline that a call which ends on its own never meets */
 
-/* Whether the guest's handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of an overrun close
- * after the one before (the guest's, in its counters). A guest whose calls are slow stays cooperative; one whose
- * rare requests run long (or spin) keeps the fast path, as each start over costs less than all calls on fibers. */
+/* Whether handle_request may be tried synchronously at t: not within SYNC_RETRY_NS of an overrun close after the
+ * guest's previous one (its counters). Rare long (or spinning) requests thus leave the fast path on. */
 static inline int sync_allowed(Core *self, long long t) {
     return self->stats == NULL || t >= (long long)self->stats[STATS_SYNC_AFTER];
 }
@@ -324,9 +323,8 @@ static int stack_has_room(void) {
 
 /* A call as one plain synchronous call: no future, no fiber. handle_request (SYNC_FIRST): its epoch deadline is
  * two ticks away, so a call stopped there ran for at least a whole tick; it cannot yield, so it ends with an error,
- * CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again; see
- * sync_allowed). handle_response (sync_response): its code cannot loop, so it ends on its own, and its deadline
- * is out of reach. A trap is a trap, as on the other paths. */
+ * CALL_OVERRAN here (the instance is left mid-call: the caller discards it and runs the request again). The code
+ * of a sync_response handle_response cannot loop: it ends on its own, its deadline out of reach. */
 static int sync_call(Core *self, void *func, long long t0) {
     int request = self->index == 0;
     /* two wasmtime_val_raw_t: handle_request's i64 result, or handle_response's arguments */
@@ -343,7 +341,7 @@ static int sync_call(Core *self, void *func, long long t0) {
             uint64_t at = self->stats[0] + 1, last = self->stats[STATS_OVERRAN_AT]; /* calls ended, + 1 */
             self->stats[STATS_OVERRUNS]++;
             self->stats[STATS_OVERRAN_AT] = at;
-            if (last != 0 && at - last <= SYNC_SPACING)
+            if (last != 0 && at - last <= SYNC_SPACING) /* two close together: a slow guest */
                 self->stats[STATS_SYNC_AFTER] = (uint64_t)(t1 + SYNC_RETRY_NS);
         }
         rc = CALL_OVERRAN;
